@@ -1,0 +1,41 @@
+{
+  description = "homelab: NixOS hosts and Home Manager homes, deployed with cargo xtask";
+
+  # flake.lock is created by the first `nix flake lock` (or `cargo xtask update`) with network.
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+    home-manager = {
+      url = "github:nix-community/home-manager/release-24.11";
+      inputs.nixpkgs.follows = "nixpkgs";
+    };
+  };
+
+  outputs =
+    {
+      nixpkgs,
+      home-manager,
+      ...
+    }:
+    let
+      # The repo defaults live once, in Cargo.toml, for the xtask and for Nix alike.
+      defaults = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).workspace.metadata.xtask;
+    in
+    import ./lib {
+      homesDir = ./homes;
+      systemsDir = ./systems;
+      defaultSystem = defaults.default-system;
+      backupExtension = defaults.backup-extension;
+      homeManagerModule = home-manager.nixosModules.home-manager;
+      mkHome =
+        { system, modules, ... }:
+        home-manager.lib.homeManagerConfiguration {
+          pkgs = nixpkgs.legacyPackages.${system};
+          inherit modules;
+        };
+      mkSystem =
+        { system, modules, ... }:
+        nixpkgs.lib.nixosSystem {
+          inherit system modules;
+        };
+    };
+}

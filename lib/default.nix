@@ -1,0 +1,220 @@
+# Pure discovery: homes/ and systems/ -> flake outputs.
+#
+# No nixpkgs is needed to evaluate this file: the builders come in as arguments, so tests
+# evaluate it with stub builders and the real flake passes Home Manager's and NixOS'.
+# The naming and merge rules are stated once here (and once in xtask/src/repo.rs):
+#   homes/<user>            base home, used everywhere
+#   homes/<user>@global     merged into the standalone home only
+#   homes/<user>@<host>     merged into <host>'s integrated home only (never standalone)
+#   systems/<host>/         a NixOS host; meta.nix = { system = "..."; users = [ ... ]; }
+{
+  homesDir,
+  systemsDir,
+  # { system, username, modules } -> a Home Manager configuration (with .activationPackage)
+  mkHome,
+  # { system, hostName, modules, users } -> a NixOS configuration (with .config.system.build.toplevel);
+  # `users` maps each user of the host to its home modules (already inside `modules`).
+  mkSystem,
+  # The Home Manager NixOS module, imported into every host.
+  homeManagerModule ? { },
+  defaultSystem ? "x86_64-linux",
+  backupExtension ? "bak",
+  stateVersion ? "24.11",
+  supportedSystems ? [
+    "x86_64-linux"
+    "aarch64-linux"
+    "x86_64-darwin"
+    "aarch64-darwin"
+  ],
+}:
+let
+  inherit (builtins)
+    attrNames
+    elem
+    filter
+    foldl'
+    listToAttrs
+    match
+    pathExists
+    readDir
+    ;
+
+  namePattern = "[a-z_][a-z0-9_-]*";
+  reservedHost = "global";
+
+  mapToAttrs = f: names: listToAttrs (map f names);
+  unique = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
+  isDarwin = system: match ".*-darwin" system != null;
+
+  dirsOf =
+    dir:
+    if pathExists dir then
+      let
+        entries = readDir dir;
+      in
+      filter (n: entries.${n} == "directory") (attrNames entries)
+    else
+      [ ];
+
+  # "alice" -> { user = "alice"; part = null; }, "alice@ws" -> { user = "alice"; part = "ws"; }
+  parseHomeDir =
+    dir:
+    let
+      m = match "(${namePattern})(@(${namePattern}))?" dir;
+    in
+    if m == null then
+      throw "homes/${dir}: invalid name; use <user>, <user>@global or <user>@<host> where each name matches ${namePattern}"
+    else
+      {
+        user = builtins.elemAt m 0;
+        part = builtins.elemAt m 2;
+      };
+
+  homeDirs = map (dir: parseHomeDir dir // { inherit dir; }) (dirsOf homesDir);
+  users = unique (map (h: h.user) (filter (h: h.part == null) homeDirs));
+  hasPart = user: part: builtins.any (h: h.user == user && h.part == part) homeDirs;
+  homePath = dir: homesDir + "/${dir}";
+
+  checkSystem =
+    where: system:
+    if elem system supportedSystems then
+      system
+    else
+      throw "${where}: system \"${toString system}\" is not supported; use one of ${toString supportedSystems}";
+
+  readMeta = file: if pathExists file then import file else { };
+
+  homeMeta = user: readMeta (homePath user + "/meta.nix");
+  homeSystem =
+    user: checkSystem "homes/${user}/meta.nix" ((homeMeta user).system or defaultSystem);
+
+  # Module list of a user's standalone home: base, then @global when present.
+  standaloneModules =
+    user:
+    [ (homePath user) ]
+    ++ (if hasPart user reservedHost then [ (homePath "${user}@${reservedHost}") ] else [ ]);
+
+  # Module list of a user's home on a host: base (when present), then @<host> when present.
+  hostHomeModules =
+    host: user:
+    (if hasPart user null then [ (homePath user) ] else [ ])
+    ++ (if hasPart user host then [ (homePath "${user}@${host}") ] else [ ]);
+
+  # Defaults every home gets; all are mkDefault-level so a home can override them.
+  homeDefaults =
+    { system, user }:
+    { lib, ... }:
+    {
+      home.username = lib.mkDefault user;
+      home.homeDirectory = lib.mkDefault (if isDarwin system then "/Users/${user}" else "/home/${user}");
+      home.stateVersion = lib.mkDefault stateVersion;
+    };
+
+  mkStandalone =
+    system: user:
+    mkHome {
+      inherit system;
+      username = user;
+      modules = standaloneModules user ++ [ (homeDefaults { inherit system user; }) ];
+    };
+
+  hosts =
+    let
+      names = dirsOf systemsDir;
+    in
+    if elem reservedHost names then
+      throw "systems/${reservedHost}: '${reservedHost}' is reserved for homes/<user>@${reservedHost}; rename the host"
+    else
+      filter (
+        h:
+        if match namePattern h == null then
+          throw "systems/${h}: invalid host name; it must match ${namePattern}"
+        else
+          true
+      ) names;
+
+  hostMeta = host: readMeta (systemsDir + "/${host}/meta.nix");
+  hostSystem = host: checkSystem "systems/${host}/meta.nix" ((hostMeta host).system or defaultSystem);
+
+  # A host's users: every user with a homes/<user>@<host> directory, plus meta.nix `users`.
+  hostUsers =
+    host:
+    unique (
+      map (h: h.user) (filter (h: h.part == host) homeDirs) ++ ((hostMeta host).users or [ ])
+    );
+
+  mkHost =
+    host:
+    let
+      system = hostSystem host;
+      homes = mapToAttrs (user: {
+        name = user;
+        value = hostHomeModules host user;
+      }) (hostUsers host);
+      integration =
+        { lib, ... }:
+        {
+          networking.hostName = lib.mkDefault host;
+          home-manager.useGlobalPkgs = lib.mkDefault true;
+          home-manager.useUserPackages = lib.mkDefault true;
+          home-manager.backupFileExtension = lib.mkDefault backupExtension;
+          home-manager.users = mapToAttrs (user: {
+            name = user;
+            value = {
+              imports = homes.${user};
+              home.stateVersion = lib.mkDefault stateVersion;
+            };
+          }) (attrNames homes);
+          users.users = mapToAttrs (user: {
+            name = user;
+            value.isNormalUser = lib.mkDefault true;
+          }) (attrNames homes);
+        };
+    in
+    mkSystem {
+      inherit system;
+      hostName = host;
+      users = homes;
+      modules = [
+        (systemsDir + "/${host}")
+        homeManagerModule
+        integration
+      ];
+    };
+
+  homeConfigurations = mapToAttrs (user: {
+    name = user;
+    value = mkStandalone (homeSystem user) user;
+  }) users;
+
+  nixosConfigurations = mapToAttrs (host: {
+    name = host;
+    value = mkHost host;
+  }) hosts;
+in
+{
+  inherit homeConfigurations nixosConfigurations;
+
+  # The same homes for every supported system, so `cargo xtask build-home` can pick the
+  # machine's own architecture without editing meta.nix.
+  legacyPackages = mapToAttrs (system: {
+    name = system;
+    value.homeConfigurations = mapToAttrs (user: {
+      name = user;
+      value = mkStandalone system user;
+    }) users;
+  }) supportedSystems;
+
+  checks = mapToAttrs (system: {
+    name = system;
+    value =
+      mapToAttrs (user: {
+        name = "home-${user}";
+        value = homeConfigurations.${user}.activationPackage;
+      }) (filter (user: homeSystem user == system) users)
+      // mapToAttrs (host: {
+        name = "system-${host}";
+        value = nixosConfigurations.${host}.config.system.build.toplevel;
+      }) (filter (host: hostSystem host == system) hosts);
+  }) supportedSystems;
+}

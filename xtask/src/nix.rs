@@ -1,0 +1,250 @@
+//! The nix runner: the one place that builds nix command lines. It adds the flags every
+//! call needs (flakes enabled without touching the user's nix.conf), lets nix's own log
+//! stream to the terminal during builds, and turns failures into errors that name the
+//! command and what to do.
+//!
+//! Version notes: the forms used here work from Nix 2.8 (Debian 12) to 2.3x.
+//! `nix build --print-out-paths` only exists from 2.13, so builds use `--json`;
+//! `--extra-experimental-features` exists from 2.4 (older nix has no flakes at all).
+
+use std::{
+    env,
+    ffi::OsStr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, de::DeserializeOwned};
+use xshell::{Cmd, Shell, cmd};
+
+use crate::term;
+
+pub const FEATURES: &str = "nix-command flakes";
+
+pub const INSTALL_HELP: &str = "nix is required; install it with:\n  \
+    NixOS:               it is already there; check that nix is on PATH\n  \
+    Debian/Ubuntu:       sudo apt-get install nix-bin   (Nix >= 2.8; single-user root needs `sandbox = false`)\n  \
+    other Linux and WSL: sh <(curl -L https://nixos.org/nix/install) --daemon   (WSL without systemd: --no-daemon)\n  \
+    macOS:               sh <(curl -L https://nixos.org/nix/install)\n\
+    then open a new shell so that nix is on PATH";
+
+pub struct Nix<'a> {
+    sh: &'a Shell,
+    pub verbose: bool,
+}
+
+/// One built output, as `nix build --json` reports it.
+#[derive(Debug, Deserialize)]
+struct BuildResult {
+    outputs: std::collections::BTreeMap<String, PathBuf>,
+}
+
+impl<'a> Nix<'a> {
+    pub fn new(sh: &'a Shell, verbose: bool) -> Nix<'a> {
+        Nix { sh, verbose }
+    }
+
+    /// `nix <args>` with flakes enabled. Fails early, with install instructions, when nix is
+    /// not on PATH.
+    pub fn cmd<I, A>(&self, args: I) -> Result<Cmd<'a>>
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        ensure_on_path("nix")?;
+        Ok(cmd!(self.sh, "nix --extra-experimental-features {FEATURES}").args(args))
+    }
+
+    /// A companion nix tool (`nix-env`, `nix-store`): same install check, no feature flag.
+    pub fn tool(&self, tool: &str) -> Result<Cmd<'a>> {
+        ensure_on_path(tool)?;
+        Ok(self.sh.cmd(tool))
+    }
+
+    /// Evaluates a Nix expression (`nix eval --json --expr`) and decodes the result.
+    pub fn eval_expr_json<T: DeserializeOwned>(&self, expr: &str) -> Result<T> {
+        self.json(self.cmd(["eval", "--json", "--impure", "--expr", expr])?, "the expression")
+    }
+
+    /// Evaluates `installable` (e.g. `/repo#homeConfigurations`), optionally through
+    /// `--apply FN`, and decodes the JSON.
+    pub fn eval_json<T: DeserializeOwned>(&self, installable: &str, apply: Option<&str>) -> Result<T> {
+        let mut args = vec!["eval", "--json", installable];
+        if let Some(f) = apply {
+            args.extend(["--apply", f]);
+        }
+        self.json(self.cmd(args)?, installable)
+    }
+
+    fn json<T: DeserializeOwned>(&self, cmd: Cmd<'_>, what: &str) -> Result<T> {
+        let shown = cmd.to_string();
+        if self.verbose {
+            term::command(&shown);
+        }
+        let out = cmd.quiet().ignore_status().output().with_context(|| format!("running {shown}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(failure(&shown, what, &stderr));
+        }
+        if self.verbose && !stderr.trim().is_empty() {
+            eprint!("{stderr}");
+        }
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("nix printed JSON the xtask did not expect (tried: {shown})"))
+    }
+
+    /// Builds installables, streaming nix's log to the terminal, and returns the `out`
+    /// paths in order. With `out_link` the first result gets that GC root (`out_link`,
+    /// `out_link-1`, … for more), so a collection cannot remove it mid-way.
+    pub fn build(&self, installables: &[String], out_link: Option<&Path>) -> Result<Vec<PathBuf>> {
+        let mut args: Vec<String> = vec!["build".into(), "--json".into()];
+        match out_link {
+            Some(link) => args.extend(["--out-link".into(), link.display().to_string()]),
+            None => args.push("--no-link".into()),
+        }
+        if self.verbose {
+            args.push("--print-build-logs".into());
+        }
+        args.extend(installables.iter().cloned());
+        let cmd = self.cmd(&args)?;
+        let shown = cmd.to_string();
+        term::command(&shown);
+        // `read` captures stdout (the JSON) and leaves stderr, nix's progress, on the terminal.
+        let stdout = cmd.quiet().read().map_err(|_| {
+            anyhow::anyhow!(
+                "nix build failed for {} (see nix's message above)\n  tried: {shown}\n  fix the error nix names, or run with -v for the full build log",
+                installables.join(" ")
+            )
+        })?;
+        let results: Vec<BuildResult> = serde_json::from_str(&stdout)
+            .with_context(|| format!("nix build printed JSON the xtask did not expect (tried: {shown})"))?;
+        results
+            .into_iter()
+            .map(|r| {
+                r.outputs
+                    .get("out")
+                    .or_else(|| r.outputs.values().next())
+                    .cloned()
+                    .context("nix build reported a result without outputs")
+            })
+            .collect()
+    }
+}
+
+/// Runs a command that changes something, or only prints it with `dry_run`
+/// (nh's command builder pattern: the printed line is exactly what would run).
+pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
+    let shown = cmd.to_string();
+    if dry_run {
+        println!("{shown}");
+        return Ok(());
+    }
+    term::command(&shown);
+    cmd.quiet().run().with_context(|| format!("tried: {shown}"))?;
+    Ok(())
+}
+
+/// Turns a failed nix call into an error that names the cause and the fix.
+pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
+    if stderr.contains("unrecognised flag '--extra-experimental-features'")
+        || stderr.contains("unrecognized flag '--extra-experimental-features'")
+    {
+        return anyhow::anyhow!(
+            "this nix has no flakes support (it does not know --extra-experimental-features); Nix >= 2.4 is required, 2.8 or newer recommended\n  tried: {shown}\n  upgrade nix: {}",
+            "see https://nixos.org/download (Debian/Ubuntu: apt-get install nix-bin)"
+        );
+    }
+    if stderr.contains("experimental Nix feature") && stderr.contains("is disabled") {
+        return anyhow::anyhow!(
+            "nix refused the flakes feature: {}\n  tried: {shown}\n  remove `experimental-features` overrides that disable flakes from nix.conf / NIX_CONFIG",
+            trim_error(stderr)
+        );
+    }
+    anyhow::anyhow!("nix could not evaluate {what}: {}\n  tried: {shown}", trim_error(stderr))
+}
+
+/// Keeps the useful part of a nix error: the `error:` lines and the location they name,
+/// without the source excerpt and the trace.
+pub fn trim_error(stderr: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut in_error = false;
+    for line in stderr.lines() {
+        let t = line.trim();
+        if t.starts_with("error:") {
+            in_error = true;
+            out.push(t);
+            continue;
+        }
+        if !in_error || t.is_empty() || t.starts_with("(use '--show-trace'") {
+            continue;
+        }
+        // Source excerpt lines look like `12|   foo = 1;` or `|   ^`.
+        let excerpt = t.starts_with('|')
+            || t.split_once('|').is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
+        if excerpt || t.starts_with('…') {
+            continue;
+        }
+        out.push(t);
+    }
+    if out.is_empty() {
+        return stderr.trim().to_string();
+    }
+    out.join(" ")
+}
+
+/// Looks for `tool` on PATH; the error says how to install nix.
+pub fn ensure_on_path(tool: &str) -> Result<()> {
+    if find_on_path(tool).is_some() {
+        return Ok(());
+    }
+    bail!("`{tool}` was not found on PATH.\n{INSTALL_HELP}")
+}
+
+pub fn find_on_path(tool: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+/// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
+/// architecture and OS the xtask was compiled for: no nix call is needed.
+pub fn current_system() -> String {
+    let arch = match env::consts::ARCH {
+        "aarch64" => "aarch64",
+        other => other,
+    };
+    let os = match env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    format!("{arch}-{os}")
+}
+
+/// The flake reference of an attribute of the repo: `/abs/root#attr`.
+pub fn installable(root: &Path, attr: &str) -> String {
+    format!("{}#{attr}", root.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_nix_errors_to_the_message_and_location() {
+        let stderr = "warning: Git tree '/r' is dirty\nerror: undefined variable 'pkgz'\n\n       at /nix/store/abc-source/homes/bob/default.nix:3:15:\n\n            2| {\n            3|   home.packages = [ pkgz.hello ];\n             |               ^\n(use '--show-trace' to show detailed location information)\n";
+        assert_eq!(
+            trim_error(stderr),
+            "error: undefined variable 'pkgz' at /nix/store/abc-source/homes/bob/default.nix:3:15:"
+        );
+    }
+
+    #[test]
+    fn flakes_missing_is_named() {
+        let e = failure("nix eval", "x", "error: unrecognised flag '--extra-experimental-features'");
+        assert!(e.to_string().contains("no flakes support"), "{e}");
+    }
+
+    #[test]
+    fn system_is_detected() {
+        assert!(crate::repo::SYSTEMS.contains(&current_system().as_str()) || cfg!(not(any(target_os = "linux", target_os = "macos"))));
+    }
+}

@@ -1,0 +1,850 @@
+//! The repo model: what homes/ and systems/ contain, the naming rules and what merges into
+//! what. Stated once here for Rust, as lib/default.nix states it once for Nix; every task
+//! asks this module instead of re-reading directories.
+//!
+//! Scanning never stops at the first problem: it records every one as a [`Finding`] so
+//! `check` can report them all in one run, and tasks that need a sound layout call
+//! [`Repo::ensure_valid`].
+
+use std::{
+    collections::BTreeMap,
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::nix::Nix;
+
+/// The systems every home is exposed for under `legacyPackages.<system>`.
+pub const SYSTEMS: [&str; 4] = [
+    "x86_64-linux",
+    "aarch64-linux",
+    "x86_64-darwin",
+    "aarch64-darwin",
+];
+
+/// `global` names the standalone-only part of a home, so it cannot be a host.
+pub const RESERVED_HOST: &str = "global";
+
+pub const NAME_RULE: &str = "a name must match [a-z_][a-z0-9_-]* (lowercase letters, digits, '_' and '-', not starting with a digit or '-')";
+
+/// POSIX user names are at most 32 bytes on Linux (useradd's limit); host names 63 (RFC 1123).
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Checks the naming rule shared by users and hosts: `[a-z_][a-z0-9_-]*`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return Err(format!("the name is empty; {NAME_RULE}"));
+    };
+    if !(first.is_ascii_lowercase() || first == '_') {
+        return Err(format!("'{name}' starts with '{first}'; {NAME_RULE}"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
+    {
+        return Err(format!("'{name}' contains '{}'; {NAME_RULE}", bad.escape_default()));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "'{name}' is {} characters long; names are at most {MAX_NAME_LEN} (the Linux user name limit)",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a host name: the naming rule, and not the reserved `global`.
+pub fn validate_host_name(name: &str) -> Result<(), String> {
+    validate_name(name)?;
+    if name == RESERVED_HOST {
+        return Err(format!(
+            "'{RESERVED_HOST}' is reserved: homes/<user>@{RESERVED_HOST} is the standalone-only part of a home, so no host may be called that"
+        ));
+    }
+    Ok(())
+}
+
+/// Which part of a user's home a `homes/` directory is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// `homes/<user>`: used everywhere.
+    Base,
+    /// `homes/<user>@global`: merged into the standalone home only.
+    Global,
+    /// `homes/<user>@<host>`: merged into that host's integrated home only.
+    Host(String),
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Part::Base => f.write_str("base"),
+            Part::Global => f.write_str("global"),
+            Part::Host(h) => write!(f, "@{h}"),
+        }
+    }
+}
+
+/// Splits a `homes/` directory name into user and part, enforcing the naming rules.
+pub fn parse_home_dir(dir: &str) -> Result<(String, Part), String> {
+    let (user, suffix) = match dir.split_once('@') {
+        None => (dir, None),
+        Some((user, suffix)) => (user, Some(suffix)),
+    };
+    validate_name(user).map_err(|e| format!("user part: {e}"))?;
+    let part = match suffix {
+        None => Part::Base,
+        Some(RESERVED_HOST) => Part::Global,
+        Some(host) if host.contains('@') => {
+            return Err(format!(
+                "'{dir}' has more than one '@'; use <user>, <user>@global or <user>@<host>"
+            ));
+        }
+        Some(host) => {
+            validate_name(host).map_err(|e| format!("host part: {e}"))?;
+            Part::Host(host.to_string())
+        }
+    };
+    Ok((user.to_string(), part))
+}
+
+/// The directory name of a user's part: the inverse of [`parse_home_dir`].
+pub fn home_dir_name(user: &str, part: &Part) -> String {
+    match part {
+        Part::Base => user.to_string(),
+        Part::Global => format!("{user}@{RESERVED_HOST}"),
+        Part::Host(h) => format!("{user}@{h}"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem in the repository, with where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Repo-relative path (`homes/bob@nohost`, `systems/web/meta.nix`).
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// A stable identifier (`bad-name`, `unknown-host`, …) for scripts and docs.
+    pub code: &'static str,
+    pub message: String,
+    pub fix: String,
+}
+
+impl Finding {
+    pub fn error(path: impl Into<String>, code: &'static str, message: String, fix: String) -> Self {
+        Finding { severity: Severity::Error, path: path.into(), line: None, code, message, fix }
+    }
+    pub fn warning(
+        path: impl Into<String>,
+        code: &'static str,
+        message: String,
+        fix: String,
+    ) -> Self {
+        Finding { severity: Severity::Warning, path: path.into(), line: None, code, message, fix }
+    }
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{sev}: {}", self.path)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if !self.fix.is_empty() {
+            write!(f, " ({})", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+/// `[workspace.metadata.xtask]` of the root Cargo.toml.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default = "default_backup_extension")]
+    pub backup_extension: String,
+    #[serde(default = "default_system")]
+    pub default_system: String,
+    #[serde(default = "default_keep_generations")]
+    pub keep_generations: u32,
+}
+
+fn default_backup_extension() -> String {
+    "bak".into()
+}
+fn default_system() -> String {
+    "x86_64-linux".into()
+}
+fn default_keep_generations() -> u32 {
+    5
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            backup_extension: default_backup_extension(),
+            default_system: default_system(),
+            keep_generations: default_keep_generations(),
+        }
+    }
+}
+
+impl Defaults {
+    /// Reads the defaults from `<root>/Cargo.toml`; a flake without one (a fixture, a user's
+    /// own flake) gets the built-in defaults, which are the same values.
+    pub fn load(root: &Path) -> Result<Defaults> {
+        let path = root.join("Cargo.toml");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Defaults::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(cargo_toml: &str) -> Result<Defaults> {
+        #[derive(Deserialize)]
+        struct Manifest {
+            workspace: Option<Workspace>,
+        }
+        #[derive(Deserialize)]
+        struct Workspace {
+            metadata: Option<Metadata>,
+        }
+        #[derive(Deserialize)]
+        struct Metadata {
+            xtask: Option<Defaults>,
+        }
+        let manifest: Manifest = toml::from_str(cargo_toml)
+            .context("[workspace.metadata.xtask] is not valid; keys are backup-extension, default-system, keep-generations")?;
+        let defaults = manifest
+            .workspace
+            .and_then(|w| w.metadata)
+            .and_then(|m| m.xtask)
+            .unwrap_or_default();
+        if !SYSTEMS.contains(&defaults.default_system.as_str()) {
+            bail!(
+                "default-system = \"{}\" is not supported; use one of {}",
+                defaults.default_system,
+                SYSTEMS.join(", ")
+            );
+        }
+        Ok(defaults)
+    }
+}
+
+/// A user: the union of its `homes/` directories.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    /// `homes/<user>` exists (without it there is no standalone home).
+    pub base: bool,
+    pub global: bool,
+    /// Hosts with a `homes/<user>@<host>` directory.
+    pub host_parts: Vec<String>,
+    /// `homes/<user>/meta.nix` exists; its `system` is read by [`Repo::load_meta`].
+    pub has_meta: bool,
+    /// From meta.nix, once loaded.
+    pub system: Option<String>,
+}
+
+impl User {
+    /// The directories merged into the standalone home, in merge order.
+    pub fn standalone_parts(&self) -> Vec<Part> {
+        let mut parts = vec![Part::Base];
+        if self.global {
+            parts.push(Part::Global);
+        }
+        parts
+    }
+
+    /// The directories merged into this user's integrated home on `host`, in merge order.
+    pub fn host_parts_for(&self, host: &str) -> Vec<Part> {
+        let mut parts = vec![Part::Base];
+        if self.host_parts.iter().any(|h| h == host) {
+            parts.push(Part::Host(host.to_string()));
+        }
+        parts
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Host {
+    pub name: String,
+    pub has_default: bool,
+    pub has_meta: bool,
+    /// From meta.nix once loaded; None means the repo default applies.
+    pub system: Option<String>,
+    /// `users = [ … ]` from meta.nix, once loaded.
+    pub meta_users: Vec<String>,
+}
+
+/// What meta.nix files say, read in one nix evaluation.
+#[derive(Debug, Deserialize)]
+struct MetaEval {
+    homes: BTreeMap<String, MetaFile>,
+    hosts: BTreeMap<String, MetaFile>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaFile {
+    system: Option<serde_json::Value>,
+    #[serde(default)]
+    users: serde_json::Value,
+}
+
+#[derive(Debug)]
+pub struct Repo {
+    pub root: PathBuf,
+    pub defaults: Defaults,
+    pub users: BTreeMap<String, User>,
+    pub hosts: BTreeMap<String, Host>,
+    /// Every layout problem found while scanning (and loading meta files).
+    pub findings: Vec<Finding>,
+    meta_loaded: bool,
+}
+
+impl Repo {
+    /// Finds the repo root: `--flake DIR`, else the nearest ancestor of `cwd` with flake.nix.
+    pub fn find_root(flake: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
+        if let Some(dir) = flake {
+            let dir = cwd.join(dir);
+            if !dir.join("flake.nix").is_file() {
+                bail!("--flake {}: there is no flake.nix in that directory", dir.display());
+            }
+            return dir
+                .canonicalize()
+                .with_context(|| format!("resolving {}", dir.display()));
+        }
+        cwd.ancestors()
+            .find(|d| d.join("flake.nix").is_file())
+            .map(Path::to_path_buf)
+            .with_context(|| {
+                format!(
+                    "no flake.nix in {} or any parent directory; run cargo xtask inside the homelab repository or pass --flake DIR",
+                    cwd.display()
+                )
+            })
+    }
+
+    /// Reads homes/ and systems/ (directory listings only: no nix, milliseconds).
+    pub fn scan(root: &Path) -> Result<Repo> {
+        let defaults = Defaults::load(root)?;
+        let mut repo = Repo {
+            root: root.to_path_buf(),
+            defaults,
+            users: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            findings: Vec::new(),
+            meta_loaded: false,
+        };
+        for name in list_dirs(&root.join("systems"))? {
+            repo.add_host_dir(&name);
+        }
+        for name in list_dirs(&root.join("homes"))? {
+            repo.add_home_dir(&name);
+        }
+        repo.cross_check();
+        Ok(repo)
+    }
+
+    fn add_host_dir(&mut self, name: &str) {
+        let rel = format!("systems/{name}");
+        if let Err(e) = validate_host_name(name) {
+            self.findings.push(Finding::error(
+                rel,
+                "bad-name",
+                e,
+                "rename the directory to a valid host name".into(),
+            ));
+            return;
+        }
+        let dir = self.root.join(&rel);
+        let host = Host {
+            name: name.to_string(),
+            has_default: dir.join("default.nix").is_file(),
+            has_meta: dir.join("meta.nix").is_file(),
+            ..Host::default()
+        };
+        if !host.has_default {
+            self.findings.push(Finding::error(
+                &rel,
+                "missing-default-nix",
+                format!("{rel} has no default.nix, so the host has no configuration"),
+                format!("create {rel}/default.nix (cargo xtask new-host scaffolds one) or remove the directory"),
+            ));
+        }
+        if !host.has_meta {
+            self.findings.push(Finding::warning(
+                &rel,
+                "missing-meta-nix",
+                format!(
+                    "{rel} has no meta.nix, so the default system {} is used",
+                    self.defaults.default_system
+                ),
+                format!("create {rel}/meta.nix with {{ system = \"{}\"; }}", self.defaults.default_system),
+            ));
+        }
+        self.hosts.insert(name.to_string(), host);
+    }
+
+    fn add_home_dir(&mut self, dir: &str) {
+        let rel = format!("homes/{dir}");
+        let (user, part) = match parse_home_dir(dir) {
+            Ok(p) => p,
+            Err(e) => {
+                self.findings.push(Finding::error(
+                    rel,
+                    "bad-name",
+                    e,
+                    "rename the directory to <user>, <user>@global or <user>@<host>".into(),
+                ));
+                return;
+            }
+        };
+        let path = self.root.join(&rel);
+        if !path.join("default.nix").is_file() {
+            self.findings.push(Finding::error(
+                &rel,
+                "missing-default-nix",
+                format!("{rel} has no default.nix, so there is nothing to import"),
+                format!("create {rel}/default.nix (a Home Manager module) or remove the directory"),
+            ));
+        }
+        let entry = self.users.entry(user.clone()).or_insert_with(|| User {
+            name: user.clone(),
+            ..User::default()
+        });
+        match part {
+            Part::Base => {
+                entry.base = true;
+                entry.has_meta = path.join("meta.nix").is_file();
+            }
+            Part::Global => entry.global = true,
+            Part::Host(h) => entry.host_parts.push(h),
+        }
+    }
+
+    /// Rules that need the whole layout: parts without a base, hosts that do not exist.
+    fn cross_check(&mut self) {
+        for user in self.users.values() {
+            if !user.base {
+                let mut parts: Vec<String> = Vec::new();
+                if user.global {
+                    parts.push(home_dir_name(&user.name, &Part::Global));
+                }
+                // A host part alone is a valid integrated-only user: only @global needs the base,
+                // since a standalone home is base + global.
+                if !parts.is_empty() {
+                    self.findings.push(Finding::error(
+                        format!("homes/{}", parts[0]),
+                        "global-without-base",
+                        format!(
+                            "homes/{} is merged into the standalone home, but homes/{} does not exist",
+                            parts[0], user.name
+                        ),
+                        format!("create homes/{}/default.nix (cargo xtask new-user {}) or remove homes/{}", user.name, user.name, parts[0]),
+                    ));
+                }
+            }
+            for host in &user.host_parts {
+                if !self.hosts.contains_key(host) {
+                    self.findings.push(Finding::error(
+                        format!("homes/{}@{host}", user.name),
+                        "unknown-host",
+                        format!("host '{host}' has no systems/{host}"),
+                        format!("create it with cargo xtask new-host {host}, or rename the directory"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Reads every meta.nix (homes and hosts) in ONE `nix eval`: they are Nix, so only nix
+    /// can read them, and one process per file would cost tens of milliseconds each.
+    /// Problems become findings against the file.
+    pub fn load_meta(&mut self, nix: &Nix) -> Result<()> {
+        if self.meta_loaded {
+            return Ok(());
+        }
+        self.meta_loaded = true;
+        let homes: Vec<String> =
+            self.users.values().filter(|u| u.has_meta).map(|u| u.name.clone()).collect();
+        let hosts: Vec<String> =
+            self.hosts.values().filter(|h| h.has_meta).map(|h| h.name.clone()).collect();
+        if homes.is_empty() && hosts.is_empty() {
+            return Ok(());
+        }
+        let expr = meta_expr(&self.root, &homes, &hosts);
+        let eval: MetaEval = match nix.eval_expr_json(&expr) {
+            Ok(v) => v,
+            Err(e) => {
+                let (path, line) = locate_nix_error(&self.root, &format!("{e:#}"));
+                let path = path.unwrap_or_else(|| "meta.nix".to_string());
+                self.findings.push(Finding {
+                    line,
+                    ..Finding::error(
+                        path,
+                        "bad-meta",
+                        format!("cannot read meta.nix: {}", crate::nix::trim_error(&format!("{e:#}"))),
+                        "fix the file so that it is an attribute set like { system = \"x86_64-linux\"; }".into(),
+                    )
+                });
+                return Ok(());
+            }
+        };
+        for (name, meta) in eval.homes {
+            let rel = format!("homes/{name}/meta.nix");
+            let system = self.check_system(&rel, meta.system);
+            if let Some(u) = self.users.get_mut(&name) {
+                u.system = system;
+            }
+        }
+        for (name, meta) in eval.hosts {
+            let rel = format!("systems/{name}/meta.nix");
+            let system = self.check_system(&rel, meta.system);
+            let users = self.check_users(&rel, meta.users);
+            if let Some(h) = self.hosts.get_mut(&name) {
+                h.system = system;
+                h.meta_users = users;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_system(&mut self, rel: &str, system: Option<serde_json::Value>) -> Option<String> {
+        match system {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) if SYSTEMS.contains(&s.as_str()) => Some(s),
+            Some(other) => {
+                self.findings.push(Finding::error(
+                    rel,
+                    "unknown-system",
+                    format!("system = {other} is not a supported system"),
+                    format!("use one of {}", SYSTEMS.join(", ")),
+                ));
+                None
+            }
+        }
+    }
+
+    fn check_users(&mut self, rel: &str, users: serde_json::Value) -> Vec<String> {
+        let list = match users {
+            serde_json::Value::Null => return Vec::new(),
+            serde_json::Value::Array(items) => items,
+            other => {
+                self.findings.push(Finding::error(
+                    rel,
+                    "bad-meta",
+                    format!("users = {other} is not a list of user names"),
+                    "write users = [ \"alice\" \"bob\" ];".into(),
+                ));
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in list {
+            match item.as_str().map(|s| (s, validate_name(s))) {
+                Some((s, Ok(()))) => out.push(s.to_string()),
+                Some((_, Err(e))) => self.findings.push(Finding::error(
+                    rel,
+                    "bad-name",
+                    format!("users: {e}"),
+                    "fix the user name in meta.nix".into(),
+                )),
+                None => self.findings.push(Finding::error(
+                    rel,
+                    "bad-meta",
+                    format!("users: {item} is not a string"),
+                    "write users = [ \"alice\" \"bob\" ];".into(),
+                )),
+            }
+        }
+        out
+    }
+
+    /// Fails with every error finding when the layout is broken (warnings are printed by
+    /// the caller if it wants); tasks that deploy or list call this.
+    pub fn ensure_valid(&self) -> Result<()> {
+        let errors: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.to_string())
+            .collect();
+        if !errors.is_empty() {
+            bail!(
+                "the repository layout is invalid:\n  {}\n(run cargo xtask check for the full report)",
+                errors.join("\n  ")
+            );
+        }
+        Ok(())
+    }
+
+    /// The system of a user's standalone home: its meta.nix, else the repo default.
+    pub fn home_system(&self, user: &User) -> String {
+        user.system.clone().unwrap_or_else(|| self.defaults.default_system.clone())
+    }
+
+    /// The system of a host: its meta.nix, else the repo default.
+    pub fn host_system(&self, host: &Host) -> String {
+        host.system.clone().unwrap_or_else(|| self.defaults.default_system.clone())
+    }
+
+    /// Users of a host: those with a `homes/<user>@<host>` part plus meta.nix's `users`.
+    pub fn host_users(&self, host: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .users
+            .values()
+            .filter(|u| u.host_parts.iter().any(|h| h == host))
+            .map(|u| u.name.clone())
+            .collect();
+        if let Some(h) = self.hosts.get(host) {
+            users.extend(h.meta_users.iter().cloned());
+        }
+        users.sort();
+        users.dedup();
+        users
+    }
+
+    /// Users that have a standalone home (`homeConfigurations.<user>`).
+    pub fn standalone_users(&self) -> impl Iterator<Item = &User> {
+        self.users.values().filter(|u| u.base)
+    }
+}
+
+fn list_dirs(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        match entry.file_name().into_string() {
+            Ok(name) => names.push(name),
+            // Not UTF-8: cannot be a valid name; report it through the naming rule.
+            Err(raw) => names.push(raw.to_string_lossy().into_owned()),
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// A Nix string literal for a path (quotes and `${` escaped).
+pub fn nix_string(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "\\${");
+    format!("\"{escaped}\"")
+}
+
+/// The expression that reads the meta files; each is imported by absolute path so untracked
+/// files are visible too (the lint reports those separately).
+fn meta_expr(root: &Path, homes: &[String], hosts: &[String]) -> String {
+    let root = root.display().to_string();
+    let entry = |kind: &str, name: &str| {
+        format!(
+            "{} = pick (import (/. + {}));",
+            nix_string(name),
+            nix_string(&format!("{root}/{kind}/{name}/meta.nix"))
+        )
+    };
+    let homes: String = homes.iter().map(|n| entry("homes", n)).collect();
+    let hosts: String = hosts.iter().map(|n| entry("systems", n)).collect();
+    // Only the fields the xtask uses leave nix, so a meta.nix may hold anything else
+    // (functions included) without breaking --json.
+    format!(
+        "let pick = m: {{ system = m.system or null; users = m.users or null; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; }}"
+    )
+}
+
+/// Finds the repo-relative file and line a nix error message points at
+/// (`at /abs/root/homes/bob/default.nix:3:5:` or `… «path»:3:5`).
+pub fn locate_nix_error(root: &Path, message: &str) -> (Option<String>, Option<u32>) {
+    let root = root.display().to_string();
+    let Some(start) = message.find(&format!("{root}/")) else {
+        return (None, None);
+    };
+    let rest = &message[start + root.len() + 1..];
+    let end = rest
+        .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '»' || c == ',')
+        .unwrap_or(rest.len());
+    let loc = rest[..end].trim_end_matches([':', '.']);
+    let mut pieces = loc.split(':');
+    let path = pieces.next().map(str::to_string);
+    let line = pieces.next().and_then(|l| l.parse().ok());
+    (path, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for good in ["alice", "_svc", "bob-2", "a_b", "x"] {
+            assert_eq!(validate_name(good), Ok(()), "{good}");
+        }
+        for bad in ["", "Alice", "a b", "../x", "-rf", "@", "1abc", "a.b", "ä", "bob@"] {
+            let err = validate_name(bad).unwrap_err();
+            assert!(err.contains("[a-z_][a-z0-9_-]*"), "{bad}: {err}");
+        }
+        assert!(validate_name(&"a".repeat(33)).unwrap_err().contains("at most 32"));
+        assert!(validate_name(&"a".repeat(300)).unwrap_err().contains("at most 32"));
+    }
+
+    #[test]
+    fn global_is_not_a_host() {
+        assert!(validate_host_name("global").unwrap_err().contains("reserved"));
+        assert_eq!(validate_host_name("workstation"), Ok(()));
+    }
+
+    #[test]
+    fn home_dirs_split_into_user_and_part() {
+        assert_eq!(parse_home_dir("alice"), Ok(("alice".into(), Part::Base)));
+        assert_eq!(parse_home_dir("alice@global"), Ok(("alice".into(), Part::Global)));
+        assert_eq!(
+            parse_home_dir("alice@workstation"),
+            Ok(("alice".into(), Part::Host("workstation".into())))
+        );
+        for bad in ["Alice", "a b", "@x", "bob@", "x@global@y", "x@Y", "@"] {
+            assert!(parse_home_dir(bad).is_err(), "{bad}");
+        }
+        assert!(parse_home_dir("x@global@y").unwrap_err().contains("more than one '@'"));
+        for (user, part) in [("a", Part::Base), ("a", Part::Global), ("a", Part::Host("h".into()))]
+        {
+            assert_eq!(parse_home_dir(&home_dir_name(user, &part)), Ok((user.into(), part)));
+        }
+    }
+
+    #[test]
+    fn merge_rules() {
+        let u = User {
+            name: "alice".into(),
+            base: true,
+            global: true,
+            host_parts: vec!["ws".into()],
+            ..User::default()
+        };
+        assert_eq!(u.standalone_parts(), vec![Part::Base, Part::Global]);
+        assert_eq!(u.host_parts_for("ws"), vec![Part::Base, Part::Host("ws".into())]);
+        assert_eq!(u.host_parts_for("other"), vec![Part::Base]);
+        let plain = User { name: "bob".into(), base: true, ..User::default() };
+        assert_eq!(plain.standalone_parts(), vec![Part::Base]);
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let d = Defaults::parse(
+            "[workspace]\nmembers=[]\n[workspace.metadata.xtask]\nbackup-extension = \"old\"\n",
+        )
+        .unwrap();
+        assert_eq!(d.backup_extension, "old");
+        assert_eq!(d.default_system, "x86_64-linux");
+        assert_eq!(d.keep_generations, 5);
+        assert_eq!(Defaults::parse("[package]\nname='x'\n").unwrap(), Defaults::default());
+        assert!(Defaults::parse("[workspace.metadata.xtask]\nbackup-extention = 'x'\n").is_err());
+        let err = Defaults::parse("[workspace.metadata.xtask]\ndefault-system = 'riscv'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("riscv") && err.contains("aarch64-linux"), "{err}");
+    }
+
+    fn tree(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for d in dirs {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        for f in files {
+            fs::write(t.path().join(f), "{ }\n").unwrap();
+        }
+        t
+    }
+
+    #[test]
+    fn scan_builds_the_model_and_reports_every_problem() {
+        let t = tree(
+            &[
+                "homes/alice",
+                "homes/alice@global",
+                "homes/alice@ws",
+                "homes/bob@nohost",
+                "homes/carol@global",
+                "homes/Dave",
+                "homes/x@global@y",
+                "homes/nodef",
+                "systems/ws",
+                "systems/global",
+                "systems/bare",
+            ],
+            &[
+                "homes/alice/default.nix",
+                "homes/alice@global/default.nix",
+                "homes/alice@ws/default.nix",
+                "homes/bob@nohost/default.nix",
+                "homes/carol@global/default.nix",
+                "systems/ws/default.nix",
+                "systems/ws/meta.nix",
+                "systems/bare/default.nix",
+            ],
+        );
+        let repo = Repo::scan(t.path()).unwrap();
+        let alice = &repo.users["alice"];
+        assert!(alice.base && alice.global);
+        assert_eq!(alice.host_parts, vec!["ws".to_string()]);
+        assert_eq!(repo.host_users("ws"), vec!["alice".to_string()]);
+        assert!(repo.hosts.contains_key("ws") && !repo.hosts.contains_key("global"));
+        let codes: Vec<(&str, &str)> =
+            repo.findings.iter().map(|f| (f.path.as_str(), f.code)).collect();
+        for expected in [
+            ("homes/Dave", "bad-name"),
+            ("homes/x@global@y", "bad-name"),
+            ("homes/nodef", "missing-default-nix"),
+            ("homes/bob@nohost", "unknown-host"),
+            ("homes/carol@global", "global-without-base"),
+            ("systems/global", "bad-name"),
+            ("systems/bare", "missing-meta-nix"),
+        ] {
+            assert!(codes.contains(&expected), "{expected:?} missing from {codes:?}");
+        }
+        let bare = repo.findings.iter().find(|f| f.path == "systems/bare").unwrap();
+        assert_eq!(bare.severity, Severity::Warning);
+        let err = repo.ensure_valid().unwrap_err().to_string();
+        assert!(err.contains("homes/Dave") && err.contains("homes/bob@nohost"), "{err}");
+        // bob has only an integrated part: no standalone home.
+        assert!(repo.standalone_users().all(|u| u.name != "bob"));
+    }
+
+    #[test]
+    fn locates_nix_errors() {
+        let root = Path::new("/r");
+        assert_eq!(
+            locate_nix_error(root, "error: syntax error, at /r/systems/ws/meta.nix:3:5"),
+            (Some("systems/ws/meta.nix".into()), Some(3))
+        );
+        assert_eq!(
+            locate_nix_error(root, "error: undefined variable 'x'\n       at «string»:1:1:"),
+            (None, None)
+        );
+    }
+}

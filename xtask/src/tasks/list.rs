@@ -1,0 +1,109 @@
+//! `cargo xtask list`: the layout as the flake sees it, for people and for CI matrices.
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    Ctx,
+    cli::List,
+    repo::{Part, Repo, home_dir_name},
+    term,
+};
+
+/// The JSON schema documented in README.md ("list --json"); keep it stable.
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub homes: Vec<HomeEntry>,
+    pub hosts: Vec<HostEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HomeEntry {
+    pub name: String,
+    /// The homes/ directories of this user: `alice`, `alice@global`, `alice@workstation`.
+    pub parts: Vec<String>,
+    /// Whether `homeConfigurations.<name>` exists (it needs homes/<name>).
+    pub standalone: bool,
+    /// The system of the standalone home (meta.nix or the repo default).
+    pub system: String,
+    /// Hosts whose integrated home includes this user.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostEntry {
+    pub name: String,
+    pub system: String,
+    pub users: Vec<String>,
+}
+
+impl List {
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let mut repo = ctx.repo()?;
+        repo.load_meta(&ctx.nix())?;
+        for f in repo.findings.iter().filter(|f| f.severity == crate::repo::Severity::Warning) {
+            term::warning(&format!("{}: {} ({})", f.path, f.message, f.fix));
+        }
+        repo.ensure_valid()?;
+        let listing = listing(&repo);
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&listing)?);
+            return Ok(());
+        }
+        println!("homes:");
+        for h in &listing.homes {
+            let integrated = if h.hosts.is_empty() {
+                String::new()
+            } else {
+                format!("  integrated on: {}", h.hosts.join(", "))
+            };
+            let standalone = if h.standalone { h.system.as_str() } else { "integrated only" };
+            println!("  {:<16} {:<16} parts: {}{integrated}", h.name, standalone, h.parts.join(" "));
+        }
+        println!("hosts:");
+        for h in &listing.hosts {
+            println!("  {:<16} {:<16} users: {}", h.name, h.system, h.users.join(" "));
+        }
+        Ok(())
+    }
+}
+
+pub fn listing(repo: &Repo) -> Listing {
+    let homes = repo
+        .users
+        .values()
+        .map(|u| {
+            let mut parts = Vec::new();
+            if u.base {
+                parts.push(home_dir_name(&u.name, &Part::Base));
+            }
+            if u.global {
+                parts.push(home_dir_name(&u.name, &Part::Global));
+            }
+            parts.extend(u.host_parts.iter().map(|h| home_dir_name(&u.name, &Part::Host(h.clone()))));
+            let hosts = repo
+                .hosts
+                .keys()
+                .filter(|h| repo.host_users(h).contains(&u.name))
+                .cloned()
+                .collect();
+            HomeEntry {
+                name: u.name.clone(),
+                parts,
+                standalone: u.base,
+                system: repo.home_system(u),
+                hosts,
+            }
+        })
+        .collect();
+    let hosts = repo
+        .hosts
+        .values()
+        .map(|h| HostEntry {
+            name: h.name.clone(),
+            system: repo.host_system(h),
+            users: repo.host_users(&h.name),
+        })
+        .collect();
+    Listing { homes, hosts }
+}

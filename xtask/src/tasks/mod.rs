@@ -1,0 +1,14 @@
+//! One module per task, each with one `run(self, ctx)`.
+
+mod build_home;
+mod check;
+mod diff;
+mod gc;
+mod generations;
+mod list;
+mod new_host;
+mod new_user;
+mod rollback;
+mod switch;
+mod test;
+mod bench;

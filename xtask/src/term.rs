@@ -1,0 +1,52 @@
+//! Human output on stderr: colour only when stderr is a terminal and NO_COLOR is unset,
+//! so logs and CI output stay plain. Machine output (`--json`) goes to stdout elsewhere.
+
+use std::{io::IsTerminal, sync::OnceLock};
+
+fn colour() -> bool {
+    static COLOUR: OnceLock<bool> = OnceLock::new();
+    *COLOUR.get_or_init(|| {
+        std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+    })
+}
+
+#[derive(Clone, Copy)]
+pub enum Style {
+    Red,
+    Yellow,
+    Green,
+    Dim,
+    Bold,
+}
+
+/// `text` wrapped in the ANSI style when colour is on.
+pub fn paint(style: Style, text: &str) -> String {
+    if !colour() {
+        return text.to_string();
+    }
+    let code = match style {
+        Style::Red => "1;31",
+        Style::Yellow => "1;33",
+        Style::Green => "32",
+        Style::Dim => "2",
+        Style::Bold => "1",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+pub fn error(msg: &str) {
+    eprintln!("{} {msg}", paint(Style::Red, "error:"));
+}
+
+pub fn warning(msg: &str) {
+    eprintln!("{} {msg}", paint(Style::Yellow, "warning:"));
+}
+
+pub fn info(msg: &str) {
+    eprintln!("{msg}");
+}
+
+/// Announces a command before it runs, so the user sees what happens (and can rerun it).
+pub fn command(shown: &str) {
+    eprintln!("{}", paint(Style::Dim, &format!("$ {shown}")));
+}

@@ -63,12 +63,19 @@ impl<'a> Nix<'a> {
 
     /// Evaluates a Nix expression (`nix eval --json --expr`) and decodes the result.
     pub fn eval_expr_json<T: DeserializeOwned>(&self, expr: &str) -> Result<T> {
-        self.json(self.cmd(["eval", "--json", "--impure", "--expr", expr])?, "the expression")
+        self.json(
+            self.cmd(["eval", "--json", "--impure", "--expr", expr])?,
+            "the expression",
+        )
     }
 
     /// Evaluates `installable` (e.g. `/repo#homeConfigurations`), optionally through
     /// `--apply FN`, and decodes the JSON.
-    pub fn eval_json<T: DeserializeOwned>(&self, installable: &str, apply: Option<&str>) -> Result<T> {
+    pub fn eval_json<T: DeserializeOwned>(
+        &self,
+        installable: &str,
+        apply: Option<&str>,
+    ) -> Result<T> {
         let mut args = vec!["eval", "--json", installable];
         if let Some(f) = apply {
             args.extend(["--apply", f]);
@@ -81,7 +88,11 @@ impl<'a> Nix<'a> {
         if self.verbose {
             term::command(&shown);
         }
-        let out = cmd.quiet().ignore_status().output().with_context(|| format!("running {shown}"))?;
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             return Err(failure(&shown, what, &stderr));
@@ -116,8 +127,9 @@ impl<'a> Nix<'a> {
                 installables.join(" ")
             )
         })?;
-        let results: Vec<BuildResult> = serde_json::from_str(&stdout)
-            .with_context(|| format!("nix build printed JSON the xtask did not expect (tried: {shown})"))?;
+        let results: Vec<BuildResult> = serde_json::from_str(&stdout).with_context(|| {
+            format!("nix build printed JSON the xtask did not expect (tried: {shown})")
+        })?;
         results
             .into_iter()
             .map(|r| {
@@ -140,9 +152,45 @@ pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
         return Ok(());
     }
     term::command(&shown);
-    cmd.quiet().run().with_context(|| format!("tried: {shown}"))?;
+    cmd.quiet()
+        .run()
+        .with_context(|| format!("tried: {shown}"))?;
     Ok(())
 }
+
+/// A nix call that failed: what ran and what nix said. Callers that report per file
+/// (`check`, meta loading) downcast to this to get nix's own message.
+#[derive(Debug)]
+pub struct NixError {
+    pub command: String,
+    pub what: String,
+    pub stderr: String,
+}
+
+impl NixError {
+    /// nix's message without the `error:` prefix, the source excerpt and the trace.
+    pub fn message(&self) -> String {
+        let trimmed = trim_error(&self.stderr);
+        trimmed
+            .strip_prefix("error: ")
+            .unwrap_or(&trimmed)
+            .to_string()
+    }
+}
+
+impl std::fmt::Display for NixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nix could not evaluate {}: {}\n  tried: {}",
+            self.what,
+            self.message(),
+            self.command
+        )
+    }
+}
+
+impl std::error::Error for NixError {}
 
 /// Turns a failed nix call into an error that names the cause and the fix.
 pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
@@ -160,7 +208,12 @@ pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
             trim_error(stderr)
         );
     }
-    anyhow::anyhow!("nix could not evaluate {what}: {}\n  tried: {shown}", trim_error(stderr))
+    NixError {
+        command: shown.to_string(),
+        what: what.to_string(),
+        stderr: stderr.to_string(),
+    }
+    .into()
 }
 
 /// Keeps the useful part of a nix error: the `error:` lines and the location they name,
@@ -180,7 +233,8 @@ pub fn trim_error(stderr: &str) -> String {
         }
         // Source excerpt lines look like `12|   foo = 1;` or `|   ^`.
         let excerpt = t.starts_with('|')
-            || t.split_once('|').is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
+            || t.split_once('|')
+                .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
         if excerpt || t.starts_with('…') {
             continue;
         }
@@ -202,7 +256,9 @@ pub fn ensure_on_path(tool: &str) -> Result<()> {
 
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
@@ -239,12 +295,19 @@ mod tests {
 
     #[test]
     fn flakes_missing_is_named() {
-        let e = failure("nix eval", "x", "error: unrecognised flag '--extra-experimental-features'");
+        let e = failure(
+            "nix eval",
+            "x",
+            "error: unrecognised flag '--extra-experimental-features'",
+        );
         assert!(e.to_string().contains("no flakes support"), "{e}");
     }
 
     #[test]
     fn system_is_detected() {
-        assert!(crate::repo::SYSTEMS.contains(&current_system().as_str()) || cfg!(not(any(target_os = "linux", target_os = "macos"))));
+        assert!(
+            crate::repo::SYSTEMS.contains(&current_system().as_str())
+                || cfg!(not(any(target_os = "linux", target_os = "macos")))
+        );
     }
 }

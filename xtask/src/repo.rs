@@ -530,7 +530,7 @@ impl Repo {
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
-        let expr = meta_expr(&self.root, &homes, &hosts);
+        let expr = self.meta_expr();
         let eval: MetaEval = match nix.eval_expr_json(&expr) {
             Ok(v) => v,
             // Only a failure of the evaluation itself is a finding; nix missing or
@@ -628,6 +628,23 @@ impl Repo {
         out
     }
 
+    /// The one expression that reads every meta.nix of the repo (also the benchmark's baseline).
+    pub fn meta_expr(&self) -> String {
+        let homes: Vec<&str> = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| u.name.as_str())
+            .collect();
+        let hosts: Vec<&str> = self
+            .hosts
+            .values()
+            .filter(|h| h.has_meta)
+            .map(|h| h.name.as_str())
+            .collect();
+        meta_expr(&self.root, &homes, &hosts)
+    }
+
     /// Fails with every error finding when the layout is broken (warnings are printed by
     /// the caller if it wants); tasks that deploy or list call this.
     pub fn ensure_valid(&self) -> Result<()> {
@@ -715,7 +732,7 @@ pub fn nix_string(s: &str) -> String {
 
 /// The expression that reads the meta files; each is imported by absolute path so untracked
 /// files are visible too (the lint reports those separately).
-fn meta_expr(root: &Path, homes: &[String], hosts: &[String]) -> String {
+fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
     let root = root.display().to_string();
     let entry = |kind: &str, name: &str| {
         format!(

@@ -82,7 +82,9 @@ fn works_from_a_subdirectory_and_with_flake_flag() {
 /// Each broken layout: exit 1, the message names the path and the rule, nothing written.
 #[test]
 fn bad_layouts_name_the_path_and_rule() {
-    let cases: &[(&str, &dyn Fn(&Fixture), &str, &str)] = &[
+    // (what, how the fixture is broken, the path the message must name, the rule it must state)
+    type Case<'a> = (&'a str, &'a dyn Fn(&Fixture), &'a str, &'a str);
+    let cases: &[Case] = &[
         (
             "uppercase",
             &|f| {

@@ -182,7 +182,7 @@ impl std::fmt::Display for NixError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "nix could not evaluate {}: {}\n  tried: {}",
+            "nix could not evaluate {}: {}\n  tried: {}\n  fix the error at the place nix names; add --show-trace to that command for nix's full trace",
             self.what,
             self.message(),
             self.command

@@ -205,6 +205,9 @@ pub struct Gc {
 #[derive(Debug, Args)]
 pub struct NewUser {
     /// The new user's name ([a-z_][a-z0-9_-]*).
+    // A name like `-rf` reaches the naming rule (and its message) instead of clap's
+    // "unexpected argument"; known flags such as --global are still flags.
+    #[arg(allow_hyphen_values = true)]
     pub name: String,
     /// Also create homes/<name>@global (merged into the standalone home only).
     #[arg(long)]
@@ -232,6 +235,7 @@ pub struct NewUser {
 #[derive(Debug, Args)]
 pub struct NewHost {
     /// The new host's name ([a-z_][a-z0-9_-]*, not `global`).
+    #[arg(allow_hyphen_values = true)]
     pub name: String,
     /// The host's system (`auto`: this machine's; default: auto).
     #[arg(long, default_value = "auto")]

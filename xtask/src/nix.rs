@@ -63,10 +63,12 @@ impl<'a> Nix<'a> {
 
     /// Evaluates a Nix expression (`nix eval --json --expr`) and decodes the result.
     pub fn eval_expr_json<T: DeserializeOwned>(&self, expr: &str) -> Result<T> {
-        self.json(
-            self.cmd(["eval", "--json", "--impure", "--expr", expr])?,
-            "the expression",
-        )
+        self.json(self.eval_expr_cmd(expr)?, "the expression")
+    }
+
+    /// The command [`Nix::eval_expr_json`] runs, for tasks that print it (`--dry-run`).
+    pub fn eval_expr_cmd(&self, expr: &str) -> Result<Cmd<'a>> {
+        self.cmd(["eval", "--json", "--impure", "--expr", expr])
     }
 
     /// Evaluates `installable` (e.g. `/repo#homeConfigurations`), optionally through

@@ -71,6 +71,28 @@ pub fn validate_host_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The superuser's home belongs to the system (NixOS configures it in systems/<host>), so a
+/// Home Manager home for it is almost always a mistake; `--allow-root` says it is not.
+pub const RESERVED_USER: &str = "root";
+
+/// Checks the name of a user about to be created: the naming rule, not `global` (it would
+/// read as the standalone-only part, `homes/global@global`), and not `root` unless allowed.
+/// Existing directories are not held to the reserved names: lib/ accepts them.
+pub fn validate_new_user_name(name: &str, allow_root: bool) -> Result<(), String> {
+    validate_name(name)?;
+    if name == RESERVED_HOST {
+        return Err(format!(
+            "'{RESERVED_HOST}' is reserved: homes/<user>@{RESERVED_HOST} is the standalone-only part of a home, so no user may be called that"
+        ));
+    }
+    if name == RESERVED_USER && !allow_root {
+        return Err(format!(
+            "'{RESERVED_USER}' is reserved: the superuser is configured by the NixOS host (systems/<host>), not by a Home Manager home; pass --allow-root if you really want homes/{RESERVED_USER}"
+        ));
+    }
+    Ok(())
+}
+
 /// Which part of a user's home a `homes/` directory is.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Part {
@@ -803,6 +825,27 @@ mod tests {
                 .contains("reserved")
         );
         assert_eq!(validate_host_name("workstation"), Ok(()));
+    }
+
+    #[test]
+    fn new_users_avoid_reserved_names() {
+        assert_eq!(validate_new_user_name("bob", false), Ok(()));
+        assert!(
+            validate_new_user_name("global", true)
+                .unwrap_err()
+                .contains("reserved")
+        );
+        let root = validate_new_user_name("root", false).unwrap_err();
+        assert!(
+            root.contains("reserved") && root.contains("--allow-root"),
+            "{root}"
+        );
+        assert_eq!(validate_new_user_name("root", true), Ok(()));
+        assert!(
+            validate_new_user_name("Root", true)
+                .unwrap_err()
+                .contains("[a-z_][a-z0-9_-]*")
+        );
     }
 
     #[test]

@@ -54,7 +54,7 @@ impl NewHost {
         }
 
         term::info(&format!(
-            "{host} is a {system} host. Next steps (commit the new files too):"
+            "{host} is a {system} host. Next steps (and commit the new files):"
         ));
         term::info(&format!(
             "  on the machine: nixos-generate-config --show-hardware-config > systems/{host}/hardware-configuration.nix, then import it in systems/{host}/default.nix"

@@ -82,7 +82,7 @@ impl NewUser {
             return Ok(());
         }
 
-        term::info("next steps (commit the new files too, flakes only see what git tracks):");
+        term::info("next steps (and commit the new files):");
         let mut steps = vec![(
             format!("cargo xtask switch {name}"),
             format!("deploy the standalone home, as {name}"),

@@ -239,7 +239,10 @@ impl Scaffold {
 }
 
 /// One nix process for every attribute: `getFlake` reads the flake as `nix eval ROOT#…`
-/// would (tracked and intent-to-add files only), and a list holds all the results.
+/// would (tracked and intent-to-add files only), and a list holds all the results. It
+/// also names outputs exactly: `nix eval ROOT#homeConfigurations.bob` would first try
+/// `legacyPackages.<this system>.homeConfigurations.bob`, which lib/ provides, and so
+/// ignore the system in homes/bob/meta.nix.
 fn eval_expr(root: &Path, attrs: &[String]) -> String {
     let items: String = attrs.iter().map(|a| format!(" f.{a}")).collect();
     format!(
@@ -261,7 +264,10 @@ fn evaluate(nix: &Nix, root: &Path, expr: &str, eval: &Evaluation, written: &[&s
     }
     let e = match nix.eval_expr_json::<Vec<serde_json::Value>>(expr) {
         Ok(_) => {
-            term::info("the new configuration evaluates");
+            term::info(&term::paint(
+                term::Style::Green,
+                "the new configuration evaluates",
+            ));
             return Ok(());
         }
         Err(e) => e,
@@ -309,13 +315,6 @@ fn cannot_run(err: &str) -> bool {
     ]
     .iter()
     .any(|needle| err.contains(needle))
-}
-
-fn first_line(err: &str) -> &str {
-    err.lines()
-        .find(|l| l.contains("error:"))
-        .unwrap_or(err)
-        .trim()
 }
 
 /// The repo-relative file (and line) a nix error points at. A flake is evaluated from its

@@ -319,7 +319,8 @@ fn cannot_run(err: &str) -> bool {
 
 /// The repo-relative file (and line) a nix error points at. A flake is evaluated from its
 /// store copy (`/nix/store/…-source/homes/bob/default.nix:3:5`), a path flake from the
-/// root itself. A location in one of the `written` files is preferred.
+/// root itself. A location in one of the `written` files is preferred, then one in the
+/// repo.
 fn locate(root: &Path, err: &str, written: &[&str]) -> Option<(String, Option<u32>)> {
     let mut found: Vec<(String, Option<u32>)> = err
         .match_indices("-source/")
@@ -341,7 +342,8 @@ fn locate(root: &Path, err: &str, written: &[&str]) -> Option<(String, Option<u3
         .position(|(f, _)| written.contains(&f.as_str()));
     match preferred {
         Some(i) => Some(found.swap_remove(i)),
-        None => found.into_iter().next(),
+        // Other store sources (nixpkgs' lib/modules.nix, …) are not the repo's files.
+        None => found.into_iter().find(|(f, _)| root.join(f).is_file()),
     }
 }
 
@@ -467,16 +469,20 @@ mod tests {
 
     #[test]
     fn errors_are_located_in_the_written_files() {
-        let err = "error: undefined variable 'x' at /nix/store/abc-source/lib/default.nix:9:1: at /nix/store/abc-source/homes/bob/default.nix:3:15:";
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir(t.path().join("lib")).unwrap();
+        fs::write(t.path().join("lib/default.nix"), "{ }\n").unwrap();
+        let err = "error: undefined variable 'x' at /nix/store/n-source/lib/modules.nix:5:1: at /nix/store/abc-source/lib/default.nix:9:1: at /nix/store/abc-source/homes/bob/default.nix:3:15:";
         assert_eq!(
-            locate(Path::new("/r"), err, &["homes/bob/default.nix"]),
+            locate(t.path(), err, &["homes/bob/default.nix"]),
             Some(("homes/bob/default.nix".into(), Some(3)))
         );
+        // nixpkgs' lib/modules.nix is not in the repo; lib/default.nix is.
         assert_eq!(
-            locate(Path::new("/r"), err, &[]),
+            locate(t.path(), err, &[]),
             Some(("lib/default.nix".into(), Some(9)))
         );
-        assert_eq!(locate(Path::new("/r"), "error: oops", &[]), None);
+        assert_eq!(locate(t.path(), "error: oops", &[]), None);
     }
 
     fn scaffold(files: &[&str]) -> Scaffold {

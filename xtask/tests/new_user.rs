@@ -245,6 +245,13 @@ fn an_unknown_host_says_how_to_create_it() {
         .failure(1)
         .stderr_has("cargo xtask new-host nohost");
     assert_eq!(snapshot(&f), before);
+    // A host directory without a configuration is no host either.
+    f.write("systems/bare/meta.nix", "{ }\n").commit();
+    let before = snapshot(&f);
+    f.xtask(&["new-user", "bob", "--host", "bare"])
+        .failure(1)
+        .stderr_has("systems/bare has no default.nix");
+    assert_eq!(snapshot(&f), before);
 }
 
 #[test]

@@ -109,12 +109,16 @@ fn check_host(repo: &repo::Repo, host: &str) -> Result<()> {
         );
     }
     validate_host_name(host).map_err(|e| anyhow!("--host {host}: {e}; nothing was written"))?;
-    if !repo.hosts.contains_key(host) {
-        bail!(
+    match repo.hosts.get(host) {
+        None => bail!(
             "--host {host}: there is no host '{host}' (systems/{host} does not exist); create it first with `cargo xtask new-host {host}`, then run this again; nothing was written"
-        );
+        ),
+        // The new part could not evaluate: the host itself has no configuration.
+        Some(h) if !h.has_default => bail!(
+            "--host {host}: systems/{host} has no default.nix, so the host has no configuration; move systems/{host} away and run `cargo xtask new-host {host}`, or write the file; nothing was written"
+        ),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// The home template with the git identity filled in: its commented `userName` and

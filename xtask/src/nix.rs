@@ -266,10 +266,8 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
 /// architecture and OS the xtask was compiled for: no nix call is needed.
 pub fn current_system() -> String {
-    let arch = match env::consts::ARCH {
-        "aarch64" => "aarch64",
-        other => other,
-    };
+    // Rust's arch names (x86_64, aarch64) are Nix's.
+    let arch = env::consts::ARCH;
     let os = match env::consts::OS {
         "macos" => "darwin",
         other => other,

@@ -63,12 +63,19 @@ impl<'a> Nix<'a> {
 
     /// Evaluates a Nix expression (`nix eval --json --expr`) and decodes the result.
     pub fn eval_expr_json<T: DeserializeOwned>(&self, expr: &str) -> Result<T> {
-        self.json(self.cmd(["eval", "--json", "--impure", "--expr", expr])?, "the expression")
+        self.json(
+            self.cmd(["eval", "--json", "--impure", "--expr", expr])?,
+            "the expression",
+        )
     }
 
     /// Evaluates `installable` (e.g. `/repo#homeConfigurations`), optionally through
     /// `--apply FN`, and decodes the JSON.
-    pub fn eval_json<T: DeserializeOwned>(&self, installable: &str, apply: Option<&str>) -> Result<T> {
+    pub fn eval_json<T: DeserializeOwned>(
+        &self,
+        installable: &str,
+        apply: Option<&str>,
+    ) -> Result<T> {
         let mut args = vec!["eval", "--json", installable];
         if let Some(f) = apply {
             args.extend(["--apply", f]);
@@ -81,7 +88,11 @@ impl<'a> Nix<'a> {
         if self.verbose {
             term::command(&shown);
         }
-        let out = cmd.quiet().ignore_status().output().with_context(|| format!("running {shown}"))?;
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             return Err(failure(&shown, what, &stderr));
@@ -116,8 +127,9 @@ impl<'a> Nix<'a> {
                 installables.join(" ")
             )
         })?;
-        let results: Vec<BuildResult> = serde_json::from_str(&stdout)
-            .with_context(|| format!("nix build printed JSON the xtask did not expect (tried: {shown})"))?;
+        let results: Vec<BuildResult> = serde_json::from_str(&stdout).with_context(|| {
+            format!("nix build printed JSON the xtask did not expect (tried: {shown})")
+        })?;
         results
             .into_iter()
             .map(|r| {
@@ -134,19 +146,26 @@ impl<'a> Nix<'a> {
 impl Nix<'_> {
     /// The closure size (bytes) of each path, in one `nix path-info -S --json` call. Nix
     /// up to 2.18 prints a list of `{path, closureSize}`, later ones an object keyed by path.
-    pub fn closure_sizes(&self, paths: &[PathBuf]) -> Result<std::collections::BTreeMap<PathBuf, u64>> {
+    pub fn closure_sizes(
+        &self,
+        paths: &[PathBuf],
+    ) -> Result<std::collections::BTreeMap<PathBuf, u64>> {
         let mut out = std::collections::BTreeMap::new();
         if paths.is_empty() {
             return Ok(out);
         }
-        let mut args: Vec<std::ffi::OsString> = vec!["path-info".into(), "-S".into(), "--json".into()];
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["path-info".into(), "-S".into(), "--json".into()];
         args.extend(paths.iter().map(|p| p.as_os_str().to_owned()));
-        let value: serde_json::Value = self.json(self.cmd(args)?, "the generations' closure sizes")?;
+        let value: serde_json::Value =
+            self.json(self.cmd(args)?, "the generations' closure sizes")?;
         let size = |v: &serde_json::Value| v.get("closureSize").and_then(serde_json::Value::as_u64);
         match value {
             serde_json::Value::Array(items) => {
                 for item in &items {
-                    if let (Some(p), Some(s)) = (item.get("path").and_then(|p| p.as_str()), size(item)) {
+                    if let (Some(p), Some(s)) =
+                        (item.get("path").and_then(|p| p.as_str()), size(item))
+                    {
                         out.insert(PathBuf::from(p), s);
                     }
                 }
@@ -173,7 +192,9 @@ pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
         return Ok(());
     }
     term::command(&shown);
-    cmd.quiet().run().with_context(|| format!("tried: {shown}"))?;
+    cmd.quiet()
+        .run()
+        .with_context(|| format!("tried: {shown}"))?;
     Ok(())
 }
 
@@ -193,7 +214,10 @@ pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
             trim_error(stderr)
         );
     }
-    anyhow::anyhow!("nix could not evaluate {what}: {}\n  tried: {shown}", trim_error(stderr))
+    anyhow::anyhow!(
+        "nix could not evaluate {what}: {}\n  tried: {shown}",
+        trim_error(stderr)
+    )
 }
 
 /// Keeps the useful part of a nix error: the `error:` lines and the location they name,
@@ -213,7 +237,8 @@ pub fn trim_error(stderr: &str) -> String {
         }
         // Source excerpt lines look like `12|   foo = 1;` or `|   ^`.
         let excerpt = t.starts_with('|')
-            || t.split_once('|').is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
+            || t.split_once('|')
+                .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
         if excerpt || t.starts_with('…') {
             continue;
         }
@@ -235,7 +260,9 @@ pub fn ensure_on_path(tool: &str) -> Result<()> {
 
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
@@ -272,12 +299,19 @@ mod tests {
 
     #[test]
     fn flakes_missing_is_named() {
-        let e = failure("nix eval", "x", "error: unrecognised flag '--extra-experimental-features'");
+        let e = failure(
+            "nix eval",
+            "x",
+            "error: unrecognised flag '--extra-experimental-features'",
+        );
         assert!(e.to_string().contains("no flakes support"), "{e}");
     }
 
     #[test]
     fn system_is_detected() {
-        assert!(crate::repo::SYSTEMS.contains(&current_system().as_str()) || cfg!(not(any(target_os = "linux", target_os = "macos"))));
+        assert!(
+            crate::repo::SYSTEMS.contains(&current_system().as_str())
+                || cfg!(not(any(target_os = "linux", target_os = "macos")))
+        );
     }
 }

@@ -49,7 +49,9 @@ impl UserEnv {
 
     /// `${XDG_STATE_HOME:-$HOME/.local/state}`.
     fn state_home(&self) -> PathBuf {
-        self.xdg_state_home.clone().unwrap_or_else(|| self.home.join(".local/state"))
+        self.xdg_state_home
+            .clone()
+            .unwrap_or_else(|| self.home.join(".local/state"))
     }
 
     /// Home Manager's own state: `…/home-manager` (gcroots, and our switch lock).
@@ -63,7 +65,10 @@ impl UserEnv {
     pub fn profile(&self) -> Profile {
         let xdg = self.state_home().join("nix/profiles");
         if xdg.is_dir() {
-            return Profile { dir: xdg, exists: true };
+            return Profile {
+                dir: xdg,
+                exists: true,
+            };
         }
         let global = self
             .nix_state_dir
@@ -72,9 +77,15 @@ impl UserEnv {
             .join("profiles/per-user")
             .join(&self.user);
         if global.is_dir() {
-            return Profile { dir: global, exists: true };
+            return Profile {
+                dir: global,
+                exists: true,
+            };
         }
-        Profile { dir: xdg, exists: false }
+        Profile {
+            dir: xdg,
+            exists: false,
+        }
     }
 
     /// `path` with `$HOME` shown as `~`, for messages.
@@ -88,7 +99,9 @@ impl UserEnv {
 }
 
 fn non_empty(var: &str) -> Option<PathBuf> {
-    env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
+    env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// A profile directory; the profile itself is the `home-manager` link in it.
@@ -133,11 +146,22 @@ impl Profile {
         let mut gens = Vec::new();
         for entry in entries {
             let entry = entry.with_context(|| format!("reading {}", self.dir.display()))?;
-            let Some(id) = entry.file_name().to_str().and_then(generation_id) else { continue };
+            let Some(id) = entry.file_name().to_str().and_then(generation_id) else {
+                continue;
+            };
             let link = entry.path();
-            let Ok(path) = fs::read_link(&link) else { continue };
-            let mtime = fs::symlink_metadata(&link).and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
-            gens.push(Generation { id, date: format_utc(mtime), path, current: current == Some(id) });
+            let Ok(path) = fs::read_link(&link) else {
+                continue;
+            };
+            let mtime = fs::symlink_metadata(&link)
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            gens.push(Generation {
+                id,
+                date: format_utc(mtime),
+                path,
+                current: current == Some(id),
+            });
         }
         gens.sort_by(|a, b| b.id.cmp(&a.id));
         Ok(gens)
@@ -146,12 +170,18 @@ impl Profile {
 
 /// `home-manager-17-link` → 17.
 fn generation_id(name: &str) -> Option<u64> {
-    name.strip_prefix("home-manager-")?.strip_suffix("-link")?.parse().ok()
+    name.strip_prefix("home-manager-")?
+        .strip_suffix("-link")?
+        .parse()
+        .ok()
 }
 
 /// `YYYY-MM-DD HH:MM` in UTC (days-from-civil inverse; no time zone database needed).
 pub fn format_utc(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Howard Hinnant's civil_from_days.
     let z = days as i64 + 719_468;
@@ -163,7 +193,11 @@ pub fn format_utc(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 /// The switch lock: one switch (or rollback) of a profile at a time. The kernel releases
@@ -190,7 +224,11 @@ impl Lock {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
-                let holder = if holder.is_empty() { "another process" } else { holder };
+                let holder = if holder.is_empty() {
+                    "another process"
+                } else {
+                    holder
+                };
                 bail!(
                     "another switch of {what} is running ({holder}); wait for it to finish, then try again\n  lock: {}",
                     path.display()
@@ -314,7 +352,13 @@ pub fn preflight(home_files: &Path, home: &Path, backup: &Backup) -> Result<Pref
     Ok(out)
 }
 
-fn walk(dir: &Path, rel: &mut PathBuf, home: &Path, backup: &Backup, out: &mut Preflight) -> io::Result<()> {
+fn walk(
+    dir: &Path,
+    rel: &mut PathBuf,
+    home: &Path,
+    backup: &Backup,
+    out: &mut Preflight,
+) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         rel.push(entry.file_name());
@@ -343,7 +387,10 @@ fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight)
                 .find(|a| fs::symlink_metadata(a).is_ok_and(|m| !m.is_dir()))
                 .unwrap_or(target)
                 .to_path_buf();
-            out.blockers.push(Blocker::NotADirectory { target: target.to_path_buf(), parent });
+            out.blockers.push(Blocker::NotADirectory {
+                target: target.to_path_buf(),
+                parent,
+            });
             return;
         }
         // Unreadable (permissions): let activation report it in its own words.
@@ -356,10 +403,15 @@ fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight)
         } else if same_content(source, target) {
             out.identical.push(target.to_path_buf());
         } else {
-            out.blockers.push(Blocker::ForeignSymlink { target: target.to_path_buf(), points_to });
+            out.blockers.push(Blocker::ForeignSymlink {
+                target: target.to_path_buf(),
+                points_to,
+            });
         }
     } else if meta.is_dir() {
-        out.blockers.push(Blocker::Directory { target: target.to_path_buf() });
+        out.blockers.push(Blocker::Directory {
+            target: target.to_path_buf(),
+        });
     } else if same_content(source, target) {
         out.identical.push(target.to_path_buf());
     } else if backup.command.is_some() {
@@ -371,22 +423,32 @@ fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight)
         let bak = PathBuf::from(name);
         // lstat: a dangling symlink in the way is still in the way.
         if fs::symlink_metadata(&bak).is_ok() && !backup.overwrite {
-            out.blockers.push(Blocker::BackupExists { target: target.to_path_buf(), backup: bak });
+            out.blockers.push(Blocker::BackupExists {
+                target: target.to_path_buf(),
+                backup: bak,
+            });
         } else {
             out.backups.push((target.to_path_buf(), Some(bak)));
         }
     } else {
-        out.blockers.push(Blocker::Clobber { target: target.to_path_buf() });
+        out.blockers.push(Blocker::Clobber {
+            target: target.to_path_buf(),
+        });
     }
 }
 
 /// A link into a `*-home-manager-files` store path: Home Manager's own.
 pub fn is_hm_link(points_to: &Path) -> bool {
     let store = store_dir();
-    let Ok(rest) = points_to.strip_prefix(&store) else { return false };
+    let Ok(rest) = points_to.strip_prefix(&store) else {
+        return false;
+    };
     let mut parts = rest.components();
-    parts.next().is_some_and(|c| c.as_os_str().to_string_lossy().ends_with("-home-manager-files"))
-        && parts.next().is_some()
+    parts.next().is_some_and(|c| {
+        c.as_os_str()
+            .to_string_lossy()
+            .ends_with("-home-manager-files")
+    }) && parts.next().is_some()
 }
 
 fn store_dir() -> PathBuf {
@@ -418,8 +480,15 @@ impl Preflight {
         ));
         for (file, bak) in &self.backups {
             match bak {
-                Some(b) => term::info(&format!("  back up  {} → {}", env.tilde(file), env.tilde(b))),
-                None => term::info(&format!("  back up  {} (with the backup command)", env.tilde(file))),
+                Some(b) => term::info(&format!(
+                    "  back up  {} → {}",
+                    env.tilde(file),
+                    env.tilde(b)
+                )),
+                None => term::info(&format!(
+                    "  back up  {} (with the backup command)",
+                    env.tilde(file)
+                )),
             }
         }
         for file in &self.identical {
@@ -455,7 +524,10 @@ impl Activation<'_> {
         for (k, v) in self.vars() {
             s.push_str(&format!("{k}={} ", shell_quote(&v)));
         }
-        s.push_str(&format!("{} --driver-version 1", shell_quote(&self.script.display().to_string())));
+        s.push_str(&format!(
+            "{} --driver-version 1",
+            shell_quote(&self.script.display().to_string())
+        ));
         s
     }
 
@@ -465,11 +537,19 @@ impl Activation<'_> {
         term::command(&shown);
         let mut cmd = Command::new(&self.script);
         cmd.args(["--driver-version", "1"]);
-        for k in ["HOME_MANAGER_BACKUP_EXT", "HOME_MANAGER_BACKUP_COMMAND", "HOME_MANAGER_BACKUP_OVERWRITE", "DRY_RUN", "VERBOSE"] {
+        for k in [
+            "HOME_MANAGER_BACKUP_EXT",
+            "HOME_MANAGER_BACKUP_COMMAND",
+            "HOME_MANAGER_BACKUP_OVERWRITE",
+            "DRY_RUN",
+            "VERBOSE",
+        ] {
             cmd.env_remove(k);
         }
         cmd.envs(self.vars()).stdout(Stdio::from(io::stderr()));
-        let status = cmd.status().with_context(|| format!("running {}", self.script.display()))?;
+        let status = cmd
+            .status()
+            .with_context(|| format!("running {}", self.script.display()))?;
         if !status.success() {
             bail!("activation failed ({status}); its messages are above\n  tried: {shown}");
         }
@@ -479,7 +559,10 @@ impl Activation<'_> {
 
 /// Single-quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c)) {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c))
+    {
         return s.to_string();
     }
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -496,7 +579,8 @@ pub struct Expected {
 
 pub fn expected(generation: &Path) -> Result<Expected> {
     let script = generation.join("activate");
-    let text = fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
+    let text =
+        fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
     Ok(parse_expected(&text))
 }
 
@@ -550,7 +634,10 @@ mod tests {
     #[test]
     fn utc_dates() {
         assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01 00:00");
-        assert_eq!(format_utc(UNIX_EPOCH + Duration::from_secs(1_709_210_096)), "2024-02-29 12:34");
+        assert_eq!(
+            format_utc(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "2024-02-29 12:34"
+        );
     }
 
     #[test]
@@ -558,13 +645,18 @@ mod tests {
         let e = parse_expected("x\ncheckUsername 'alice'\ncheckHomeDirectory '/home/o'\\''b'\n");
         assert_eq!(e.username.as_deref(), Some("alice"));
         assert_eq!(e.home_directory.as_deref(), Some("/home/o'b"));
-        assert_eq!(parse_expected("checkUsername bob").username.as_deref(), Some("bob"));
+        assert_eq!(
+            parse_expected("checkUsername bob").username.as_deref(),
+            Some("bob")
+        );
         assert_eq!(parse_expected("echo hi"), Expected::default());
     }
 
     #[test]
     fn hm_links() {
-        assert!(is_hm_link(Path::new("/nix/store/abc-home-manager-files/.bashrc")));
+        assert!(is_hm_link(Path::new(
+            "/nix/store/abc-home-manager-files/.bashrc"
+        )));
         assert!(!is_hm_link(Path::new("/nix/store/abc-home-manager-files")));
         assert!(!is_hm_link(Path::new("/nix/store/abc-dotfiles/.bashrc")));
         assert!(!is_hm_link(Path::new("/home/a/dotfiles/.bashrc")));

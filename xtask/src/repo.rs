@@ -46,7 +46,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
     {
-        return Err(format!("'{name}' contains '{}'; {NAME_RULE}", bad.escape_default()));
+        return Err(format!(
+            "'{name}' contains '{}'; {NAME_RULE}",
+            bad.escape_default()
+        ));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(format!(
@@ -143,8 +146,20 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn error(path: impl Into<String>, code: &'static str, message: String, fix: String) -> Self {
-        Finding { severity: Severity::Error, path: path.into(), line: None, code, message, fix }
+    pub fn error(
+        path: impl Into<String>,
+        code: &'static str,
+        message: String,
+        fix: String,
+    ) -> Self {
+        Finding {
+            severity: Severity::Error,
+            path: path.into(),
+            line: None,
+            code,
+            message,
+            fix,
+        }
     }
     pub fn warning(
         path: impl Into<String>,
@@ -152,7 +167,14 @@ impl Finding {
         message: String,
         fix: String,
     ) -> Self {
-        Finding { severity: Severity::Warning, path: path.into(), line: None, code, message, fix }
+        Finding {
+            severity: Severity::Warning,
+            path: path.into(),
+            line: None,
+            code,
+            message,
+            fix,
+        }
     }
 }
 
@@ -327,7 +349,10 @@ impl Repo {
         if let Some(dir) = flake {
             let dir = cwd.join(dir);
             if !dir.join("flake.nix").is_file() {
-                bail!("--flake {}: there is no flake.nix in that directory", dir.display());
+                bail!(
+                    "--flake {}: there is no flake.nix in that directory",
+                    dir.display()
+                );
             }
             return dir
                 .canonicalize()
@@ -399,7 +424,10 @@ impl Repo {
                     "{rel} has no meta.nix, so the default system {} is used",
                     self.defaults.default_system
                 ),
-                format!("create {rel}/meta.nix with {{ system = \"{}\"; }}", self.defaults.default_system),
+                format!(
+                    "create {rel}/meta.nix with {{ system = \"{}\"; }}",
+                    self.defaults.default_system
+                ),
             ));
         }
         self.hosts.insert(name.to_string(), host);
@@ -470,7 +498,9 @@ impl Repo {
                         format!("homes/{}@{host}", user.name),
                         "unknown-host",
                         format!("host '{host}' has no systems/{host}"),
-                        format!("create it with cargo xtask new-host {host}, or rename the directory"),
+                        format!(
+                            "create it with cargo xtask new-host {host}, or rename the directory"
+                        ),
                     ));
                 }
             }
@@ -485,10 +515,18 @@ impl Repo {
             return Ok(());
         }
         self.meta_loaded = true;
-        let homes: Vec<String> =
-            self.users.values().filter(|u| u.has_meta).map(|u| u.name.clone()).collect();
-        let hosts: Vec<String> =
-            self.hosts.values().filter(|h| h.has_meta).map(|h| h.name.clone()).collect();
+        let homes: Vec<String> = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| u.name.clone())
+            .collect();
+        let hosts: Vec<String> = self
+            .hosts
+            .values()
+            .filter(|h| h.has_meta)
+            .map(|h| h.name.clone())
+            .collect();
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
@@ -600,12 +638,16 @@ impl Repo {
 
     /// The system of a user's standalone home: its meta.nix, else the repo default.
     pub fn home_system(&self, user: &User) -> String {
-        user.system.clone().unwrap_or_else(|| self.defaults.default_system.clone())
+        user.system
+            .clone()
+            .unwrap_or_else(|| self.defaults.default_system.clone())
     }
 
     /// The system of a host: its meta.nix, else the repo default.
     pub fn host_system(&self, host: &Host) -> String {
-        host.system.clone().unwrap_or_else(|| self.defaults.default_system.clone())
+        host.system
+            .clone()
+            .unwrap_or_else(|| self.defaults.default_system.clone())
     }
 
     /// Users of a host: those with a `homes/<user>@<host>` part plus meta.nix's `users`.
@@ -654,7 +696,10 @@ fn list_dirs(dir: &Path) -> Result<Vec<String>> {
 
 /// A Nix string literal for a path (quotes and `${` escaped).
 pub fn nix_string(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "\\${");
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("${", "\\${");
     format!("\"{escaped}\"")
 }
 
@@ -705,24 +750,41 @@ mod tests {
         for good in ["alice", "_svc", "bob-2", "a_b", "x"] {
             assert_eq!(validate_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "Alice", "a b", "../x", "-rf", "@", "1abc", "a.b", "ä", "bob@"] {
+        for bad in [
+            "", "Alice", "a b", "../x", "-rf", "@", "1abc", "a.b", "ä", "bob@",
+        ] {
             let err = validate_name(bad).unwrap_err();
             assert!(err.contains("[a-z_][a-z0-9_-]*"), "{bad}: {err}");
         }
-        assert!(validate_name(&"a".repeat(33)).unwrap_err().contains("at most 32"));
-        assert!(validate_name(&"a".repeat(300)).unwrap_err().contains("at most 32"));
+        assert!(
+            validate_name(&"a".repeat(33))
+                .unwrap_err()
+                .contains("at most 32")
+        );
+        assert!(
+            validate_name(&"a".repeat(300))
+                .unwrap_err()
+                .contains("at most 32")
+        );
     }
 
     #[test]
     fn global_is_not_a_host() {
-        assert!(validate_host_name("global").unwrap_err().contains("reserved"));
+        assert!(
+            validate_host_name("global")
+                .unwrap_err()
+                .contains("reserved")
+        );
         assert_eq!(validate_host_name("workstation"), Ok(()));
     }
 
     #[test]
     fn home_dirs_split_into_user_and_part() {
         assert_eq!(parse_home_dir("alice"), Ok(("alice".into(), Part::Base)));
-        assert_eq!(parse_home_dir("alice@global"), Ok(("alice".into(), Part::Global)));
+        assert_eq!(
+            parse_home_dir("alice@global"),
+            Ok(("alice".into(), Part::Global))
+        );
         assert_eq!(
             parse_home_dir("alice@workstation"),
             Ok(("alice".into(), Part::Host("workstation".into())))
@@ -730,10 +792,20 @@ mod tests {
         for bad in ["Alice", "a b", "@x", "bob@", "x@global@y", "x@Y", "@"] {
             assert!(parse_home_dir(bad).is_err(), "{bad}");
         }
-        assert!(parse_home_dir("x@global@y").unwrap_err().contains("more than one '@'"));
-        for (user, part) in [("a", Part::Base), ("a", Part::Global), ("a", Part::Host("h".into()))]
-        {
-            assert_eq!(parse_home_dir(&home_dir_name(user, &part)), Ok((user.into(), part)));
+        assert!(
+            parse_home_dir("x@global@y")
+                .unwrap_err()
+                .contains("more than one '@'")
+        );
+        for (user, part) in [
+            ("a", Part::Base),
+            ("a", Part::Global),
+            ("a", Part::Host("h".into())),
+        ] {
+            assert_eq!(
+                parse_home_dir(&home_dir_name(user, &part)),
+                Ok((user.into(), part))
+            );
         }
     }
 
@@ -747,9 +819,16 @@ mod tests {
             ..User::default()
         };
         assert_eq!(u.standalone_parts(), vec![Part::Base, Part::Global]);
-        assert_eq!(u.host_parts_for("ws"), vec![Part::Base, Part::Host("ws".into())]);
+        assert_eq!(
+            u.host_parts_for("ws"),
+            vec![Part::Base, Part::Host("ws".into())]
+        );
         assert_eq!(u.host_parts_for("other"), vec![Part::Base]);
-        let plain = User { name: "bob".into(), base: true, ..User::default() };
+        let plain = User {
+            name: "bob".into(),
+            base: true,
+            ..User::default()
+        };
         assert_eq!(plain.standalone_parts(), vec![Part::Base]);
     }
 
@@ -762,12 +841,18 @@ mod tests {
         assert_eq!(d.backup_extension, "old");
         assert_eq!(d.default_system, "x86_64-linux");
         assert_eq!(d.keep_generations, 5);
-        assert_eq!(Defaults::parse("[package]\nname='x'\n").unwrap(), Defaults::default());
+        assert_eq!(
+            Defaults::parse("[package]\nname='x'\n").unwrap(),
+            Defaults::default()
+        );
         assert!(Defaults::parse("[workspace.metadata.xtask]\nbackup-extention = 'x'\n").is_err());
         let err = Defaults::parse("[workspace.metadata.xtask]\ndefault-system = 'riscv'\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("riscv") && err.contains("aarch64-linux"), "{err}");
+        assert!(
+            err.contains("riscv") && err.contains("aarch64-linux"),
+            "{err}"
+        );
     }
 
     fn tree(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {
@@ -814,8 +899,11 @@ mod tests {
         assert_eq!(alice.host_parts, vec!["ws".to_string()]);
         assert_eq!(repo.host_users("ws"), vec!["alice".to_string()]);
         assert!(repo.hosts.contains_key("ws") && !repo.hosts.contains_key("global"));
-        let codes: Vec<(&str, &str)> =
-            repo.findings.iter().map(|f| (f.path.as_str(), f.code)).collect();
+        let codes: Vec<(&str, &str)> = repo
+            .findings
+            .iter()
+            .map(|f| (f.path.as_str(), f.code))
+            .collect();
         for expected in [
             ("homes/Dave", "bad-name"),
             ("homes/x@global@y", "bad-name"),
@@ -825,12 +913,22 @@ mod tests {
             ("systems/global", "bad-name"),
             ("systems/bare", "missing-meta-nix"),
         ] {
-            assert!(codes.contains(&expected), "{expected:?} missing from {codes:?}");
+            assert!(
+                codes.contains(&expected),
+                "{expected:?} missing from {codes:?}"
+            );
         }
-        let bare = repo.findings.iter().find(|f| f.path == "systems/bare").unwrap();
+        let bare = repo
+            .findings
+            .iter()
+            .find(|f| f.path == "systems/bare")
+            .unwrap();
         assert_eq!(bare.severity, Severity::Warning);
         let err = repo.ensure_valid().unwrap_err().to_string();
-        assert!(err.contains("homes/Dave") && err.contains("homes/bob@nohost"), "{err}");
+        assert!(
+            err.contains("homes/Dave") && err.contains("homes/bob@nohost"),
+            "{err}"
+        );
         // bob has only an integrated part: no standalone home.
         assert!(repo.standalone_users().all(|u| u.name != "bob"));
     }
@@ -843,7 +941,10 @@ mod tests {
             (Some("systems/ws/meta.nix".into()), Some(3))
         );
         assert_eq!(
-            locate_nix_error(root, "error: undefined variable 'x'\n       at «string»:1:1:"),
+            locate_nix_error(
+                root,
+                "error: undefined variable 'x'\n       at «string»:1:1:"
+            ),
             (None, None)
         );
     }

@@ -46,9 +46,20 @@ impl BuildHome {
             }
         })?;
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&Built { path: &path, system: &system, user: &user })?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Built {
+                    path: &path,
+                    system: &system,
+                    user: &user
+                })?
+            );
         } else {
-            term::info(&format!("generation: {} (GC root: {})", path.display(), link.display()));
+            term::info(&format!(
+                "generation: {} (GC root: {})",
+                path.display(),
+                link.display()
+            ));
             println!("{}", path.display());
         }
         Ok(())
@@ -66,7 +77,10 @@ pub fn pick_system(flag: Option<&str>) -> Result<String> {
         }
     };
     if !repo::SYSTEMS.contains(&system.as_str()) {
-        bail!("system {system} is not supported; use one of {}", repo::SYSTEMS.join(", "));
+        bail!(
+            "system {system} is not supported; use one of {}",
+            repo::SYSTEMS.join(", ")
+        );
     }
     Ok(system)
 }
@@ -76,7 +90,11 @@ pub fn pick_system(flag: Option<&str>) -> Result<String> {
 pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
     let (user, part) = repo::parse_home_dir(name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
     let hosts_of = |u: &str| -> Vec<String> {
-        repo.hosts.keys().filter(|h| repo.host_users(h).iter().any(|x| x == u)).cloned().collect()
+        repo.hosts
+            .keys()
+            .filter(|h| repo.host_users(h).iter().any(|x| x == u))
+            .cloned()
+            .collect()
     };
     match part {
         Part::Base => {}
@@ -94,7 +112,11 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
             let host = hosts.first().map(String::as_str).unwrap_or("<host>");
             bail!(
                 "{user} has no standalone home (no homes/{user}), only integrated ones on {}; integrated homes deploy with `cargo xtask switch --host {host}` (or create homes/{user} for a standalone home)",
-                if hosts.is_empty() { "no host".to_string() } else { hosts.join(", ") }
+                if hosts.is_empty() {
+                    "no host".to_string()
+                } else {
+                    hosts.join(", ")
+                }
             )
         }
         None => {
@@ -102,7 +124,11 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
             bail!(
                 "there is no home for {user} in {} (homes: {}); create one with `cargo xtask new-user {user}`, or name another user",
                 repo.root.join("homes").display(),
-                if homes.is_empty() { "none".to_string() } else { homes.join(", ") }
+                if homes.is_empty() {
+                    "none".to_string()
+                } else {
+                    homes.join(", ")
+                }
             )
         }
     }

@@ -36,17 +36,29 @@ impl Generations {
         }
         let paths: Vec<_> = gens.iter().map(|g| g.path.clone()).collect();
         let sizes = ctx.nix().closure_sizes(&paths)?;
-        let entries: Vec<Entry<'_>> =
-            gens.iter().map(|g| Entry { generation: g, closure_size: sizes.get(&g.path).copied() }).collect();
+        let entries: Vec<Entry<'_>> = gens
+            .iter()
+            .map(|g| Entry {
+                generation: g,
+                closure_size: sizes.get(&g.path).copied(),
+            })
+            .collect();
         if self.json {
             println!("{}", serde_json::to_string_pretty(&entries)?);
             return Ok(());
         }
         for e in &entries {
             let g = e.generation;
-            let size = e.closure_size.map_or_else(String::new, |s| format!(" ({})", human_size(s)));
+            let size = e
+                .closure_size
+                .map_or_else(String::new, |s| format!(" ({})", human_size(s)));
             let current = if g.current { " (current)" } else { "" };
-            println!("{} : id {} -> {}{size}{current}", g.date, g.id, g.path.display());
+            println!(
+                "{} : id {} -> {}{size}{current}",
+                g.date,
+                g.id,
+                g.path.display()
+            );
         }
         Ok(())
     }
@@ -60,7 +72,11 @@ fn human_size(bytes: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[unit]) }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
+    }
 }
 
 #[cfg(test)]

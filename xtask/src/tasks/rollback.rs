@@ -27,7 +27,12 @@ impl Rollback {
                 profile.dir.display()
             );
         };
-        let ids = || gens.iter().map(|g| g.id.to_string()).collect::<Vec<_>>().join(", ");
+        let ids = || {
+            gens.iter()
+                .map(|g| g.id.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let target = match self.to {
             Some(id) if id == current => bail!("generation {id} is already the current one; nothing to do"),
             Some(id) => gens
@@ -42,10 +47,18 @@ impl Rollback {
             ext: Some(Defaults::load(&ctx.root)?.backup_extension).filter(|e| !e.is_empty()),
             ..Backup::default()
         };
-        let _lock = if self.dry_run { None } else { Some(Lock::acquire(&env.hm_state_dir(), &format!("{user}'s home"))?) };
-
         // Activation would refuse the same files; checking first keeps the profile unchanged.
-        let pf = profile::preflight(&target.path.join("home-files"), &env.home, &backup)?;
+        // As in switch: a blocked rollback leaves $HOME as it was (no lock file), and the
+        // check is repeated under the lock.
+        let home_files = target.path.join("home-files");
+        let mut pf = profile::preflight(&home_files, &env.home, &backup)?;
+        let _lock = if self.dry_run || !pf.blockers.is_empty() {
+            None
+        } else {
+            let lock = Lock::acquire(&env.hm_state_dir(), &format!("{user}'s home"))?;
+            pf = profile::preflight(&home_files, &env.home, &backup)?;
+            Some(lock)
+        };
         pf.print(&env);
         if !pf.blockers.is_empty() {
             term::error("nothing was changed; resolve the files above and roll back again");
@@ -53,13 +66,22 @@ impl Rollback {
         }
 
         let nix_env = |args: &[String]| -> Result<xshell::Cmd<'_>> {
-            Ok(ctx.nix().tool("nix-env")?.arg("--profile").arg(profile.link()).args(args))
+            Ok(ctx
+                .nix()
+                .tool("nix-env")?
+                .arg("--profile")
+                .arg(profile.link())
+                .args(args))
         };
         let step = match self.to {
             None => nix_env(&["--rollback".into()])?,
             Some(id) => nix_env(&["--switch-generation".into(), id.to_string()])?,
         };
-        let activation = Activation { script: target.path.join("activate"), backup: &backup, verbose: ctx.verbose };
+        let activation = Activation {
+            script: target.path.join("activate"),
+            backup: &backup,
+            verbose: ctx.verbose,
+        };
         if self.dry_run {
             println!("{step}");
             println!("{}", activation.shown());
@@ -77,7 +99,11 @@ impl Rollback {
             ));
             return Err(Reported.into());
         }
-        term::info(&format!("rolled {user}'s home back to generation {} ({})", target.id, target.path.display()));
+        term::info(&format!(
+            "rolled {user}'s home back to generation {} ({})",
+            target.id,
+            target.path.display()
+        ));
         Ok(())
     }
 }

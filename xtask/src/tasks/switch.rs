@@ -83,19 +83,34 @@ impl Switch {
         } else {
             term::info(&format!(
                 "first install: no profile directory yet; {} {} (Home Manager's XDG location)",
-                if self.dry_run { "would create" } else { "creating" },
+                if self.dry_run {
+                    "would create"
+                } else {
+                    "creating"
+                },
                 profile.dir.display()
             ));
         }
-        // Held from the pre-flight to the end, so nothing changes $HOME between the check
-        // and the activation it vouches for. A dry run changes nothing, so takes no lock.
-        let _lock = if self.dry_run { None } else { Some(Lock::acquire(&env.hm_state_dir(), &format!("{user}'s home"))?) };
-
         let start = Instant::now();
-        let pf = profile::preflight(&active.join("home-files"), &env.home, &backup)?;
+        let home_files = active.join("home-files");
+        let mut pf = profile::preflight(&home_files, &env.home, &backup)?;
         if ctx.verbose {
-            term::info(&format!("pre-flight took {:.1} ms", start.elapsed().as_secs_f64() * 1000.0));
+            term::info(&format!(
+                "pre-flight took {:.1} ms",
+                start.elapsed().as_secs_f64() * 1000.0
+            ));
         }
+        // Held to the end, so no other switch changes $HOME between the check and the
+        // activation it vouches for. Taken after a first pre-flight, because a blocked switch
+        // must leave $HOME exactly as it was (not even a lock file), and checked again under
+        // the lock (a concurrent switch may have finished in between). A dry run takes none.
+        let _lock = if self.dry_run || !pf.blockers.is_empty() {
+            None
+        } else {
+            let lock = Lock::acquire(&env.hm_state_dir(), &format!("{user}'s home"))?;
+            pf = profile::preflight(&home_files, &env.home, &backup)?;
+            Some(lock)
+        };
         pf.print(&env);
         if !pf.blockers.is_empty() {
             term::error(&format!(
@@ -109,15 +124,30 @@ impl Switch {
         // old-style one manages it itself.
         let manages_profile = generation.join("gen-version").exists();
         let set_profile = ctx.nix().tool("nix-env").map(|c| {
-            c.arg("--profile").arg(profile.link()).arg("--set").arg(&generation)
+            c.arg("--profile")
+                .arg(profile.link())
+                .arg("--set")
+                .arg(&generation)
         });
-        let activation = Activation { script: active.join("activate"), backup: &backup, verbose: ctx.verbose };
+        let activation = Activation {
+            script: active.join("activate"),
+            backup: &backup,
+            verbose: ctx.verbose,
+        };
         let mut commands = Vec::new();
         if !profile.exists {
-            commands.push(format!("mkdir -p {}", profile::shell_quote(&profile.dir.display().to_string())));
+            commands.push(format!(
+                "mkdir -p {}",
+                profile::shell_quote(&profile.dir.display().to_string())
+            ));
         }
         if manages_profile {
-            commands.push(set_profile.as_ref().map(|c| c.to_string()).unwrap_or_default());
+            commands.push(
+                set_profile
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+            );
         }
         commands.push(activation.shown());
 
@@ -130,12 +160,14 @@ impl Switch {
             }
         } else {
             if !profile.exists {
-                fs::create_dir_all(&profile.dir)
-                    .with_context(|| format!("creating the profile directory {}", profile.dir.display()))?;
+                fs::create_dir_all(&profile.dir).with_context(|| {
+                    format!("creating the profile directory {}", profile.dir.display())
+                })?;
             }
             let previous = profile.current_id();
             if manages_profile {
-                nix::run_step(set_profile?, false).context("setting the profile to the new generation")?;
+                nix::run_step(set_profile?, false)
+                    .context("setting the profile to the new generation")?;
             }
             if let Err(e) = activation.run() {
                 term::error(&format!("{e:#}"));
@@ -167,7 +199,9 @@ impl Switch {
 
     fn run_host(&self, ctx: &Ctx, host: &str) -> Result<()> {
         if let Some(u) = &self.user {
-            bail!("--host {host} deploys the whole host with all its homes; drop the user name {u}");
+            bail!(
+                "--host {host} deploys the whole host with all its homes; drop the user name {u}"
+            );
         }
         repo::validate_host_name(host).map_err(|e| anyhow::anyhow!("--host: {e}"))?;
         let mut repo = ctx.repo()?;
@@ -178,12 +212,23 @@ impl Switch {
             bail!(
                 "there is no host {host} in {} (hosts: {}); create it with `cargo xtask new-host {host}`",
                 repo.root.join("systems").display(),
-                if hosts.is_empty() { "none".to_string() } else { hosts.join(", ") }
+                if hosts.is_empty() {
+                    "none".to_string()
+                } else {
+                    hosts.join(", ")
+                }
             );
         };
         let system = repo.host_system(h);
         let users = repo.host_users(host);
-        term::info(&format!("host {host}: {system}, homes: {}", if users.is_empty() { "none".into() } else { users.join(", ") }));
+        term::info(&format!(
+            "host {host}: {system}, homes: {}",
+            if users.is_empty() {
+                "none".into()
+            } else {
+                users.join(", ")
+            }
+        ));
         let here = nix::current_system();
         if system != here && self.build_host.is_none() {
             term::warning(&format!(
@@ -258,19 +303,29 @@ pub fn check_runner(user: &str, env: &UserEnv) -> Result<()> {
             "you are root, but this is {user}'s home: as root it would use root's profile and leave root-owned files in {user}'s home; run it as {user} (e.g. `sudo -u {user} -i`, then `cargo xtask switch`)"
         );
     }
-    bail!("you are {}, but this is {user}'s home; log in as {user} and run the command there", env.user)
+    bail!(
+        "you are {}, but this is {user}'s home; log in as {user} and run the command there",
+        env.user
+    )
 }
 
 /// A NixOS host whose Home Manager module manages `user` re-activates its own generation
 /// on every nixos-rebuild, undoing a standalone switch.
 fn check_not_integrated(user: &str) -> Result<()> {
-    let dir = std::env::var_os("XTASK_SYSTEMD_UNIT_DIR").map_or_else(|| PathBuf::from(SYSTEMD_UNIT_DIR), PathBuf::from);
+    let dir = std::env::var_os("XTASK_SYSTEMD_UNIT_DIR")
+        .map_or_else(|| PathBuf::from(SYSTEMD_UNIT_DIR), PathBuf::from);
     let unit = dir.join(format!("home-manager-{user}.service"));
     if fs::symlink_metadata(&unit).is_err() {
         return Ok(());
     }
-    let host = fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    let host = if host.is_empty() { "<host>".to_string() } else { host };
+    let host = fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "<host>".to_string()
+    } else {
+        host
+    };
     bail!(
         "NixOS' Home Manager module already manages {user}'s home here ({}); the next nixos-rebuild would undo a standalone switch. Deploy it with `cargo xtask switch --host {host}`, or pass --force-standalone to switch standalone anyway",
         unit.display()
@@ -284,12 +339,19 @@ fn specialisation(generation: &Path, name: &str) -> Result<PathBuf> {
         return Ok(path);
     }
     let mut names: Vec<String> = fs::read_dir(generation.join("specialisation"))
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     bail!(
         "the home has no specialisation {name} (it has: {}); define specialisation.{name}.configuration in the home, or pick one of those",
-        if names.is_empty() { "none".to_string() } else { names.join(", ") }
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
     )
 }
 
@@ -334,7 +396,9 @@ fn restore(ctx: &Ctx, profile: &Profile, previous: Option<u64>, backup: &Backup)
             let _ = fs::remove_file(profile.dir.join(format!("home-manager-{new}-link")));
         }
         let _ = fs::remove_file(profile.link());
-        term::error("the first switch failed; its profile links were removed again. Files linked before the failure stay; fix the error above and switch again");
+        term::error(
+            "the first switch failed; its profile links were removed again. Files linked before the failure stay; fix the error above and switch again",
+        );
         return Ok(());
     };
     let back = ctx
@@ -346,7 +410,13 @@ fn restore(ctx: &Ctx, profile: &Profile, previous: Option<u64>, backup: &Backup)
         .arg(id.to_string());
     nix::run_step(back, false).context("setting the profile back to the previous generation")?;
     let script = profile.dir.join(format!("home-manager-{id}-link/activate"));
-    match (Activation { script, backup, verbose: ctx.verbose }).run() {
+    match (Activation {
+        script,
+        backup,
+        verbose: ctx.verbose,
+    })
+    .run()
+    {
         Ok(()) => term::error(&format!(
             "the new generation failed to activate; generation {id} is active again (profile and $HOME). Fix the error above and switch again"
         )),
@@ -361,13 +431,23 @@ fn restore(ctx: &Ctx, profile: &Profile, previous: Option<u64>, backup: &Backup)
 fn show_failed_home_unit(ctx: &Ctx, user: &str) {
     let unit = format!("home-manager-{user}.service");
     let sh = &ctx.sh;
-    let failed = cmd!(sh, "systemctl is-failed --quiet {unit}").quiet().ignore_stderr().run().is_ok();
+    let failed = cmd!(sh, "systemctl is-failed --quiet {unit}")
+        .quiet()
+        .ignore_stderr()
+        .run()
+        .is_ok();
     if !failed {
         return;
     }
     term::error(&format!("{unit} failed; its last journal lines:"));
-    match cmd!(sh, "journalctl -u {unit} -n 50 --no-pager").quiet().ignore_status().read() {
+    match cmd!(sh, "journalctl -u {unit} -n 50 --no-pager")
+        .quiet()
+        .ignore_status()
+        .read()
+    {
         Ok(lines) => eprintln!("{lines}"),
-        Err(e) => term::warning(&format!("could not read the journal ({e}); run journalctl -u {unit} -n 50")),
+        Err(e) => term::warning(&format!(
+            "could not read the journal ({e}); run journalctl -u {unit} -n 50"
+        )),
     }
 }

@@ -198,6 +198,40 @@ pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
+/// A nix call that failed: what ran and what nix said. Callers that report per file
+/// (`check`, meta loading) downcast to this to get nix's own message.
+#[derive(Debug)]
+pub struct NixError {
+    pub command: String,
+    pub what: String,
+    pub stderr: String,
+}
+
+impl NixError {
+    /// nix's message without the `error:` prefix, the source excerpt and the trace.
+    pub fn message(&self) -> String {
+        let trimmed = trim_error(&self.stderr);
+        trimmed
+            .strip_prefix("error: ")
+            .unwrap_or(&trimmed)
+            .to_string()
+    }
+}
+
+impl std::fmt::Display for NixError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "nix could not evaluate {}: {}\n  tried: {}\n  fix the error at the place nix names; add --show-trace to that command for nix's full trace",
+            self.what,
+            self.message(),
+            self.command
+        )
+    }
+}
+
+impl std::error::Error for NixError {}
+
 /// Turns a failed nix call into an error that names the cause and the fix.
 pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
     if stderr.contains("unrecognised flag '--extra-experimental-features'")
@@ -214,10 +248,12 @@ pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
             trim_error(stderr)
         );
     }
-    anyhow::anyhow!(
-        "nix could not evaluate {what}: {}\n  tried: {shown}",
-        trim_error(stderr)
-    )
+    NixError {
+        command: shown.to_string(),
+        what: what.to_string(),
+        stderr: stderr.to_string(),
+    }
+    .into()
 }
 
 /// Keeps the useful part of a nix error: the `error:` lines and the location they name,
@@ -268,10 +304,8 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
 /// architecture and OS the xtask was compiled for: no nix call is needed.
 pub fn current_system() -> String {
-    let arch = match env::consts::ARCH {
-        "aarch64" => "aarch64",
-        other => other,
-    };
+    // Rust's arch names are Nix's for every supported system (x86_64, aarch64).
+    let arch = env::consts::ARCH;
     let os = match env::consts::OS {
         "macos" => "darwin",
         other => other,

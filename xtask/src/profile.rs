@@ -163,7 +163,7 @@ impl Profile {
                 current: current == Some(id),
             });
         }
-        gens.sort_by(|a, b| b.id.cmp(&a.id));
+        gens.sort_by_key(|g| std::cmp::Reverse(g.id));
         Ok(gens)
     }
 }
@@ -246,6 +246,36 @@ impl Lock {
         file.write_all(me.as_bytes())?;
         Ok(Lock { _file: file })
     }
+}
+
+/// The pre-flight, and the lock for a real run. The first pre-flight runs unlocked,
+/// because a blocked switch must leave `$HOME` exactly as it was (not even a lock file).
+/// Under the lock it runs again only if another switch finished in between (the profile or
+/// Home Manager's current-home root moved), so a 5000-file home is not checked twice.
+pub fn preflight_and_lock(
+    env: &UserEnv,
+    profile: &Profile,
+    home_files: &Path,
+    backup: &Backup,
+    what: &str,
+    dry_run: bool,
+) -> Result<(Preflight, Option<Lock>)> {
+    let marker = || {
+        (
+            fs::read_link(profile.link()).ok(),
+            fs::read_link(env.hm_state_dir().join("gcroots/current-home")).ok(),
+        )
+    };
+    let before = marker();
+    let pf = preflight(home_files, &env.home, backup)?;
+    if dry_run || !pf.blockers.is_empty() {
+        return Ok((pf, None));
+    }
+    let lock = Lock::acquire(&env.hm_state_dir(), what)?;
+    if marker() == before {
+        return Ok((pf, Some(lock)));
+    }
+    Ok((preflight(home_files, &env.home, backup)?, Some(lock)))
 }
 
 /// How conflicting files are handled, i.e. the HOME_MANAGER_BACKUP_* variables.
@@ -400,7 +430,7 @@ fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight)
         let points_to = fs::read_link(target).unwrap_or_default();
         if is_hm_link(&points_to) {
             out.linked += 1;
-        } else if same_content(source, target) {
+        } else if same_content(source, target, None) {
             out.identical.push(target.to_path_buf());
         } else {
             out.blockers.push(Blocker::ForeignSymlink {
@@ -412,7 +442,7 @@ fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight)
         out.blockers.push(Blocker::Directory {
             target: target.to_path_buf(),
         });
-    } else if same_content(source, target) {
+    } else if same_content(source, target, Some(meta.len())) {
         out.identical.push(target.to_path_buf());
     } else if backup.command.is_some() {
         out.backups.push((target.to_path_buf(), None));
@@ -455,13 +485,36 @@ fn store_dir() -> PathBuf {
     non_empty("NIX_STORE_DIR").unwrap_or_else(|| PathBuf::from("/nix/store"))
 }
 
-/// Whether two files (following links) have the same bytes; size first, so differing
-/// files are rarely read.
-fn same_content(a: &Path, b: &Path) -> bool {
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(ma), Ok(mb)) if ma.is_file() && mb.is_file() && ma.len() == mb.len() => {
-            matches!((fs::read(a), fs::read(b)), (Ok(x), Ok(y)) if x == y)
+/// Whether `source` (following links) has the bytes of the regular file `target`, whose
+/// size is known from the caller's lstat: sizes first, so differing files are rarely read,
+/// and through open files, so each side costs one open, one fstat and the reads.
+fn same_content(source: &Path, target: &Path, target_len: Option<u64>) -> bool {
+    fn read(mut f: File, len: u64) -> Option<Vec<u8>> {
+        let mut buf = Vec::with_capacity(usize::try_from(len).ok()?.saturating_add(1));
+        f.read_to_end(&mut buf).ok()?;
+        Some(buf)
+    }
+    let Ok(src) = File::open(source) else {
+        return false;
+    };
+    let Ok(meta) = src.metadata() else {
+        return false;
+    };
+    if !meta.is_file() || target_len.is_some_and(|l| l != meta.len()) {
+        return false;
+    }
+    let Ok(dst) = File::open(target) else {
+        return false;
+    };
+    if target_len.is_none() {
+        // A symlink target: its size is only known once followed.
+        match dst.metadata() {
+            Ok(m) if m.is_file() && m.len() == meta.len() => {}
+            _ => return false,
         }
+    }
+    match (read(src, meta.len()), read(dst, meta.len())) {
+        (Some(a), Some(b)) => a == b,
         _ => false,
     }
 }
@@ -470,7 +523,8 @@ impl Preflight {
     /// The complete list, one line per file that is not simply new or already linked.
     pub fn print(&self, env: &UserEnv) {
         term::info(&format!(
-            "pre-flight: {} files: {} new, {} already linked, {} to back up, {} identical (skipped), {} blocked",
+            "{} {} files: {} new, {} already linked, {} to back up, {} identical (skipped), {} blocked",
+            term::paint(term::Style::Bold, "pre-flight:"),
             self.files,
             self.new,
             self.linked,

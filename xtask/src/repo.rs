@@ -530,18 +530,28 @@ impl Repo {
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
-        let expr = meta_expr(&self.root, &homes, &hosts);
+        let expr = self.meta_expr();
         let eval: MetaEval = match nix.eval_expr_json(&expr) {
             Ok(v) => v,
+            // Only a failure of the evaluation itself is a finding; nix missing or
+            // without flakes is the caller's error.
             Err(e) => {
-                let (path, line) = locate_nix_error(&self.root, &format!("{e:#}"));
-                let path = path.unwrap_or_else(|| "meta.nix".to_string());
+                let Some(nix_error) = e.downcast_ref::<crate::nix::NixError>() else {
+                    return Err(e);
+                };
+                let message = nix_error.message();
+                let (path, line) = locate_nix_error(&self.root, &message);
+                // The location is shown as the finding's path and line; drop it from the text.
+                let message = match message.find(" at /") {
+                    Some(i) if path.is_some() => message[..i].to_string(),
+                    _ => message,
+                };
                 self.findings.push(Finding {
                     line,
                     ..Finding::error(
-                        path,
+                        path.unwrap_or_else(|| "meta.nix".to_string()),
                         "bad-meta",
-                        format!("cannot read meta.nix: {}", crate::nix::trim_error(&format!("{e:#}"))),
+                        format!("cannot read meta.nix: {message}"),
                         "fix the file so that it is an attribute set like { system = \"x86_64-linux\"; }".into(),
                     )
                 });
@@ -616,6 +626,23 @@ impl Repo {
             }
         }
         out
+    }
+
+    /// The one expression that reads every meta.nix of the repo (also the benchmark's baseline).
+    pub fn meta_expr(&self) -> String {
+        let homes: Vec<&str> = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| u.name.as_str())
+            .collect();
+        let hosts: Vec<&str> = self
+            .hosts
+            .values()
+            .filter(|h| h.has_meta)
+            .map(|h| h.name.as_str())
+            .collect();
+        meta_expr(&self.root, &homes, &hosts)
     }
 
     /// Fails with every error finding when the layout is broken (warnings are printed by
@@ -705,7 +732,7 @@ pub fn nix_string(s: &str) -> String {
 
 /// The expression that reads the meta files; each is imported by absolute path so untracked
 /// files are visible too (the lint reports those separately).
-fn meta_expr(root: &Path, homes: &[String], hosts: &[String]) -> String {
+fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
     let root = root.display().to_string();
     let entry = |kind: &str, name: &str| {
         format!(

@@ -87,6 +87,9 @@ impl List {
 }
 
 pub fn listing(repo: &Repo) -> Listing {
+    // host -> users once, not per home: 1000 homes x 100 hosts must stay milliseconds.
+    let host_users: Vec<(&String, Vec<String>)> =
+        repo.hosts.keys().map(|h| (h, repo.host_users(h))).collect();
     let homes = repo
         .users
         .values()
@@ -103,11 +106,10 @@ pub fn listing(repo: &Repo) -> Listing {
                     .iter()
                     .map(|h| home_dir_name(&u.name, &Part::Host(h.clone()))),
             );
-            let hosts = repo
-                .hosts
-                .keys()
-                .filter(|h| repo.host_users(h).contains(&u.name))
-                .cloned()
+            let hosts = host_users
+                .iter()
+                .filter(|(_, users)| users.contains(&u.name))
+                .map(|(h, _)| (*h).clone())
                 .collect();
             HomeEntry {
                 name: u.name.clone(),
@@ -118,13 +120,12 @@ pub fn listing(repo: &Repo) -> Listing {
             }
         })
         .collect();
-    let hosts = repo
-        .hosts
-        .values()
-        .map(|h| HostEntry {
-            name: h.name.clone(),
-            system: repo.host_system(h),
-            users: repo.host_users(&h.name),
+    let hosts = host_users
+        .into_iter()
+        .map(|(name, users)| HostEntry {
+            name: name.clone(),
+            system: repo.host_system(&repo.hosts[name]),
+            users,
         })
         .collect();
     Listing { homes, hosts }

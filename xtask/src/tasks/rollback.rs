@@ -7,7 +7,7 @@ use crate::{
     Ctx, Reported,
     cli::Rollback,
     nix,
-    profile::{self, Activation, Backup, Lock, UserEnv},
+    profile::{self, Activation, Backup, UserEnv},
     repo::Defaults,
     term,
 };
@@ -48,17 +48,14 @@ impl Rollback {
             ..Backup::default()
         };
         // Activation would refuse the same files; checking first keeps the profile unchanged.
-        // As in switch: a blocked rollback leaves $HOME as it was (no lock file), and the
-        // check is repeated under the lock.
-        let home_files = target.path.join("home-files");
-        let mut pf = profile::preflight(&home_files, &env.home, &backup)?;
-        let _lock = if self.dry_run || !pf.blockers.is_empty() {
-            None
-        } else {
-            let lock = Lock::acquire(&env.hm_state_dir(), &format!("{user}'s home"))?;
-            pf = profile::preflight(&home_files, &env.home, &backup)?;
-            Some(lock)
-        };
+        let (pf, _lock) = profile::preflight_and_lock(
+            &env,
+            &profile,
+            &target.path.join("home-files"),
+            &backup,
+            &format!("{user}'s home"),
+            self.dry_run,
+        )?;
         pf.print(&env);
         if !pf.blockers.is_empty() {
             term::error("nothing was changed; resolve the files above and roll back again");

@@ -16,7 +16,7 @@ use crate::{
     Ctx, Reported,
     cli::Switch,
     nix,
-    profile::{self, Activation, Backup, Lock, Preflight, Profile, UserEnv},
+    profile::{self, Activation, Backup, Preflight, Profile, UserEnv},
     repo, term,
 };
 
@@ -92,25 +92,22 @@ impl Switch {
             ));
         }
         let start = Instant::now();
-        let home_files = active.join("home-files");
-        let mut pf = profile::preflight(&home_files, &env.home, &backup)?;
+        // The lock is held to the end, so no other switch changes $HOME between the check
+        // and the activation it vouches for. A dry run takes none.
+        let (pf, _lock) = profile::preflight_and_lock(
+            &env,
+            &profile,
+            &active.join("home-files"),
+            &backup,
+            &format!("{user}'s home"),
+            self.dry_run,
+        )?;
         if ctx.verbose {
             term::info(&format!(
                 "pre-flight took {:.1} ms",
                 start.elapsed().as_secs_f64() * 1000.0
             ));
         }
-        // Held to the end, so no other switch changes $HOME between the check and the
-        // activation it vouches for. Taken after a first pre-flight, because a blocked switch
-        // must leave $HOME exactly as it was (not even a lock file), and checked again under
-        // the lock (a concurrent switch may have finished in between). A dry run takes none.
-        let _lock = if self.dry_run || !pf.blockers.is_empty() {
-            None
-        } else {
-            let lock = Lock::acquire(&env.hm_state_dir(), &format!("{user}'s home"))?;
-            pf = profile::preflight(&home_files, &env.home, &backup)?;
-            Some(lock)
-        };
         pf.print(&env);
         if !pf.blockers.is_empty() {
             term::error(&format!(
@@ -177,7 +174,8 @@ impl Switch {
                 return Err(Reported.into());
             }
             term::info(&format!(
-                "switched {user}'s home to {} (generation {})",
+                "{} {user}'s home to {} (generation {})",
+                term::paint(term::Style::Green, "switched"),
                 generation.display(),
                 profile.current_id().map_or("?".into(), |i| i.to_string())
             ));

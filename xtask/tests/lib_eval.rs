@@ -1,0 +1,213 @@
+//! `nix eval` tests of lib/ on fixture directories with the stub builders: the exact
+//! output names and merge lists the xtask relies on (design.md, "The flake's outputs").
+
+mod common;
+
+use std::process::Command;
+
+use common::{Fixture, NIX_CONFIG};
+use serde_json::{Value, json};
+
+/// One nix process returns everything the assertions need.
+const SUMMARY: &str = r#"o: let
+  names = builtins.attrNames;
+  ms = builtins.mapAttrs;
+in {
+  homes = names o.homeConfigurations;
+  legacy = ms (_: v: names v.homeConfigurations) o.legacyPackages;
+  hosts = names o.nixosConfigurations;
+  checks = ms (_: names) o.checks;
+  standaloneParts = ms (_: h: h.parts) o.homeConfigurations;
+  hostParts = ms (_: h: h.homeParts) o.nixosConfigurations;
+  homeDirs = ms (_: h: h.config.home.homeDirectory) o.homeConfigurations;
+  usernames = ms (_: h: h.config.home.username) o.homeConfigurations;
+  darwinDir = o.legacyPackages.aarch64-darwin.homeConfigurations.alice.config.home.homeDirectory;
+  stateVersion = o.homeConfigurations.alice.config.home.stateVersion;
+  hostNames = ms (_: h: h.config.networking.hostName) o.nixosConfigurations;
+  backup = o.nixosConfigurations.ws.config.home-manager.backupFileExtension;
+  wsUsers = names o.nixosConfigurations.ws.config.home-manager.users;
+}"#;
+
+/// `apply` applied to the flake's outputs (or to one attribute path of them).
+fn nix_eval(f: &Fixture, attr: &str, apply: &str) -> (bool, String, String) {
+    let flake = format!("builtins.getFlake \"git+file://{}\"", f.root.display());
+    let target = if attr.is_empty() {
+        format!("({flake})")
+    } else {
+        format!("({flake}).{attr}")
+    };
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--json",
+            "--impure",
+        ])
+        .args(["--expr", &format!("({apply}) {target}")])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .expect("nix is required for these tests (apt-get install nix-bin)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn layout() -> Fixture {
+    let f = Fixture::new();
+    f.home_module(
+        "alice",
+        "{ lib, ... }:\n{\n  home.file.\".a\".text = \"a\";\n}\n",
+    )
+    .home_module("alice@global", "{ home.file.\".g\".text = \"g\"; }\n")
+    .home_module("alice@ws", "{ home.file.\".w\".text = \"w\"; }\n")
+    .home_module("bob", "{ }\n")
+    // carol exists only integrated on ws: never a standalone home.
+    .home_module("carol@ws", "{ }\n")
+    .home_module("dave", "{ home.homeDirectory = \"/srv/dave\"; }\n")
+    .write("homes/dave/meta.nix", "{ system = \"aarch64-darwin\"; }\n")
+    .host(
+        "ws",
+        Some("{\n  system = \"x86_64-linux\";\n  users = [ \"bob\" ];\n}\n"),
+    )
+    .host("pi", Some("{ system = \"aarch64-linux\"; }\n"))
+    .host("nometa", None)
+    .commit();
+    f
+}
+
+#[test]
+fn outputs_and_merge_lists() {
+    let f = layout();
+    let (ok, stdout, stderr) = nix_eval(&f, "", SUMMARY);
+    assert!(ok, "{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    // user@host and @global directories never become standalone homes.
+    assert_eq!(v["homes"], json!(["alice", "bob", "dave"]));
+    for system in [
+        "x86_64-linux",
+        "aarch64-linux",
+        "x86_64-darwin",
+        "aarch64-darwin",
+    ] {
+        assert_eq!(
+            v["legacy"][system],
+            json!(["alice", "bob", "dave"]),
+            "{system}"
+        );
+    }
+    assert_eq!(v["hosts"], json!(["nometa", "pi", "ws"]));
+    // @global merges into the standalone home only; @ws into ws only.
+    assert_eq!(
+        v["standaloneParts"]["alice"],
+        json!(["alice", "alice@global"])
+    );
+    assert_eq!(v["standaloneParts"]["bob"], json!(["bob"]));
+    assert_eq!(
+        v["hostParts"]["ws"],
+        json!({"alice": ["alice", "alice@ws"], "bob": ["bob"], "carol": ["carol@ws"]})
+    );
+    assert_eq!(v["hostParts"]["pi"], json!({}));
+    assert_eq!(v["wsUsers"], json!(["alice", "bob", "carol"]));
+    // Checks per system follow meta.nix (homes and hosts), else the default system.
+    assert_eq!(
+        v["checks"]["x86_64-linux"],
+        json!(["home-alice", "home-bob", "system-nometa", "system-ws"])
+    );
+    assert_eq!(v["checks"]["aarch64-linux"], json!(["system-pi"]));
+    assert_eq!(v["checks"]["aarch64-darwin"], json!(["home-dave"]));
+    assert_eq!(v["checks"]["x86_64-darwin"], json!([]));
+    // Builder defaults: username, home directory (Linux / Darwin / overridden), stateVersion.
+    assert_eq!(
+        v["usernames"],
+        json!({"alice": "alice", "bob": "bob", "dave": "dave"})
+    );
+    assert_eq!(v["homeDirs"]["alice"], "/home/alice");
+    assert_eq!(v["homeDirs"]["dave"], "/srv/dave");
+    assert_eq!(v["darwinDir"], "/Users/alice");
+    assert_eq!(v["stateVersion"], "24.11");
+    assert_eq!(
+        v["hostNames"],
+        json!({"nometa": "nometa", "pi": "pi", "ws": "ws"})
+    );
+    assert_eq!(v["backup"], "bak");
+}
+
+#[test]
+fn reserved_and_invalid_names_fail_evaluation_with_the_path() {
+    let f = Fixture::new();
+    f.home_module("alice", "{ }\n")
+        .host("global", None)
+        .commit();
+    let (ok, _, stderr) = nix_eval(&f, "nixosConfigurations", "builtins.attrNames");
+    assert!(!ok);
+    assert!(
+        stderr.contains("systems/global") && stderr.contains("reserved"),
+        "{stderr}"
+    );
+
+    let f = Fixture::new();
+    f.home_module("Alice", "{ }\n").commit();
+    let (ok, _, stderr) = nix_eval(&f, "homeConfigurations", "builtins.attrNames");
+    assert!(!ok);
+    assert!(
+        stderr.contains("homes/Alice") && stderr.contains("[a-z_][a-z0-9_-]*"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_system_in_meta_names_the_file() {
+    let f = Fixture::new();
+    f.home_module("alice", "{ }\n")
+        .host("ws", Some("{ system = \"riscv64-linux\"; }\n"))
+        .commit();
+    let (ok, _, stderr) = nix_eval(
+        &f,
+        "nixosConfigurations.ws",
+        "h: h.config.system.build.toplevel.drvPath",
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("systems/ws/meta.nix")
+            && stderr.contains("riscv64-linux")
+            && stderr.contains("aarch64-linux"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn generation_has_the_contract_layout() {
+    let f = layout();
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "build",
+            "--json",
+            "--no-link",
+        ])
+        .arg(format!(
+            "{}#homeConfigurations.alice.activationPackage",
+            f.root.display()
+        ))
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gen_path = std::path::PathBuf::from(v[0]["outputs"]["out"].as_str().unwrap());
+    assert!(gen_path.join("activate").is_file());
+    assert!(gen_path.join("gen-version").is_file());
+    let files = std::fs::canonicalize(gen_path.join("home-files")).unwrap();
+    assert!(files.display().to_string().ends_with("-home-manager-files"));
+    // @global's file is in the standalone generation, @ws's is not.
+    assert_eq!(std::fs::read_to_string(files.join(".g")).unwrap(), "g");
+    assert!(!files.join(".w").exists());
+}

@@ -716,6 +716,88 @@ mod tests {
         assert!(!is_hm_link(Path::new("/home/a/dotfiles/.bashrc")));
     }
 
+    /// Every collision rule of the contract on one generated tree (no nix needed): links
+    /// that are not into a `*-home-manager-files` path count as foreign.
+    #[test]
+    fn preflight_applies_the_collision_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (files, home) = (tmp.path().join("files"), tmp.path().join("home"));
+        let src = tmp.path().join("src");
+        fs::create_dir_all(files.join(".config")).unwrap();
+        fs::create_dir_all(home.join(".dir")).unwrap();
+        fs::create_dir_all(&src).unwrap();
+        for name in [
+            ".new",
+            ".same",
+            ".differs",
+            ".blocked",
+            ".dir",
+            ".link",
+            ".config/x",
+            ".plain/y",
+        ] {
+            let s = src.join(name.replace('/', "_"));
+            fs::write(&s, "managed\n").unwrap();
+            fs::create_dir_all(files.join(name).parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(&s, files.join(name)).unwrap();
+        }
+        fs::write(home.join(".same"), "managed\n").unwrap();
+        fs::write(home.join(".differs"), "mine\n").unwrap();
+        fs::write(home.join(".blocked"), "mine\n").unwrap();
+        fs::write(home.join(".blocked.bak"), "old\n").unwrap();
+        fs::write(home.join(".plain"), "a file where a directory goes\n").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", home.join(".link")).unwrap();
+        let backup = Backup {
+            ext: Some("bak".into()),
+            ..Backup::default()
+        };
+
+        let pf = preflight(&files, &home, &backup).unwrap();
+        assert_eq!(pf.files, 8);
+        assert_eq!(pf.new, 2, "{pf:?}"); // .new, .config/x
+        assert_eq!(pf.identical, [home.join(".same")]);
+        assert_eq!(
+            pf.backups,
+            [(home.join(".differs"), Some(home.join(".differs.bak")))]
+        );
+        let mut blockers = pf.blockers.clone();
+        blockers.sort_by_key(|b| format!("{b:?}"));
+        assert_eq!(
+            blockers,
+            [
+                Blocker::BackupExists {
+                    target: home.join(".blocked"),
+                    backup: home.join(".blocked.bak")
+                },
+                Blocker::Directory {
+                    target: home.join(".dir")
+                },
+                Blocker::ForeignSymlink {
+                    target: home.join(".link"),
+                    points_to: "/etc/hostname".into()
+                },
+                Blocker::NotADirectory {
+                    target: home.join(".plain/y"),
+                    parent: home.join(".plain")
+                },
+            ]
+        );
+
+        let overwrite = Backup {
+            overwrite: true,
+            ..backup.clone()
+        };
+        assert_eq!(
+            preflight(&files, &home, &overwrite).unwrap().blockers.len(),
+            3
+        );
+        let none = Backup::default();
+        let pf = preflight(&files, &home, &none).unwrap();
+        assert!(pf.blockers.contains(&Blocker::Clobber {
+            target: home.join(".differs")
+        }));
+    }
+
     #[test]
     fn quoting() {
         assert_eq!(shell_quote("bak"), "bak");

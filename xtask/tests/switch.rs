@@ -519,3 +519,23 @@ fn common_has_no_nixos_rebuild() -> bool {
     std::env::var_os("PATH")
         .is_some_and(|p| std::env::split_paths(&p).all(|d| !d.join("nixos-rebuild").exists()))
 }
+
+#[test]
+fn a_backup_command_replaces_the_extension() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    fs::write(f.home.join(".bashrc"), "mine\n").unwrap();
+    // With a backup command an existing FILE.bak is not in the way: the command decides.
+    fs::write(f.home.join(".bashrc.bak"), "older\n").unwrap();
+    let script = f.root.parent().unwrap().join("save");
+    fs::write(&script, "#!/bin/sh\nmv \"$1\" \"$1.saved\"\n").unwrap();
+    let mut perms = fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&script, perms).unwrap();
+    let script = script.display().to_string();
+    f.xtask(&["switch", "--backup-command", &script])
+        .success()
+        .stderr_has("back up  ~/.bashrc (with the backup command)");
+    assert_eq!(read(&f.home.join(".bashrc.saved")), "mine\n");
+    assert_eq!(read(&f.home.join(".bashrc.bak")), "older\n");
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+}

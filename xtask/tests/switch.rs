@@ -179,9 +179,17 @@ fn a_directory_where_a_file_goes_blocks() {
 fn an_identical_file_is_skipped() {
     let f = fixture(&[(".bashrc", "same\n"), (".other", "o\n")]);
     fs::write(f.home.join(".bashrc"), "same\n").unwrap();
-    f.xtask(&["switch"])
+    // --json: stdout is only the report (activation's own output goes to stderr).
+    let v = f
+        .xtask(&["switch", "--json"])
         .success()
-        .stderr_has("identical ~/.bashrc (left as it is)");
+        .stderr_has("identical ~/.bashrc (left as it is)")
+        .json();
+    assert_eq!(
+        v["preflight"]["identical"][0],
+        f.home.join(".bashrc").display().to_string()
+    );
+    assert_eq!(v["dry_run"], false);
     let meta = fs::symlink_metadata(f.home.join(".bashrc")).unwrap();
     assert!(meta.is_file(), "the identical file must stay a plain file");
     assert!(!f.home.join(".bashrc.bak").exists());

@@ -13,6 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
 
 use super::{Bencher, Figure, list::tempdir};
 use crate::profile::{self, Backup};
@@ -72,20 +73,32 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
             .env("NIX_CONFIG", "substituters =\nwarn-dirty = false\n")
             .env_remove("XDG_STATE_HOME");
     };
-    // Interleaved runs would be fairer to drift, but the medians of runs each side are
-    // taken in the same process on the same warmed store and eval cache.
-    let floor = b.median(|| {
+    let floor_run = || {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", &script]);
         env(&mut cmd);
         Bencher::run(&mut cmd)
-    })?;
-    let ours = b.median(|| {
+    };
+    let ours_run = || {
         let mut cmd = b.xtask(&root);
         cmd.arg("switch");
         env(&mut cmd);
         Bencher::run(&mut cmd)
-    })?;
+    };
+    // Alternating runs: the machine is shared, and a load spike during one side's block of
+    // runs would otherwise decide the ratio.
+    floor_run()?;
+    ours_run()?;
+    let (mut floor, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..b.runs.max(1) {
+        let t = Instant::now();
+        floor_run()?;
+        floor.push(t.elapsed());
+        let t = Instant::now();
+        ours_run()?;
+        ours.push(t.elapsed());
+    }
+    let (floor, ours) = (median(floor), median(ours));
 
     let (new, identical) = preflight_figures(b, tmp)?;
     Ok(vec![
@@ -114,6 +127,11 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
             bound: "issue: <= 100 ms".into(),
         },
     ])
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
 }
 
 /// A git flake with one home of FILES files whose homeDirectory is `home`.

@@ -145,6 +145,46 @@ impl<'a> Nix<'a> {
     }
 }
 
+impl Nix<'_> {
+    /// The closure size (bytes) of each path, in one `nix path-info -S --json` call. Nix
+    /// up to 2.18 prints a list of `{path, closureSize}`, later ones an object keyed by path.
+    pub fn closure_sizes(
+        &self,
+        paths: &[PathBuf],
+    ) -> Result<std::collections::BTreeMap<PathBuf, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        if paths.is_empty() {
+            return Ok(out);
+        }
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["path-info".into(), "-S".into(), "--json".into()];
+        args.extend(paths.iter().map(|p| p.as_os_str().to_owned()));
+        let value: serde_json::Value =
+            self.json(self.cmd(args)?, "the generations' closure sizes")?;
+        let size = |v: &serde_json::Value| v.get("closureSize").and_then(serde_json::Value::as_u64);
+        match value {
+            serde_json::Value::Array(items) => {
+                for item in &items {
+                    if let (Some(p), Some(s)) =
+                        (item.get("path").and_then(|p| p.as_str()), size(item))
+                    {
+                        out.insert(PathBuf::from(p), s);
+                    }
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (p, item) in &map {
+                    if let Some(s) = size(item) {
+                        out.insert(PathBuf::from(p), s);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(out)
+    }
+}
+
 /// Runs a command that changes something, or only prints it with `dry_run`
 /// (nh's command builder pattern: the printed line is exactly what would run).
 pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
@@ -266,7 +306,7 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
 /// architecture and OS the xtask was compiled for: no nix call is needed.
 pub fn current_system() -> String {
-    // Rust's arch names (x86_64, aarch64) are Nix's.
+    // Rust's arch names are Nix's for every supported system (x86_64, aarch64).
     let arch = env::consts::ARCH;
     let os = match env::consts::OS {
         "macos" => "darwin",

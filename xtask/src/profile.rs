@@ -1,3 +1,807 @@
 //! The home profile: where a user's Home Manager profile and generations live, the GC root
-//! of the active generation, and activation, exactly as ../shared/hm-contract.md and the
-//! `home-manager` script define them.
+//! of the active generation, the switch lock, the pre-flight and activation, exactly as
+//! ../shared/hm-contract.md and the `home-manager` script define them, so a machine switched
+//! with the xtask and one switched with `home-manager` stay interchangeable.
+
+use std::{
+    env,
+    ffi::OsString,
+    fs::{self, File, OpenOptions},
+    io::{self, ErrorKind, Read, Seek, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::term;
+
+/// The environment the profile rules read. Captured once so that tests of the rules do
+/// not depend on the process environment.
+#[derive(Debug, Clone)]
+pub struct UserEnv {
+    pub user: String,
+    pub home: PathBuf,
+    xdg_state_home: Option<PathBuf>,
+    nix_state_dir: Option<PathBuf>,
+}
+
+impl UserEnv {
+    pub fn from_process() -> Result<UserEnv> {
+        // `USER` is what Home Manager's activation checks; LOGNAME is its POSIX twin (cron,
+        // some `su` setups set only that).
+        let user = env::var("USER")
+            .or_else(|_| env::var("LOGNAME"))
+            .context("neither USER nor LOGNAME is set; set USER to your login name")?;
+        let home = env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .context("HOME is not set; set it to your home directory")?;
+        Ok(UserEnv {
+            user,
+            home,
+            xdg_state_home: non_empty("XDG_STATE_HOME"),
+            nix_state_dir: non_empty("NIX_STATE_DIR"),
+        })
+    }
+
+    /// `${XDG_STATE_HOME:-$HOME/.local/state}`.
+    fn state_home(&self) -> PathBuf {
+        self.xdg_state_home
+            .clone()
+            .unwrap_or_else(|| self.home.join(".local/state"))
+    }
+
+    /// Home Manager's own state: `…/home-manager` (gcroots, and our switch lock).
+    pub fn hm_state_dir(&self) -> PathBuf {
+        self.state_home().join("home-manager")
+    }
+
+    /// The profile directory as the `home-manager` script picks it: the XDG one when it
+    /// exists, else the per-user one under the Nix state dir; when neither exists (first
+    /// install) the XDG one, which the caller creates.
+    pub fn profile(&self) -> Profile {
+        let xdg = self.state_home().join("nix/profiles");
+        if xdg.is_dir() {
+            return Profile {
+                dir: xdg,
+                exists: true,
+            };
+        }
+        let global = self
+            .nix_state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/nix/var/nix"))
+            .join("profiles/per-user")
+            .join(&self.user);
+        if global.is_dir() {
+            return Profile {
+                dir: global,
+                exists: true,
+            };
+        }
+        Profile {
+            dir: xdg,
+            exists: false,
+        }
+    }
+
+    /// `path` with `$HOME` shown as `~`, for messages.
+    pub fn tilde(&self, path: &Path) -> String {
+        match path.strip_prefix(&self.home) {
+            Ok(rel) if rel.as_os_str().is_empty() => "~".into(),
+            Ok(rel) => format!("~/{}", rel.display()),
+            Err(_) => path.display().to_string(),
+        }
+    }
+}
+
+fn non_empty(var: &str) -> Option<PathBuf> {
+    env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A profile directory; the profile itself is the `home-manager` link in it.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub dir: PathBuf,
+    /// False on first install: the directory still has to be created.
+    pub exists: bool,
+}
+
+/// One generation link `home-manager-<id>-link`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub id: u64,
+    /// `YYYY-MM-DD HH:MM` (UTC) of the link, as `home-manager generations` shows it.
+    pub date: String,
+    /// The store path of the generation.
+    pub path: PathBuf,
+    pub current: bool,
+}
+
+impl Profile {
+    /// The profile link `nix-env --profile` takes.
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("home-manager")
+    }
+
+    /// The id of the generation the profile points to, if any.
+    pub fn current_id(&self) -> Option<u64> {
+        let target = fs::read_link(self.link()).ok()?;
+        generation_id(target.file_name()?.to_str()?)
+    }
+
+    /// Every generation, newest (highest id) first.
+    pub fn generations(&self) -> Result<Vec<Generation>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", self.dir.display())),
+        };
+        let current = self.current_id();
+        let mut gens = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("reading {}", self.dir.display()))?;
+            let Some(id) = entry.file_name().to_str().and_then(generation_id) else {
+                continue;
+            };
+            let link = entry.path();
+            let Ok(path) = fs::read_link(&link) else {
+                continue;
+            };
+            let mtime = fs::symlink_metadata(&link)
+                .and_then(|m| m.modified())
+                .unwrap_or(UNIX_EPOCH);
+            gens.push(Generation {
+                id,
+                date: format_utc(mtime),
+                path,
+                current: current == Some(id),
+            });
+        }
+        gens.sort_by_key(|g| std::cmp::Reverse(g.id));
+        Ok(gens)
+    }
+}
+
+/// `home-manager-17-link` → 17.
+fn generation_id(name: &str) -> Option<u64> {
+    name.strip_prefix("home-manager-")?
+        .strip_suffix("-link")?
+        .parse()
+        .ok()
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC (days-from-civil inverse; no time zone database needed).
+pub fn format_utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+/// The switch lock: one switch (or rollback) of a profile at a time. The kernel releases
+/// it when the holder exits, however it exits, so a killed switch never blocks the next.
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Takes the lock in `dir` (created), or fails naming the holder.
+    pub fn acquire(dir: &Path, what: &str) -> Result<Lock> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("switch.lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("opening the lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let holder = if holder.is_empty() {
+                    "another process"
+                } else {
+                    holder
+                };
+                bail!(
+                    "another switch of {what} is running ({holder}); wait for it to finish, then try again\n  lock: {}",
+                    path.display()
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        // Say who holds it, for the message of the one that has to wait.
+        let args: Vec<String> = env::args().collect();
+        let me = format!("pid {}: {}", std::process::id(), args.join(" "));
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(me.as_bytes())?;
+        Ok(Lock { _file: file })
+    }
+}
+
+/// The pre-flight, and the lock for a real run. The first pre-flight runs unlocked,
+/// because a blocked switch must leave `$HOME` exactly as it was (not even a lock file).
+/// Under the lock it runs again only if another switch finished in between (the profile or
+/// Home Manager's current-home root moved), so a 5000-file home is not checked twice.
+pub fn preflight_and_lock(
+    env: &UserEnv,
+    profile: &Profile,
+    home_files: &Path,
+    backup: &Backup,
+    what: &str,
+    dry_run: bool,
+) -> Result<(Preflight, Option<Lock>)> {
+    let marker = || {
+        (
+            fs::read_link(profile.link()).ok(),
+            fs::read_link(env.hm_state_dir().join("gcroots/current-home")).ok(),
+        )
+    };
+    let before = marker();
+    let pf = preflight(home_files, &env.home, backup)?;
+    if dry_run || !pf.blockers.is_empty() {
+        return Ok((pf, None));
+    }
+    let lock = Lock::acquire(&env.hm_state_dir(), what)?;
+    if marker() == before {
+        return Ok((pf, Some(lock)));
+    }
+    Ok((preflight(home_files, &env.home, backup)?, Some(lock)))
+}
+
+/// How conflicting files are handled, i.e. the HOME_MANAGER_BACKUP_* variables.
+#[derive(Debug, Clone, Default)]
+pub struct Backup {
+    pub ext: Option<String>,
+    pub command: Option<String>,
+    pub overwrite: bool,
+}
+
+impl Backup {
+    /// The variables `activate` reads, in the order they are shown.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut vars = Vec::new();
+        if let Some(ext) = &self.ext {
+            vars.push(("HOME_MANAGER_BACKUP_EXT", ext.clone()));
+        }
+        if let Some(c) = &self.command {
+            vars.push(("HOME_MANAGER_BACKUP_COMMAND", c.clone()));
+        }
+        if self.overwrite {
+            vars.push(("HOME_MANAGER_BACKUP_OVERWRITE", "1".into()));
+        }
+        vars
+    }
+}
+
+/// Something in `$HOME` that activation would refuse (or that would lose data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Blocker {
+    /// `target` differs and its backup `backup` already exists.
+    BackupExists { target: PathBuf, backup: PathBuf },
+    /// `target` is a symlink Home Manager did not make.
+    ForeignSymlink { target: PathBuf, points_to: PathBuf },
+    /// `target` is a directory where a file goes.
+    Directory { target: PathBuf },
+    /// `parent` is not a directory, so `target` cannot be created.
+    NotADirectory { target: PathBuf, parent: PathBuf },
+    /// `target` differs and no backup is configured.
+    Clobber { target: PathBuf },
+}
+
+impl Blocker {
+    /// The problem and the flag or command that resolves it, for one line of output.
+    pub fn describe(&self, env: &UserEnv) -> String {
+        let t = |p: &Path| env.tilde(p);
+        match self {
+            Blocker::BackupExists { target, backup } => format!(
+                "{} is blocked by {}: the backup of the existing file would overwrite it; move {} away or pass --overwrite-backup",
+                t(target),
+                t(backup),
+                t(backup)
+            ),
+            Blocker::ForeignSymlink { target, points_to } => format!(
+                "{} is a symlink to {} that Home Manager did not make (symlinks are never backed up); remove it (rm {}) and switch again",
+                t(target),
+                points_to.display(),
+                t(target)
+            ),
+            Blocker::Directory { target } => format!(
+                "{} is a directory where Home Manager puts a file; move it away (mv {} {}.old) and switch again",
+                t(target),
+                t(target),
+                t(target)
+            ),
+            Blocker::NotADirectory { target, parent } => format!(
+                "{} is a file where Home Manager needs a directory (for {}); move it away and switch again",
+                t(parent),
+                t(target)
+            ),
+            Blocker::Clobber { target } => format!(
+                "{} exists and would be clobbered; pass -b EXT to back it up, or move it away",
+                t(target)
+            ),
+        }
+    }
+}
+
+/// What activation will do to `$HOME`, computed before anything changes.
+#[derive(Debug, Default, Serialize)]
+pub struct Preflight {
+    /// Files of the generation.
+    pub files: usize,
+    /// Targets that do not exist yet.
+    pub new: usize,
+    /// Targets that are already Home Manager's links.
+    pub linked: usize,
+    /// Existing files that will be moved to their backup (`(file, backup)`), or handed to
+    /// the backup command (backup = None).
+    pub backups: Vec<(PathBuf, Option<PathBuf>)>,
+    /// Existing files with the generation's content: left alone.
+    pub identical: Vec<PathBuf>,
+    pub blockers: Vec<Blocker>,
+}
+
+/// Compares the generation's `home-files/` with `home` by the contract's collision rules,
+/// in one directory walk: one `lstat` per file, contents read only when sizes match.
+pub fn preflight(home_files: &Path, home: &Path, backup: &Backup) -> Result<Preflight> {
+    let mut out = Preflight::default();
+    let mut rel = PathBuf::new();
+    walk(home_files, &mut rel, home, backup, &mut out)
+        .with_context(|| format!("reading the generation's files in {}", home_files.display()))?;
+    Ok(out)
+}
+
+fn walk(
+    dir: &Path,
+    rel: &mut PathBuf,
+    home: &Path,
+    backup: &Backup,
+    out: &mut Preflight,
+) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        rel.push(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            walk(&entry.path(), rel, home, backup, out)?;
+        } else {
+            out.files += 1;
+            check_one(&entry.path(), &home.join(&*rel), backup, out);
+        }
+        rel.pop();
+    }
+    Ok(())
+}
+
+fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight) {
+    let meta = match fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            out.new += 1;
+            return;
+        }
+        Err(e) if e.kind() == ErrorKind::NotADirectory => {
+            let parent = target
+                .ancestors()
+                .skip(1)
+                .find(|a| fs::symlink_metadata(a).is_ok_and(|m| !m.is_dir()))
+                .unwrap_or(target)
+                .to_path_buf();
+            out.blockers.push(Blocker::NotADirectory {
+                target: target.to_path_buf(),
+                parent,
+            });
+            return;
+        }
+        // Unreadable (permissions): let activation report it in its own words.
+        Err(_) => return,
+    };
+    if meta.file_type().is_symlink() {
+        let points_to = fs::read_link(target).unwrap_or_default();
+        if is_hm_link(&points_to) {
+            out.linked += 1;
+        } else if same_content(source, target, None) {
+            out.identical.push(target.to_path_buf());
+        } else {
+            out.blockers.push(Blocker::ForeignSymlink {
+                target: target.to_path_buf(),
+                points_to,
+            });
+        }
+    } else if meta.is_dir() {
+        out.blockers.push(Blocker::Directory {
+            target: target.to_path_buf(),
+        });
+    } else if same_content(source, target, Some(meta.len())) {
+        out.identical.push(target.to_path_buf());
+    } else if backup.command.is_some() {
+        out.backups.push((target.to_path_buf(), None));
+    } else if let Some(ext) = &backup.ext {
+        let mut name: OsString = target.as_os_str().to_owned();
+        name.push(".");
+        name.push(ext);
+        let bak = PathBuf::from(name);
+        // lstat: a dangling symlink in the way is still in the way.
+        if fs::symlink_metadata(&bak).is_ok() && !backup.overwrite {
+            out.blockers.push(Blocker::BackupExists {
+                target: target.to_path_buf(),
+                backup: bak,
+            });
+        } else {
+            out.backups.push((target.to_path_buf(), Some(bak)));
+        }
+    } else {
+        out.blockers.push(Blocker::Clobber {
+            target: target.to_path_buf(),
+        });
+    }
+}
+
+/// A link into a `*-home-manager-files` store path: Home Manager's own.
+pub fn is_hm_link(points_to: &Path) -> bool {
+    let store = store_dir();
+    let Ok(rest) = points_to.strip_prefix(&store) else {
+        return false;
+    };
+    let mut parts = rest.components();
+    parts.next().is_some_and(|c| {
+        c.as_os_str()
+            .to_string_lossy()
+            .ends_with("-home-manager-files")
+    }) && parts.next().is_some()
+}
+
+fn store_dir() -> PathBuf {
+    non_empty("NIX_STORE_DIR").unwrap_or_else(|| PathBuf::from("/nix/store"))
+}
+
+/// Whether `source` (following links) has the bytes of the regular file `target`, whose
+/// size is known from the caller's lstat: sizes first, so differing files are rarely read,
+/// and through open files, so each side costs one open, one fstat and the reads.
+fn same_content(source: &Path, target: &Path, target_len: Option<u64>) -> bool {
+    fn read(mut f: File, len: u64) -> Option<Vec<u8>> {
+        let mut buf = Vec::with_capacity(usize::try_from(len).ok()?.saturating_add(1));
+        f.read_to_end(&mut buf).ok()?;
+        Some(buf)
+    }
+    let Ok(src) = File::open(source) else {
+        return false;
+    };
+    let Ok(meta) = src.metadata() else {
+        return false;
+    };
+    if !meta.is_file() || target_len.is_some_and(|l| l != meta.len()) {
+        return false;
+    }
+    let Ok(dst) = File::open(target) else {
+        return false;
+    };
+    if target_len.is_none() {
+        // A symlink target: its size is only known once followed.
+        match dst.metadata() {
+            Ok(m) if m.is_file() && m.len() == meta.len() => {}
+            _ => return false,
+        }
+    }
+    match (read(src, meta.len()), read(dst, meta.len())) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+impl Preflight {
+    /// The complete list, one line per file that is not simply new or already linked.
+    pub fn print(&self, env: &UserEnv) {
+        term::info(&format!(
+            "{} {} files: {} new, {} already linked, {} to back up, {} identical (skipped), {} blocked",
+            term::paint(term::Style::Bold, "pre-flight:"),
+            self.files,
+            self.new,
+            self.linked,
+            self.backups.len(),
+            self.identical.len(),
+            self.blockers.len()
+        ));
+        for (file, bak) in &self.backups {
+            match bak {
+                Some(b) => term::info(&format!(
+                    "  back up  {} → {}",
+                    env.tilde(file),
+                    env.tilde(b)
+                )),
+                None => term::info(&format!(
+                    "  back up  {} (with the backup command)",
+                    env.tilde(file)
+                )),
+            }
+        }
+        for file in &self.identical {
+            term::info(&format!("  identical {} (left as it is)", env.tilde(file)));
+        }
+        for b in &self.blockers {
+            term::error(&format!("blocked: {}", b.describe(env)));
+        }
+    }
+}
+
+/// The activation of a generation: `<generation>/activate --driver-version 1` with the
+/// contract's variables. Inherited HOME_MANAGER_BACKUP_* are removed, so activation does
+/// exactly what the pre-flight checked.
+pub struct Activation<'a> {
+    pub script: PathBuf,
+    pub backup: &'a Backup,
+    pub verbose: bool,
+}
+
+impl Activation<'_> {
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        let mut vars = self.backup.env();
+        if self.verbose {
+            vars.push(("VERBOSE", "1".into()));
+        }
+        vars
+    }
+
+    /// The command line exactly as it runs, variables first (for --dry-run and the log).
+    pub fn shown(&self) -> String {
+        let mut s = String::new();
+        for (k, v) in self.vars() {
+            s.push_str(&format!("{k}={} ", shell_quote(&v)));
+        }
+        s.push_str(&format!(
+            "{} --driver-version 1",
+            shell_quote(&self.script.display().to_string())
+        ));
+        s
+    }
+
+    /// Runs it; its output goes to stderr so that `--json` keeps stdout clean.
+    pub fn run(&self) -> Result<()> {
+        let shown = self.shown();
+        term::command(&shown);
+        let mut cmd = Command::new(&self.script);
+        cmd.args(["--driver-version", "1"]);
+        for k in [
+            "HOME_MANAGER_BACKUP_EXT",
+            "HOME_MANAGER_BACKUP_COMMAND",
+            "HOME_MANAGER_BACKUP_OVERWRITE",
+            "DRY_RUN",
+            "VERBOSE",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.vars()).stdout(Stdio::from(io::stderr()));
+        let status = cmd
+            .status()
+            .with_context(|| format!("running {}", self.script.display()))?;
+        if !status.success() {
+            bail!("activation failed ({status}); its messages are above\n  tried: {shown}");
+        }
+        Ok(())
+    }
+}
+
+/// Single-quotes `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// What a generation says about itself: the user and home its `activate` checks (Home
+/// Manager writes `checkUsername '<u>'` and `checkHomeDirectory '<dir>'` into it), so the
+/// pre-flight needs no second evaluation.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub username: Option<String>,
+    pub home_directory: Option<String>,
+}
+
+pub fn expected(generation: &Path) -> Result<Expected> {
+    let script = generation.join("activate");
+    let text =
+        fs::read_to_string(&script).with_context(|| format!("reading {}", script.display()))?;
+    Ok(parse_expected(&text))
+}
+
+fn parse_expected(script: &str) -> Expected {
+    let mut e = Expected::default();
+    for line in script.lines() {
+        let line = line.trim();
+        if let Some(arg) = line.strip_prefix("checkUsername ") {
+            e.username = e.username.or_else(|| unquote(arg));
+        } else if let Some(arg) = line.strip_prefix("checkHomeDirectory ") {
+            e.home_directory = e.home_directory.or_else(|| unquote(arg));
+        }
+    }
+    e
+}
+
+/// One shell word as Nix's `escapeShellArg` writes it: `'...'` with `'\''` for quotes, or bare.
+fn unquote(word: &str) -> Option<String> {
+    let word = word.trim();
+    if !word.starts_with('\'') {
+        return (!word.is_empty() && !word.contains(char::is_whitespace)).then(|| word.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = word;
+    while let Some(r) = rest.strip_prefix('\'') {
+        let end = r.find('\'')?;
+        out.push_str(&r[..end]);
+        rest = &r[end + 1..];
+        match rest.strip_prefix("\\'") {
+            Some(r) => {
+                out.push('\'');
+                rest = r;
+            }
+            None => break,
+        }
+    }
+    rest.trim().is_empty().then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_ids() {
+        assert_eq!(generation_id("home-manager-12-link"), Some(12));
+        assert_eq!(generation_id("home-manager"), None);
+        assert_eq!(generation_id("home-manager-x-link"), None);
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(UNIX_EPOCH), "1970-01-01 00:00");
+        assert_eq!(
+            format_utc(UNIX_EPOCH + Duration::from_secs(1_709_210_096)),
+            "2024-02-29 12:34"
+        );
+    }
+
+    #[test]
+    fn reads_the_checks_of_activate() {
+        let e = parse_expected("x\ncheckUsername 'alice'\ncheckHomeDirectory '/home/o'\\''b'\n");
+        assert_eq!(e.username.as_deref(), Some("alice"));
+        assert_eq!(e.home_directory.as_deref(), Some("/home/o'b"));
+        assert_eq!(
+            parse_expected("checkUsername bob").username.as_deref(),
+            Some("bob")
+        );
+        assert_eq!(parse_expected("echo hi"), Expected::default());
+    }
+
+    #[test]
+    fn hm_links() {
+        assert!(is_hm_link(Path::new(
+            "/nix/store/abc-home-manager-files/.bashrc"
+        )));
+        assert!(!is_hm_link(Path::new("/nix/store/abc-home-manager-files")));
+        assert!(!is_hm_link(Path::new("/nix/store/abc-dotfiles/.bashrc")));
+        assert!(!is_hm_link(Path::new("/home/a/dotfiles/.bashrc")));
+    }
+
+    /// Every collision rule of the contract on one generated tree (no nix needed): links
+    /// that are not into a `*-home-manager-files` path count as foreign.
+    #[test]
+    fn preflight_applies_the_collision_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (files, home) = (tmp.path().join("files"), tmp.path().join("home"));
+        let src = tmp.path().join("src");
+        fs::create_dir_all(files.join(".config")).unwrap();
+        fs::create_dir_all(home.join(".dir")).unwrap();
+        fs::create_dir_all(&src).unwrap();
+        for name in [
+            ".new",
+            ".same",
+            ".differs",
+            ".blocked",
+            ".dir",
+            ".link",
+            ".config/x",
+            ".plain/y",
+        ] {
+            let s = src.join(name.replace('/', "_"));
+            fs::write(&s, "managed\n").unwrap();
+            fs::create_dir_all(files.join(name).parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(&s, files.join(name)).unwrap();
+        }
+        fs::write(home.join(".same"), "managed\n").unwrap();
+        fs::write(home.join(".differs"), "mine\n").unwrap();
+        fs::write(home.join(".blocked"), "mine\n").unwrap();
+        fs::write(home.join(".blocked.bak"), "old\n").unwrap();
+        fs::write(home.join(".plain"), "a file where a directory goes\n").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", home.join(".link")).unwrap();
+        let backup = Backup {
+            ext: Some("bak".into()),
+            ..Backup::default()
+        };
+
+        let pf = preflight(&files, &home, &backup).unwrap();
+        assert_eq!(pf.files, 8);
+        assert_eq!(pf.new, 2, "{pf:?}"); // .new, .config/x
+        assert_eq!(pf.identical, [home.join(".same")]);
+        assert_eq!(
+            pf.backups,
+            [(home.join(".differs"), Some(home.join(".differs.bak")))]
+        );
+        let mut blockers = pf.blockers.clone();
+        blockers.sort_by_key(|b| format!("{b:?}"));
+        assert_eq!(
+            blockers,
+            [
+                Blocker::BackupExists {
+                    target: home.join(".blocked"),
+                    backup: home.join(".blocked.bak")
+                },
+                Blocker::Directory {
+                    target: home.join(".dir")
+                },
+                Blocker::ForeignSymlink {
+                    target: home.join(".link"),
+                    points_to: "/etc/hostname".into()
+                },
+                Blocker::NotADirectory {
+                    target: home.join(".plain/y"),
+                    parent: home.join(".plain")
+                },
+            ]
+        );
+
+        let overwrite = Backup {
+            overwrite: true,
+            ..backup.clone()
+        };
+        assert_eq!(
+            preflight(&files, &home, &overwrite).unwrap().blockers.len(),
+            3
+        );
+        let none = Backup::default();
+        let pf = preflight(&files, &home, &none).unwrap();
+        assert!(pf.blockers.contains(&Blocker::Clobber {
+            target: home.join(".differs")
+        }));
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("bak"), "bak");
+        assert_eq!(shell_quote("mv -n"), "'mv -n'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

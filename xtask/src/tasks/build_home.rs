@@ -1,9 +1,148 @@
-use anyhow::{Result, bail};
+//! `cargo xtask build-home [USER]`: builds a home's generation for this machine's system,
+//! and the pieces `switch` shares with it: which home a name means, and the one build.
 
-use crate::{Ctx, cli::BuildHome};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::{
+    Ctx,
+    cli::BuildHome,
+    nix,
+    repo::{self, Part, Repo},
+    term,
+};
+
+#[derive(Debug, Serialize)]
+struct Built<'a> {
+    path: &'a Path,
+    system: &'a str,
+    user: &'a str,
+}
 
 impl BuildHome {
-    pub fn run(self, _ctx: &Ctx) -> Result<()> {
-        bail!("`cargo xtask build-home` is not implemented yet")
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let env = crate::profile::UserEnv::from_process()?;
+        let user = self.user.unwrap_or_else(|| env.user.clone());
+        let repo = ctx.repo()?;
+        standalone_user(&repo, &user)?;
+        let system = pick_system(self.system.as_deref())?;
+        let foreign = system != nix::current_system();
+        if foreign {
+            term::warning(&format!(
+                "building for {system} on this {} machine needs a remote builder or emulation (extra-platforms in nix.conf)",
+                nix::current_system()
+            ));
+        }
+        // A GC root beside the repo (ignored by git, like home-manager's `result`), so the
+        // generation survives a collection until the next build replaces it.
+        let link = ctx.root.join(format!("result-home-{user}"));
+        let path = build_generation(ctx, &user, &system, &link).with_context(|| {
+            if foreign {
+                format!("building {user}'s home for {system}: drop --system to build for this machine, or configure a {system} builder")
+            } else {
+                format!("building {user}'s home")
+            }
+        })?;
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Built {
+                    path: &path,
+                    system: &system,
+                    user: &user
+                })?
+            );
+        } else {
+            term::info(&format!(
+                "generation: {} (GC root: {})",
+                path.display(),
+                link.display()
+            ));
+            println!("{}", path.display());
+        }
+        Ok(())
     }
+}
+
+/// `--system`, or this machine's, checked against the supported systems; says which.
+pub fn pick_system(flag: Option<&str>) -> Result<String> {
+    let system = match flag {
+        Some(s) => s.to_string(),
+        None => {
+            let s = nix::current_system();
+            term::info(&format!("system: {s} (detected; --system overrides)"));
+            s
+        }
+    };
+    if !repo::SYSTEMS.contains(&system.as_str()) {
+        bail!(
+            "system {system} is not supported; use one of {}",
+            repo::SYSTEMS.join(", ")
+        );
+    }
+    Ok(system)
+}
+
+/// Checks that `name` is a user with a standalone home, or says what to run instead:
+/// `<user>@<host>` and integrated-only users deploy with `switch --host`.
+pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
+    let (user, part) = repo::parse_home_dir(name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let hosts_of = |u: &str| -> Vec<String> {
+        repo.hosts
+            .keys()
+            .filter(|h| repo.host_users(h).iter().any(|x| x == u))
+            .cloned()
+            .collect()
+    };
+    match part {
+        Part::Base => {}
+        Part::Global => bail!(
+            "{name} is the standalone-only part of {user}'s home, not a home of its own; run `cargo xtask switch {user}`"
+        ),
+        Part::Host(host) => bail!(
+            "{name} is {user}'s integrated home on the NixOS host {host}; integrated homes deploy with `cargo xtask switch --host {host}`"
+        ),
+    }
+    match repo.users.get(&user) {
+        Some(u) if u.base => Ok(()),
+        Some(_) => {
+            let hosts = hosts_of(&user);
+            let host = hosts.first().map(String::as_str).unwrap_or("<host>");
+            bail!(
+                "{user} has no standalone home (no homes/{user}), only integrated ones on {}; integrated homes deploy with `cargo xtask switch --host {host}` (or create homes/{user} for a standalone home)",
+                if hosts.is_empty() {
+                    "no host".to_string()
+                } else {
+                    hosts.join(", ")
+                }
+            )
+        }
+        None => {
+            let homes: Vec<&str> = repo.standalone_users().map(|u| u.name.as_str()).collect();
+            bail!(
+                "there is no home for {user} in {} (homes: {}); create one with `cargo xtask new-user {user}`, or name another user",
+                repo.root.join("homes").display(),
+                if homes.is_empty() {
+                    "none".to_string()
+                } else {
+                    homes.join(", ")
+                }
+            )
+        }
+    }
+}
+
+/// The flake attribute of a user's home for `system`.
+pub fn home_attr(user: &str, system: &str) -> String {
+    format!("legacyPackages.{system}.homeConfigurations.{user}.activationPackage")
+}
+
+/// Builds the generation with `out_link` as its GC root: one nix call that evaluates and
+/// builds, so a switch costs no more nix than the raw `nix build`.
+pub fn build_generation(ctx: &Ctx, user: &str, system: &str, out_link: &Path) -> Result<PathBuf> {
+    let installable = nix::installable(&ctx.root, &home_attr(user, system));
+    let mut paths = ctx.nix().build(&[installable], Some(out_link))?;
+    paths.pop().context("nix build returned no generation")
 }

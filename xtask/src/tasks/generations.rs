@@ -1,9 +1,89 @@
-use anyhow::{Result, bail};
+//! `cargo xtask generations [USER]`: the home's generations, newest first, as
+//! `home-manager generations` lists them, plus closure sizes (one nix call for all).
 
-use crate::{Ctx, cli::Generations};
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{
+    Ctx,
+    cli::Generations,
+    profile::{Generation, UserEnv},
+    term,
+};
+
+use super::switch::check_runner;
+
+#[derive(Debug, Serialize)]
+struct Entry<'a> {
+    #[serde(flatten)]
+    generation: &'a Generation,
+    closure_size: Option<u64>,
+}
 
 impl Generations {
-    pub fn run(self, _ctx: &Ctx) -> Result<()> {
-        bail!("`cargo xtask generations` is not implemented yet")
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let env = UserEnv::from_process()?;
+        let user = self.user.unwrap_or_else(|| env.user.clone());
+        // The profile directory is found through the user's own $HOME and $XDG_STATE_HOME.
+        check_runner(&user, &env)?;
+        let profile = env.profile();
+        let gens = profile.generations()?;
+        if gens.is_empty() {
+            term::info(&format!(
+                "{user} has no home generations yet (looked in {}); create the first with `cargo xtask switch`",
+                profile.dir.display()
+            ));
+        }
+        let paths: Vec<_> = gens.iter().map(|g| g.path.clone()).collect();
+        let sizes = ctx.nix().closure_sizes(&paths)?;
+        let entries: Vec<Entry<'_>> = gens
+            .iter()
+            .map(|g| Entry {
+                generation: g,
+                closure_size: sizes.get(&g.path).copied(),
+            })
+            .collect();
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&entries)?);
+            return Ok(());
+        }
+        for e in &entries {
+            let g = e.generation;
+            let size = e
+                .closure_size
+                .map_or_else(String::new, |s| format!(" ({})", human_size(s)));
+            let current = if g.current { " (current)" } else { "" };
+            println!(
+                "{} : id {} -> {}{size}{current}",
+                g.date,
+                g.id,
+                g.path.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::human_size(512), "512 B");
+        assert_eq!(super::human_size(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
 }

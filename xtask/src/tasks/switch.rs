@@ -1,9 +1,451 @@
-use anyhow::{Result, bail};
+//! `cargo xtask switch [USER]`: build, pre-flight, set the profile, activate; the steps
+//! and variables of `home-manager switch` (../shared/hm-contract.md), with every check that
+//! can fail done before anything changes. `switch --host HOST` runs nixos-rebuild instead.
 
-use crate::{Ctx, cli::Switch};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use xshell::cmd;
+
+use crate::{
+    Ctx, Reported,
+    cli::Switch,
+    nix,
+    profile::{self, Activation, Backup, Preflight, Profile, UserEnv},
+    repo, term,
+};
+
+use super::build_home::{build_generation, pick_system, standalone_user};
+
+/// Where NixOS puts the units it generates; `XTASK_SYSTEMD_UNIT_DIR` replaces it, for tests
+/// only (they cannot write to /etc).
+const SYSTEMD_UNIT_DIR: &str = "/etc/systemd/system";
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    user: &'a str,
+    system: &'a str,
+    generation: &'a Path,
+    profile: PathBuf,
+    dry_run: bool,
+    commands: Vec<String>,
+    preflight: &'a Preflight,
+}
 
 impl Switch {
-    pub fn run(self, _ctx: &Ctx) -> Result<()> {
-        bail!("`cargo xtask switch` is not implemented yet")
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        if let Some(host) = self.host.clone() {
+            return self.run_host(ctx, &host);
+        }
+        let env = UserEnv::from_process()?;
+        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
+        let repo = ctx.repo()?;
+        standalone_user(&repo, &user)?;
+        check_runner(&user, &env)?;
+        let system = pick_system(self.system.as_deref())?;
+        let here = nix::current_system();
+        if system != here {
+            bail!(
+                "{user}'s home for {system} cannot be activated on this {here} machine (its programs would not run here); drop --system, or switch on a {system} machine"
+            );
+        }
+        if !self.force_standalone {
+            check_not_integrated(&user)?;
+        }
+        let backup = Backup {
+            ext: self
+                .backup_extension
+                .clone()
+                .or_else(|| Some(repo.defaults.backup_extension.clone()))
+                .filter(|e| !e.is_empty()),
+            command: self.backup_command.clone().filter(|c| !c.is_empty()),
+            overwrite: self.overwrite_backup,
+        };
+
+        // Built with an out-link in a private directory, as `home-manager switch` does, so a
+        // collection cannot remove the generation mid-switch.
+        let work = WorkDir::new()?;
+        let generation = build_generation(ctx, &user, &system, &work.0.join("generation"))?;
+        let active = match &self.specialisation {
+            None => generation.clone(),
+            Some(name) => specialisation(&generation, name)?,
+        };
+        check_expected(&active, &env, &user)?;
+
+        let profile = env.profile();
+        if profile.exists {
+            term::info(&format!("profile: {}", profile.link().display()));
+        } else {
+            term::info(&format!(
+                "first install: no profile directory yet; {} {} (Home Manager's XDG location)",
+                if self.dry_run {
+                    "would create"
+                } else {
+                    "creating"
+                },
+                profile.dir.display()
+            ));
+        }
+        let start = Instant::now();
+        // The lock is held to the end, so no other switch changes $HOME between the check
+        // and the activation it vouches for. A dry run takes none.
+        let (pf, _lock) = profile::preflight_and_lock(
+            &env,
+            &profile,
+            &active.join("home-files"),
+            &backup,
+            &format!("{user}'s home"),
+            self.dry_run,
+        )?;
+        if ctx.verbose {
+            term::info(&format!(
+                "pre-flight took {:.1} ms",
+                start.elapsed().as_secs_f64() * 1000.0
+            ));
+        }
+        pf.print(&env);
+        if !pf.blockers.is_empty() {
+            term::error(&format!(
+                "{} file(s) block the switch; nothing was changed. Resolve them as said above and switch again",
+                pf.blockers.len()
+            ));
+            return Err(Reported.into());
+        }
+
+        // The contract: a generation with gen-version leaves the profile to the driver; an
+        // old-style one manages it itself.
+        let manages_profile = generation.join("gen-version").exists();
+        let set_profile = ctx.nix().tool("nix-env").map(|c| {
+            c.arg("--profile")
+                .arg(profile.link())
+                .arg("--set")
+                .arg(&generation)
+        });
+        let activation = Activation {
+            script: active.join("activate"),
+            backup: &backup,
+            verbose: ctx.verbose,
+        };
+        let mut commands = Vec::new();
+        if !profile.exists {
+            commands.push(format!(
+                "mkdir -p {}",
+                profile::shell_quote(&profile.dir.display().to_string())
+            ));
+        }
+        if manages_profile {
+            commands.push(
+                set_profile
+                    .as_ref()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
+            );
+        }
+        commands.push(activation.shown());
+
+        if self.dry_run {
+            if !self.json {
+                for c in &commands {
+                    println!("{c}");
+                }
+                term::info("dry run: nothing was changed");
+            }
+        } else {
+            if !profile.exists {
+                fs::create_dir_all(&profile.dir).with_context(|| {
+                    format!("creating the profile directory {}", profile.dir.display())
+                })?;
+            }
+            let previous = profile.current_id();
+            if manages_profile {
+                nix::run_step(set_profile?, false)
+                    .context("setting the profile to the new generation")?;
+            }
+            if let Err(e) = activation.run() {
+                term::error(&format!("{e:#}"));
+                if manages_profile {
+                    restore(ctx, &profile, previous, &backup)?;
+                }
+                return Err(Reported.into());
+            }
+            term::info(&format!(
+                "{} {user}'s home to {} (generation {})",
+                term::paint(term::Style::Green, "switched"),
+                generation.display(),
+                profile.current_id().map_or("?".into(), |i| i.to_string())
+            ));
+        }
+        if self.json {
+            let report = Report {
+                user: &user,
+                system: &system,
+                generation: &generation,
+                profile: profile.link(),
+                dry_run: self.dry_run,
+                commands,
+                preflight: &pf,
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Ok(())
+    }
+
+    fn run_host(&self, ctx: &Ctx, host: &str) -> Result<()> {
+        if let Some(u) = &self.user {
+            bail!(
+                "--host {host} deploys the whole host with all its homes; drop the user name {u}"
+            );
+        }
+        repo::validate_host_name(host).map_err(|e| anyhow::anyhow!("--host: {e}"))?;
+        let mut repo = ctx.repo()?;
+        repo.load_meta(&ctx.nix())?;
+        repo.ensure_valid()?;
+        let Some(h) = repo.hosts.get(host) else {
+            let hosts: Vec<&str> = repo.hosts.keys().map(String::as_str).collect();
+            bail!(
+                "there is no host {host} in {} (hosts: {}); create it with `cargo xtask new-host {host}`",
+                repo.root.join("systems").display(),
+                if hosts.is_empty() {
+                    "none".to_string()
+                } else {
+                    hosts.join(", ")
+                }
+            );
+        };
+        let system = repo.host_system(h);
+        let users = repo.host_users(host);
+        term::info(&format!(
+            "host {host}: {system}, homes: {}",
+            if users.is_empty() {
+                "none".into()
+            } else {
+                users.join(", ")
+            }
+        ));
+        let here = nix::current_system();
+        if system != here && self.build_host.is_none() {
+            term::warning(&format!(
+                "{host} is {system} but this machine is {here}: building needs --build-host <a {system} machine> or emulation (boot.binfmt.emulatedSystems)"
+            ));
+        }
+        let flake = format!("{}#{host}", ctx.root.display());
+        let sh = &ctx.sh;
+        let mut rebuild = cmd!(sh, "nixos-rebuild switch --flake {flake}");
+        if let Some(t) = &self.target_host {
+            rebuild = rebuild.args(["--target-host", t]);
+        }
+        if let Some(b) = &self.build_host {
+            rebuild = rebuild.args(["--build-host", b]);
+        }
+        if self.use_remote_sudo {
+            rebuild = rebuild.arg("--use-remote-sudo");
+        }
+        let available = nix::find_on_path("nixos-rebuild").is_some();
+        if self.dry_run {
+            if !available {
+                term::warning("nixos-rebuild is not on PATH here; run this on a NixOS machine");
+            }
+            return nix::run_step(rebuild, true);
+        }
+        if !available {
+            bail!(
+                "nixos-rebuild is not available on this machine (it comes with NixOS); run `cargo xtask switch --host {host}` on a NixOS machine, or from one with --target-host"
+            );
+        }
+        if let Err(e) = nix::run_step(rebuild, false) {
+            // nixos-rebuild only says "the following units failed"; the home's own journal
+            // says why (usually a file in the way).
+            if self.target_host.is_none() {
+                for u in &users {
+                    show_failed_home_unit(ctx, u);
+                }
+            }
+            return Err(e.context(format!("nixos-rebuild switch of {host} failed")));
+        }
+        Ok(())
+    }
+}
+
+/// A private directory for the build's out-link, removed when the switch ends.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> Result<WorkDir> {
+        let dir = std::env::temp_dir().join(format!("xtask-switch-{}", std::process::id()));
+        // A leftover of a killed run with the same pid holds only a dangling link.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(WorkDir(dir))
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Only the user may switch their own home: `activate` checks `$USER`, writes with the
+/// caller's ownership and uses the caller's profile.
+pub fn check_runner(user: &str, env: &UserEnv) -> Result<()> {
+    if user == env.user {
+        return Ok(());
+    }
+    if env.user == "root" {
+        bail!(
+            "you are root, but this is {user}'s home: as root it would use root's profile and leave root-owned files in {user}'s home; run it as {user} (e.g. `sudo -u {user} -i`, then `cargo xtask switch`)"
+        );
+    }
+    bail!(
+        "you are {}, but this is {user}'s home; log in as {user} and run the command there",
+        env.user
+    )
+}
+
+/// A NixOS host whose Home Manager module manages `user` re-activates its own generation
+/// on every nixos-rebuild, undoing a standalone switch.
+fn check_not_integrated(user: &str) -> Result<()> {
+    let dir = std::env::var_os("XTASK_SYSTEMD_UNIT_DIR")
+        .map_or_else(|| PathBuf::from(SYSTEMD_UNIT_DIR), PathBuf::from);
+    let unit = dir.join(format!("home-manager-{user}.service"));
+    if fs::symlink_metadata(&unit).is_err() {
+        return Ok(());
+    }
+    let host = fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "<host>".to_string()
+    } else {
+        host
+    };
+    bail!(
+        "NixOS' Home Manager module already manages {user}'s home here ({}); the next nixos-rebuild would undo a standalone switch. Deploy it with `cargo xtask switch --host {host}`, or pass --force-standalone to switch standalone anyway",
+        unit.display()
+    )
+}
+
+/// `<generation>/specialisation/<name>`, or which ones exist.
+fn specialisation(generation: &Path, name: &str) -> Result<PathBuf> {
+    let path = generation.join("specialisation").join(name);
+    if path.join("activate").is_file() {
+        return Ok(path);
+    }
+    let mut names: Vec<String> = fs::read_dir(generation.join("specialisation"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    bail!(
+        "the home has no specialisation {name} (it has: {}); define specialisation.{name}.configuration in the home, or pick one of those",
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
+/// The user and home the generation was built for must be this session's, or `activate`
+/// refuses (after the profile was set). Read from the generation itself: no second eval.
+fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
+    let expected = profile::expected(generation)?;
+    if let Some(u) = &expected.username
+        && *u != env.user
+    {
+        bail!(
+            "the home sets home.username = \"{u}\" but $USER is {}; remove that line from homes/{user} (the default is the directory's name) or switch as {u}",
+            env.user
+        );
+    }
+    if let Some(h) = &expected.home_directory
+        && Path::new(h) != env.home
+    {
+        let mac = if cfg!(target_os = "macos") {
+            format!(
+                "; on macOS home directories are /Users/<name> (the repo's default for *-darwin), so if yours differs write home.homeDirectory = \"{}\"; in homes/{user}/default.nix",
+                env.home.display()
+            )
+        } else {
+            String::new()
+        };
+        bail!(
+            "the home sets home.homeDirectory = \"{h}\" but $HOME is {}; set home.homeDirectory = \"{}\" in homes/{user}/default.nix, or run with the right HOME{mac}",
+            env.home.display(),
+            env.home.display()
+        );
+    }
+    Ok(())
+}
+
+/// After a failed activation: the profile back to the previous generation, and that
+/// generation activated again so `$HOME` matches it; or, on a first install, no profile.
+fn restore(ctx: &Ctx, profile: &Profile, previous: Option<u64>, backup: &Backup) -> Result<()> {
+    let Some(id) = previous else {
+        // First install: remove the links this switch made, so the next one starts clean.
+        if let Some(new) = profile.current_id() {
+            let _ = fs::remove_file(profile.dir.join(format!("home-manager-{new}-link")));
+        }
+        let _ = fs::remove_file(profile.link());
+        term::error(
+            "the first switch failed; its profile links were removed again. Files linked before the failure stay; fix the error above and switch again",
+        );
+        return Ok(());
+    };
+    let back = ctx
+        .nix()
+        .tool("nix-env")?
+        .arg("--profile")
+        .arg(profile.link())
+        .arg("--switch-generation")
+        .arg(id.to_string());
+    nix::run_step(back, false).context("setting the profile back to the previous generation")?;
+    let script = profile.dir.join(format!("home-manager-{id}-link/activate"));
+    match (Activation {
+        script,
+        backup,
+        verbose: ctx.verbose,
+    })
+    .run()
+    {
+        Ok(()) => term::error(&format!(
+            "the new generation failed to activate; generation {id} is active again (profile and $HOME). Fix the error above and switch again"
+        )),
+        Err(e) => term::error(&format!(
+            "the new generation failed to activate and re-activating generation {id} failed too ({e:#}); the profile is at generation {id}; run `cargo xtask rollback --to {id}` after fixing the cause"
+        )),
+    }
+    Ok(())
+}
+
+/// Prints the journal of a failed `home-manager-<user>.service` of this machine.
+fn show_failed_home_unit(ctx: &Ctx, user: &str) {
+    let unit = format!("home-manager-{user}.service");
+    let sh = &ctx.sh;
+    let failed = cmd!(sh, "systemctl is-failed --quiet {unit}")
+        .quiet()
+        .ignore_stderr()
+        .run()
+        .is_ok();
+    if !failed {
+        return;
+    }
+    term::error(&format!("{unit} failed; its last journal lines:"));
+    match cmd!(sh, "journalctl -u {unit} -n 50 --no-pager")
+        .quiet()
+        .ignore_status()
+        .read()
+    {
+        Ok(lines) => eprintln!("{lines}"),
+        Err(e) => term::warning(&format!(
+            "could not read the journal ({e}); run journalctl -u {unit} -n 50"
+        )),
     }
 }

@@ -1,0 +1,549 @@
+//! `switch`, `build-home`, `generations`, `rollback` against real nix and real profiles in a
+//! temporary `$HOME` (fixture flakes with the stub activation of ../shared/hm-contract.md).
+
+mod common;
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+};
+
+use common::{Fixture, nix_str};
+
+/// A fixture whose home (for the fixture's user) manages `files`, with the XDG profile
+/// directory present: the machine-wide per-user fallback is shared by parallel tests.
+fn fixture(files: &[(&str, &str)]) -> Fixture {
+    let mut f = Fixture::new();
+    outside_cache(&mut f);
+    fs::create_dir_all(profiles(&f)).unwrap();
+    f.home_with_files(&f.user, files).commit();
+    f
+}
+
+/// nix keeps its eval and fetcher caches in `$XDG_CACHE_HOME/nix` (else ~/.cache/nix); keep
+/// them out of the HOME whose digest proves that a switch changed nothing.
+fn outside_cache(f: &mut Fixture) {
+    let cache = f.root.parent().unwrap().join("cache");
+    f.extra_env
+        .insert("XDG_CACHE_HOME".into(), cache.display().to_string());
+}
+
+fn profiles(f: &Fixture) -> PathBuf {
+    f.home.join(".local/state/nix/profiles")
+}
+
+fn current_link(f: &Fixture) -> String {
+    fs::read_link(profiles(f).join("home-manager"))
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn is_hm_link(path: &Path) -> bool {
+    fs::read_link(path).is_ok_and(|t| t.display().to_string().contains("-home-manager-files/"))
+}
+
+#[test]
+fn first_install_into_an_empty_home_creates_the_xdg_profile() {
+    let mut f = Fixture::new();
+    outside_cache(&mut f);
+    // A name no other test (or machine user) has, so /nix/var/nix/profiles/per-user/<it>
+    // cannot exist and the first-install path is taken.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    f.user = format!("fresh{}x{nanos}", std::process::id());
+    f.home_with_files(
+        &f.user,
+        &[(".bashrc", "echo hi\n"), (".config/app/conf", "x = 1\n")],
+    )
+    .commit();
+    assert_eq!(fs::read_dir(&f.home).unwrap().count(), 0);
+
+    let run = f.xtask(&["switch"]);
+    run.success()
+        .stderr_has("first install")
+        .stderr_has(".local/state/nix/profiles");
+    assert!(
+        !Path::new("/nix/var/nix/profiles/per-user")
+            .join(&f.user)
+            .exists()
+    );
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    let generation = fs::read_link(profiles(&f).join("home-manager-1-link")).unwrap();
+    assert!(
+        generation
+            .display()
+            .to_string()
+            .ends_with("-home-manager-generation"),
+        "{}",
+        generation.display()
+    );
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+    assert_eq!(read(&f.home.join(".bashrc")), "echo hi\n");
+    assert_eq!(read(&f.home.join(".config/app/conf")), "x = 1\n");
+    // Home Manager's GC root of the active generation.
+    let root = f
+        .home
+        .join(".local/state/home-manager/gcroots/current-home");
+    assert_eq!(fs::read_link(root).unwrap(), generation);
+}
+
+#[test]
+fn second_switch_after_a_change_links_new_files_and_removes_stale_ones() {
+    let f = fixture(&[(".bashrc", "one\n"), (".profile", "p\n")]);
+    f.xtask(&["switch"]).success();
+    f.home_with_files(&f.user, &[(".bashrc", "two\n"), (".config/new", "n\n")])
+        .commit();
+    f.xtask(&["switch"]).success();
+    assert_eq!(current_link(&f), "home-manager-2-link");
+    assert!(profiles(&f).join("home-manager-1-link").exists());
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
+    assert_eq!(read(&f.home.join(".config/new")), "n\n");
+    assert!(
+        fs::symlink_metadata(f.home.join(".profile")).is_err(),
+        ".profile of generation 1 should be gone"
+    );
+}
+
+#[test]
+fn existing_bashrc_is_backed_up_byte_for_byte() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    // Not UTF-8, no final newline: the backup must be the same bytes.
+    let original: &[u8] = b"# mine\n\xff\xfe alias ll='ls -l'";
+    fs::write(f.home.join(".bashrc"), original).unwrap();
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("back up  ~/.bashrc → ~/.bashrc.bak");
+    assert_eq!(fs::read(f.home.join(".bashrc.bak")).unwrap(), original);
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+    assert_eq!(read(&f.home.join(".bashrc")), "managed\n");
+}
+
+#[test]
+fn an_existing_backup_blocks_and_nothing_changes() {
+    let f = fixture(&[(".bashrc", "managed\n"), (".other", "o\n")]);
+    fs::write(f.home.join(".bashrc"), "mine\n").unwrap();
+    fs::write(f.home.join(".bashrc.bak"), "older backup\n").unwrap();
+    let before = Fixture::tree_digest(&f.home);
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("~/.bashrc is blocked by ~/.bashrc.bak")
+        .stderr_has("--overwrite-backup")
+        .stderr_has("nothing was changed");
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+
+    // The flag the message names resolves it: the old backup is replaced.
+    f.xtask(&["switch", "--overwrite-backup"]).success();
+    assert_eq!(read(&f.home.join(".bashrc.bak")), "mine\n");
+    assert_eq!(read(&f.home.join(".bashrc")), "managed\n");
+}
+
+#[test]
+fn a_foreign_symlink_blocks_and_nothing_changes() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    let dotfiles = f.root.parent().unwrap().join("dotfiles-bashrc");
+    fs::write(&dotfiles, "my own\n").unwrap();
+    symlink(&dotfiles, f.home.join(".bashrc")).unwrap();
+    let before = Fixture::tree_digest(&f.home);
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("~/.bashrc is a symlink to")
+        .stderr_has("Home Manager did not make");
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+    assert!(
+        fs::symlink_metadata(profiles(&f).join("home-manager")).is_err(),
+        "the profile must not be set"
+    );
+}
+
+#[test]
+fn a_directory_where_a_file_goes_blocks() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    fs::create_dir(f.home.join(".bashrc")).unwrap();
+    let before = Fixture::tree_digest(&f.home);
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("~/.bashrc is a directory where Home Manager puts a file");
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+}
+
+#[test]
+fn an_identical_file_is_skipped() {
+    let f = fixture(&[(".bashrc", "same\n"), (".other", "o\n")]);
+    fs::write(f.home.join(".bashrc"), "same\n").unwrap();
+    // --json: stdout is only the report (activation's own output goes to stderr).
+    let v = f
+        .xtask(&["switch", "--json"])
+        .success()
+        .stderr_has("identical ~/.bashrc (left as it is)")
+        .json();
+    assert_eq!(
+        v["preflight"]["identical"][0],
+        f.home.join(".bashrc").display().to_string()
+    );
+    assert_eq!(v["dry_run"], false);
+    let meta = fs::symlink_metadata(f.home.join(".bashrc")).unwrap();
+    assert!(meta.is_file(), "the identical file must stay a plain file");
+    assert!(!f.home.join(".bashrc.bak").exists());
+    assert!(is_hm_link(&f.home.join(".other")));
+}
+
+#[test]
+fn a_concurrent_switch_is_refused_naming_the_holder() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    let state = f.home.join(".local/state/home-manager");
+    fs::create_dir_all(&state).unwrap();
+    let mut lock = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(state.join("switch.lock"))
+        .unwrap();
+    lock.write_all(b"pid 4242: cargo xtask switch").unwrap();
+    lock.try_lock().unwrap();
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("another switch of")
+        .stderr_has("pid 4242");
+    assert!(!f.home.join(".bashrc").exists());
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
+    drop(lock);
+    f.xtask(&["switch"]).success();
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+}
+
+#[test]
+fn rollback_restores_the_previous_files_and_profile() {
+    let f = fixture(&[(".bashrc", "one\n"), (".old", "o\n")]);
+    f.xtask(&["rollback"])
+        .failure(1)
+        .stderr_has("nothing to roll back to");
+    f.xtask(&["switch"]).success();
+    f.xtask(&["rollback"])
+        .failure(1)
+        .stderr_has("nothing to roll back to: generation 1 is the oldest");
+    f.home_with_files(&f.user, &[(".bashrc", "two\n"), (".new", "n\n")])
+        .commit();
+    f.xtask(&["switch"]).success();
+
+    let dry = f.xtask(&["rollback", "--dry-run"]);
+    dry.success()
+        .stdout_has("--rollback")
+        .stdout_has("activate --driver-version 1");
+    assert_eq!(current_link(&f), "home-manager-2-link");
+
+    f.xtask(&["rollback"]).success();
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "one\n");
+    assert_eq!(read(&f.home.join(".old")), "o\n");
+    assert!(fs::symlink_metadata(f.home.join(".new")).is_err());
+
+    f.xtask(&["rollback", "--to", "9"])
+        .failure(1)
+        .stderr_has("there is no generation 9");
+    f.xtask(&["rollback", "--to", "2"]).success();
+    assert_eq!(current_link(&f), "home-manager-2-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
+}
+
+#[test]
+fn generations_json_lists_ids_newest_first_with_the_current_marker() {
+    let f = fixture(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    f.home_with_files(&f.user, &[(".bashrc", "two\n")]).commit();
+    f.xtask(&["switch"]).success();
+
+    let gens = f.xtask(&["generations", "--json"]).success().json();
+    let gens = gens.as_array().unwrap();
+    let ids: Vec<u64> = gens.iter().map(|g| g["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [2, 1]);
+    let current: Vec<bool> = gens
+        .iter()
+        .map(|g| g["current"].as_bool().unwrap())
+        .collect();
+    assert_eq!(current, [true, false]);
+    for g in gens {
+        let id = g["id"].as_u64().unwrap();
+        let link = fs::read_link(profiles(&f).join(format!("home-manager-{id}-link"))).unwrap();
+        assert_eq!(g["path"].as_str().unwrap(), link.display().to_string());
+        assert!(g["closure_size"].as_u64().unwrap() > 0, "{g}");
+        let date = g["date"].as_str().unwrap();
+        assert_eq!(date.len(), "2026-01-01 12:00".len(), "{date}");
+        assert_eq!(&date[4..5], "-");
+        assert_eq!(&date[10..11], " ");
+    }
+    let human = f.xtask(&["generations"]).success().stdout.clone();
+    assert!(
+        human
+            .lines()
+            .next()
+            .unwrap()
+            .contains(": id 2 -> /nix/store/"),
+        "{human}"
+    );
+    assert!(
+        human.lines().next().unwrap().ends_with("(current)"),
+        "{human}"
+    );
+
+    f.xtask(&["rollback"]).success();
+    let gens = f.xtask(&["generations", "--json"]).success().json();
+    assert_eq!(gens[1]["current"], true);
+    assert_eq!(gens[0]["current"], false);
+}
+
+fn other_system() -> &'static str {
+    if cfg!(target_arch = "x86_64") {
+        "aarch64-linux"
+    } else {
+        "x86_64-linux"
+    }
+}
+
+#[test]
+fn a_wrong_architecture_gets_a_clear_error() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    let sys = other_system();
+    f.xtask(&["switch", "--system", sys])
+        .failure(1)
+        .stderr_has(&format!("for {sys} cannot be activated on this"))
+        .stderr_has("drop --system");
+    assert!(!f.home.join(".bashrc").exists());
+    // build-home may build for another system, but says what it needs when it cannot.
+    f.xtask(&["build-home", "--system", sys])
+        .failure(1)
+        .stderr_has("drop --system to build for this machine");
+    f.xtask(&["switch", "--system", "sparc-plan9"])
+        .failure(1)
+        .stderr_has("is not supported");
+}
+
+#[test]
+fn build_home_prints_the_generation_and_keeps_a_gc_root() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    let run = f.xtask(&["build-home", "--json"]);
+    let v = run.success().stderr_has("(detected").json();
+    assert_eq!(v["user"], "alice");
+    let path = v["path"].as_str().unwrap();
+    assert!(Path::new(path).join("activate").is_file());
+    assert!(Path::new(path).join("gen-version").is_file());
+    assert_eq!(
+        fs::read_link(f.root.join("result-home-alice")).unwrap(),
+        Path::new(path)
+    );
+    assert!(
+        !f.home.join(".bashrc").exists(),
+        "build-home must not activate"
+    );
+}
+
+#[test]
+fn integrated_names_are_sent_to_switch_host() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    f.host("ws", None)
+        .home_module("carol@ws", "{ ... }: { }\n")
+        .home_module("alice@ws", "{ ... }: { }\n")
+        .commit();
+    f.xtask(&["switch", "alice@ws"])
+        .failure(1)
+        .stderr_has("integrated homes deploy with `cargo xtask switch --host ws`");
+    let mut carol = f.command(&["switch", "carol"]);
+    carol.env("USER", "carol");
+    let run = common::run(carol.output().unwrap());
+    run.failure(1)
+        .stderr_has("carol has no standalone home")
+        .stderr_has("switch --host ws");
+    f.xtask(&["build-home", "alice@ws"])
+        .failure(1)
+        .stderr_has("switch --host ws");
+    f.xtask(&["switch", "nobody"])
+        .failure(1)
+        .stderr_has("there is no home for nobody");
+}
+
+#[test]
+fn dry_run_prints_the_commands_and_changes_nothing() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    fs::write(f.home.join(".bashrc"), "mine\n").unwrap();
+    let before = Fixture::tree_digest(&f.home);
+    let run = f.xtask(&["switch", "--dry-run"]);
+    run.success()
+        .stdout_has("nix-env --profile ")
+        .stdout_has("home-manager --set /nix/store/")
+        .stdout_has("HOME_MANAGER_BACKUP_EXT=bak /nix/store/")
+        .stdout_has("activate --driver-version 1")
+        .stderr_has("back up  ~/.bashrc → ~/.bashrc.bak");
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+
+    let v = f
+        .xtask(&[
+            "switch",
+            "--dry-run",
+            "--json",
+            "-b",
+            "old",
+            "--overwrite-backup",
+        ])
+        .success()
+        .json();
+    assert_eq!(v["dry_run"], true);
+    let cmds = v["commands"].as_array().unwrap();
+    assert!(
+        cmds.last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("HOME_MANAGER_BACKUP_EXT=old HOME_MANAGER_BACKUP_OVERWRITE=1 "),
+        "{v}"
+    );
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+}
+
+#[test]
+fn a_failed_activation_leaves_the_previous_generation_active() {
+    let f = fixture(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    let home = nix_str(&f.home.display().to_string());
+    f.home_module(
+        &f.user,
+        &format!("{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = \"two\\n\";\n  home.activation.boom = \"echo boom >&2; exit 3\";\n}}\n"),
+    )
+    .commit();
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("boom")
+        .stderr_has("generation 1 is active again");
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "one\n");
+    // The next switch works (the lock was released, the state is consistent).
+    f.home_with_files(&f.user, &[(".bashrc", "three\n")])
+        .commit();
+    f.xtask(&["switch"]).success();
+    assert_eq!(read(&f.home.join(".bashrc")), "three\n");
+}
+
+#[test]
+fn a_nixos_integrated_home_needs_force_standalone() {
+    let mut f = fixture(&[(".bashrc", "managed\n")]);
+    let units = f.root.parent().unwrap().join("units");
+    fs::create_dir_all(&units).unwrap();
+    fs::write(units.join("home-manager-alice.service"), "[Service]\n").unwrap();
+    f.extra_env
+        .insert("XTASK_SYSTEMD_UNIT_DIR".into(), units.display().to_string());
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("would undo a standalone switch")
+        .stderr_has("--force-standalone");
+    assert!(!f.home.join(".bashrc").exists());
+    f.xtask(&["switch", "--force-standalone"]).success();
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+}
+
+#[test]
+fn mismatched_user_or_home_is_caught_before_anything_changes() {
+    let f = fixture(&[]);
+    f.home_module(
+        "alice",
+        "{ ... }: { home.homeDirectory = \"/home/elsewhere\"; home.file.\".x\".text = \"x\"; }\n",
+    )
+    .commit();
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("home.homeDirectory = \"/home/elsewhere\" but $HOME is")
+        .stderr_has("homes/alice/default.nix");
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
+
+    let mut as_root = f.command(&["switch", "alice"]);
+    as_root.env("USER", "root");
+    common::run(as_root.output().unwrap())
+        .failure(1)
+        .stderr_has("you are root, but this is alice's home");
+}
+
+#[test]
+fn specialisations_activate_as_home_manager_does() {
+    let f = fixture(&[]);
+    let home = nix_str(&f.home.display().to_string());
+    f.home_module(
+        "alice",
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = \"base\\n\";\n  specialisation.work.configuration.home.file.\".bashrc\".text = \"work\\n\";\n}}\n"
+        ),
+    )
+    .commit();
+    f.xtask(&["switch", "--specialisation", "play"])
+        .failure(1)
+        .stderr_has("no specialisation play (it has: work)");
+    f.xtask(&["switch", "--specialisation", "work"]).success();
+    assert_eq!(read(&f.home.join(".bashrc")), "work\n");
+    // The profile holds the whole generation, as with home-manager.
+    let generation = fs::read_link(profiles(&f).join("home-manager-1-link")).unwrap();
+    assert!(generation.join("specialisation/work/activate").is_file());
+}
+
+#[test]
+fn switch_host_builds_the_nixos_rebuild_command() {
+    let f = fixture(&[]);
+    f.host("ws", Some("{ system = \"aarch64-linux\"; }\n"))
+        .commit();
+    let run = f.xtask(&[
+        "switch",
+        "--host",
+        "ws",
+        "--target-host",
+        "root@ws",
+        "--build-host",
+        "b",
+        "--use-remote-sudo",
+        "--dry-run",
+    ]);
+    let expected = format!(
+        "nixos-rebuild switch --flake {}#ws --target-host root@ws --build-host b --use-remote-sudo",
+        f.root.display()
+    );
+    run.success()
+        .stdout_has(&expected)
+        .stderr_has("host ws: aarch64-linux");
+    f.xtask(&["switch", "--host", "nope", "--dry-run"])
+        .failure(1)
+        .stderr_has("there is no host nope");
+    if common_has_no_nixos_rebuild() {
+        f.xtask(&["switch", "--host", "ws"])
+            .failure(1)
+            .stderr_has("nixos-rebuild is not available");
+    }
+}
+
+fn common_has_no_nixos_rebuild() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).all(|d| !d.join("nixos-rebuild").exists()))
+}
+
+#[test]
+fn a_backup_command_replaces_the_extension() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    fs::write(f.home.join(".bashrc"), "mine\n").unwrap();
+    // With a backup command an existing FILE.bak is not in the way: the command decides.
+    fs::write(f.home.join(".bashrc.bak"), "older\n").unwrap();
+    let script = f.root.parent().unwrap().join("save");
+    fs::write(&script, "#!/bin/sh\nmv \"$1\" \"$1.saved\"\n").unwrap();
+    let mut perms = fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    fs::set_permissions(&script, perms).unwrap();
+    let script = script.display().to_string();
+    f.xtask(&["switch", "--backup-command", &script])
+        .success()
+        .stderr_has("back up  ~/.bashrc (with the backup command)");
+    assert_eq!(read(&f.home.join(".bashrc.saved")), "mine\n");
+    assert_eq!(read(&f.home.join(".bashrc.bak")), "older\n");
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+}

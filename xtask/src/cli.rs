@@ -197,6 +197,9 @@ pub struct Gc {
     /// Keep this many newest generations (default: the repo's keep-generations).
     #[arg(long, value_name = "N")]
     pub keep: Option<u32>,
+    /// Only delete old generations; skip the store-wide `nix-store --gc`.
+    #[arg(long)]
+    pub no_store_gc: bool,
     /// Print the exact commands, change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -12,26 +12,12 @@ use std::{
 
 use common::{Fixture, nix_str};
 
-/// A fixture whose home (for the fixture's user) manages `files`, with the XDG profile
-/// directory present: the machine-wide per-user fallback is shared by parallel tests.
 fn fixture(files: &[(&str, &str)]) -> Fixture {
-    let mut f = Fixture::new();
-    outside_cache(&mut f);
-    fs::create_dir_all(profiles(&f)).unwrap();
-    f.home_with_files(&f.user, files).commit();
-    f
-}
-
-/// nix keeps its eval and fetcher caches in `$XDG_CACHE_HOME/nix` (else ~/.cache/nix); keep
-/// them out of the HOME whose digest proves that a switch changed nothing.
-fn outside_cache(f: &mut Fixture) {
-    let cache = f.root.parent().unwrap().join("cache");
-    f.extra_env
-        .insert("XDG_CACHE_HOME".into(), cache.display().to_string());
+    Fixture::with_home_files(files)
 }
 
 fn profiles(f: &Fixture) -> PathBuf {
-    f.home.join(".local/state/nix/profiles")
+    f.profiles()
 }
 
 fn current_link(f: &Fixture) -> String {
@@ -52,7 +38,6 @@ fn is_hm_link(path: &Path) -> bool {
 #[test]
 fn first_install_into_an_empty_home_creates_the_xdg_profile() {
     let mut f = Fixture::new();
-    outside_cache(&mut f);
     // A name no other test (or machine user) has, so /nix/var/nix/profiles/per-user/<it>
     // cannot exist and the first-install path is taken.
     let nanos = std::time::SystemTime::now()

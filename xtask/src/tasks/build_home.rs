@@ -35,9 +35,7 @@ impl BuildHome {
                 nix::current_system()
             ));
         }
-        // A GC root beside the repo (ignored by git, like home-manager's `result`), so the
-        // generation survives a collection until the next build replaces it.
-        let link = ctx.root.join(format!("result-home-{user}"));
+        let link = gc_root(ctx, &user);
         let path = build_generation(ctx, &user, &system, &link).with_context(|| {
             if foreign {
                 format!("building {user}'s home for {system}: drop --system to build for this machine, or configure a {system} builder")
@@ -132,6 +130,12 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
             )
         }
     }
+}
+
+/// A GC root beside the repo (ignored by git, like home-manager's `result`), so a built
+/// generation survives a collection until the next build replaces it.
+pub fn gc_root(ctx: &Ctx, user: &str) -> PathBuf {
+    ctx.root.join(format!("result-home-{user}"))
 }
 
 /// The flake attribute of a user's home for `system`.

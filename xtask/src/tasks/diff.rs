@@ -1,9 +1,257 @@
-use anyhow::{Result, bail};
+//! `cargo xtask diff [USER]`: what a switch would change, without changing it: the files
+//! of the new generation against the active one (a unified diff for text), what the
+//! pre-flight would do in `$HOME`, and the package changes (`nix store diff-closures`).
 
-use crate::{Ctx, cli::Diff};
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use similar::TextDiff;
+
+use crate::{
+    Ctx,
+    cli::Diff,
+    profile::{self, Backup, Preflight, UserEnv},
+    term,
+};
+
+use super::{
+    build_home::{build_generation, gc_root, pick_system, standalone_user},
+    switch::check_runner,
+};
+
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    user: &'a str,
+    system: &'a str,
+    /// The active generation, if there is one.
+    current: Option<&'a Path>,
+    generation: &'a Path,
+    added: Vec<&'a str>,
+    removed: Vec<&'a str>,
+    changed: Vec<Changed>,
+    preflight: &'a Preflight,
+    /// `nix store diff-closures` output (package versions and sizes).
+    packages: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Changed {
+    path: String,
+    /// A unified diff, or a note for binary files.
+    diff: String,
+}
+
+/// What a file of `home-files/` is, for comparison: its bytes, or, for a link to a
+/// directory (a `home.file` with a directory source), where it points.
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    File(Vec<u8>),
+    Dir(PathBuf),
+}
 
 impl Diff {
-    pub fn run(self, _ctx: &Ctx) -> Result<()> {
-        bail!("`cargo xtask diff` is not implemented yet")
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let env = UserEnv::from_process()?;
+        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
+        let repo = ctx.repo()?;
+        standalone_user(&repo, &user)?;
+        check_runner(&user, &env)?;
+        let system = pick_system(self.system.as_deref())?;
+        let generation = build_generation(ctx, &user, &system, &gc_root(ctx, &user))?;
+        let profile = env.profile();
+        let current = fs::canonicalize(profile.link()).ok();
+
+        let new = read_tree(&generation.join("home-files"))?;
+        let old = match &current {
+            Some(c) => read_tree(&c.join("home-files"))?,
+            None => BTreeMap::new(),
+        };
+        let added: Vec<&str> = new
+            .keys()
+            .filter(|k| !old.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        let removed: Vec<&str> = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        let changed: Vec<Changed> = new
+            .iter()
+            .filter_map(|(rel, n)| {
+                let o = old.get(rel)?;
+                (o != n).then(|| Changed {
+                    path: rel.clone(),
+                    diff: describe(rel, o, n),
+                })
+            })
+            .collect();
+
+        let backup = Backup {
+            ext: Some(repo.defaults.backup_extension.clone()).filter(|e| !e.is_empty()),
+            ..Backup::default()
+        };
+        let pf = profile::preflight(&generation.join("home-files"), &env.home, &backup)?;
+
+        // Package changes come from nix itself; its output is the familiar one.
+        let packages = match &current {
+            Some(c) if c != &generation => ctx
+                .nix()
+                .cmd(["store", "diff-closures"])?
+                .arg(c)
+                .arg(&generation)
+                .quiet()
+                .read()
+                .context("comparing the closures with nix store diff-closures")?,
+            _ => String::new(),
+        };
+
+        if self.json {
+            let report = Report {
+                user: &user,
+                system: &system,
+                current: current.as_deref(),
+                generation: &generation,
+                added,
+                removed,
+                changed,
+                preflight: &pf,
+                packages,
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
+        match &current {
+            Some(c) => term::info(&format!(
+                "{user}: {} → {}",
+                c.display(),
+                generation.display()
+            )),
+            None => term::info(&format!(
+                "{user} has no active generation yet: every file is new ({})",
+                generation.display()
+            )),
+        }
+        if current.as_deref() == Some(generation.as_path()) {
+            term::info("the new generation is the active one: a switch would change nothing");
+            return Ok(());
+        }
+        for a in &added {
+            println!("{} {a}", term::paint(term::Style::Green, "+"));
+        }
+        for r in &removed {
+            println!("{} {r}", term::paint(term::Style::Red, "-"));
+        }
+        for c in &changed {
+            println!("{} {}", term::paint(term::Style::Yellow, "~"), c.path);
+            print!("{}", c.diff);
+        }
+        if added.is_empty() && removed.is_empty() && changed.is_empty() {
+            println!("no file changes");
+        }
+        if !packages.trim().is_empty() {
+            println!("packages:\n{packages}");
+        }
+        pf.print(&env);
+        Ok(())
+    }
+}
+
+/// Every file under `dir` by relative path (symlinks followed, as activation links them).
+fn read_tree(dir: &Path) -> Result<BTreeMap<String, Entry>> {
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        let rel = path
+            .strip_prefix(base)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        let is_link = fs::symlink_metadata(&path)?.file_type().is_symlink();
+        let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() && is_link {
+            out.insert(rel, Entry::Dir(fs::read_link(&path)?));
+        } else if meta.is_dir() {
+            walk(base, &path, out)?;
+        } else {
+            out.insert(
+                rel,
+                Entry::File(
+                    fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A unified diff of two versions of a file, or a one-line note when it is not text.
+fn describe(rel: &str, old: &Entry, new: &Entry) -> String {
+    match (old, new) {
+        (Entry::File(o), Entry::File(n)) => {
+            match (std::str::from_utf8(o), std::str::from_utf8(n)) {
+                (Ok(o), Ok(n)) => TextDiff::from_lines(o, n)
+                    .unified_diff()
+                    .context_radius(3)
+                    .header(&format!("a/{rel}"), &format!("b/{rel}"))
+                    .to_string(),
+                _ => format!("  binary file: {} → {} bytes\n", o.len(), n.len()),
+            }
+        }
+        (Entry::Dir(o), Entry::Dir(n)) => {
+            format!("  directory: {} → {}\n", o.display(), n.display())
+        }
+        (Entry::Dir(_), Entry::File(_)) => "  a directory becomes a file\n".into(),
+        (Entry::File(_), Entry::Dir(_)) => "  a file becomes a directory\n".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_changes_are_unified_diffs() {
+        let d = describe(
+            ".bashrc",
+            &Entry::File(b"a\nb\n".to_vec()),
+            &Entry::File(b"a\nc\n".to_vec()),
+        );
+        assert!(
+            d.contains("--- a/.bashrc") && d.contains("-b") && d.contains("+c"),
+            "{d}"
+        );
+        let d = describe("x", &Entry::File(vec![0xff, 0]), &Entry::File(vec![0xfe]));
+        assert!(d.contains("binary file: 2 → 1 bytes"), "{d}");
+    }
+
+    #[test]
+    fn trees_are_read_through_links() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("src/d")).unwrap();
+        fs::write(t.path().join("src/f"), "x").unwrap();
+        fs::create_dir_all(t.path().join("tree/a")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("src/f"), t.path().join("tree/a/f")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("src/d"), t.path().join("tree/d")).unwrap();
+        let tree = read_tree(&t.path().join("tree")).unwrap();
+        assert_eq!(tree["a/f"], Entry::File(b"x".to_vec()));
+        assert_eq!(tree["d"], Entry::Dir(t.path().join("src/d")));
     }
 }

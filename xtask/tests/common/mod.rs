@@ -173,6 +173,20 @@ impl Fixture {
         )
     }
 
+    /// A fixture whose home (for the fixture's user) manages `files`, with the XDG profile
+    /// directory present: the machine-wide per-user fallback is shared by parallel tests.
+    pub fn with_home_files(files: &[(&str, &str)]) -> Fixture {
+        let f = Fixture::new();
+        fs::create_dir_all(f.profiles()).unwrap();
+        f.home_with_files(&f.user, files).commit();
+        f
+    }
+
+    /// The XDG profile directory of the temporary HOME.
+    pub fn profiles(&self) -> PathBuf {
+        self.home.join(".local/state/nix/profiles")
+    }
+
     /// `systems/<host>/` with a default.nix and, when given, a meta.nix.
     pub fn host(&self, host: &str, meta: Option<&str>) -> &Self {
         self.write(
@@ -219,7 +233,9 @@ impl Fixture {
             .env_remove("XDG_STATE_HOME")
             .env_remove("XDG_CONFIG_HOME")
             .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_CACHE_HOME");
+            // nix keeps its eval and fetcher caches in $XDG_CACHE_HOME/nix (else ~/.cache/nix);
+            // outside HOME, so a HOME digest shows only what the xtask changed.
+            .env("XDG_CACHE_HOME", self.root.parent().unwrap().join("cache"));
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }

@@ -71,7 +71,11 @@ fn run(cli: cli::Cli) -> Result<()> {
     let cwd = sh.current_dir();
     let root = Repo::find_root(cli.flake.as_deref(), &cwd)?;
     sh.change_dir(&root);
-    let ctx = Ctx { sh, root, verbose: cli.verbose };
+    let ctx = Ctx {
+        sh,
+        root,
+        verbose: cli.verbose,
+    };
     match cli.task {
         Task::List(t) => t.run(&ctx),
         Task::Check(t) => t.run(&ctx),

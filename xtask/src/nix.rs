@@ -63,12 +63,19 @@ impl<'a> Nix<'a> {
 
     /// Evaluates a Nix expression (`nix eval --json --expr`) and decodes the result.
     pub fn eval_expr_json<T: DeserializeOwned>(&self, expr: &str) -> Result<T> {
-        self.json(self.cmd(["eval", "--json", "--impure", "--expr", expr])?, "the expression")
+        self.json(
+            self.cmd(["eval", "--json", "--impure", "--expr", expr])?,
+            "the expression",
+        )
     }
 
     /// Evaluates `installable` (e.g. `/repo#homeConfigurations`), optionally through
     /// `--apply FN`, and decodes the JSON.
-    pub fn eval_json<T: DeserializeOwned>(&self, installable: &str, apply: Option<&str>) -> Result<T> {
+    pub fn eval_json<T: DeserializeOwned>(
+        &self,
+        installable: &str,
+        apply: Option<&str>,
+    ) -> Result<T> {
         let mut args = vec!["eval", "--json", installable];
         if let Some(f) = apply {
             args.extend(["--apply", f]);
@@ -76,12 +83,66 @@ impl<'a> Nix<'a> {
         self.json(self.cmd(args)?, installable)
     }
 
+    /// Runs `nix eval --json --impure --expr EXPR` and returns the raw outcome, success or
+    /// not: `check` reads the `trace:` lines and the error of a failed evaluation itself
+    /// instead of turning it into one error. `--impure` because `builtins.getFlake` of an
+    /// unlocked local flake (a working tree) is refused in pure mode.
+    pub fn eval_expr_output(&self, expr: &str) -> Result<EvalOutput> {
+        let cmd = self.cmd(["eval", "--json", "--impure", "--expr", expr])?;
+        let shown = cmd.to_string();
+        if self.verbose {
+            term::command(&shown);
+        }
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            // A nix that cannot run flakes at all is not a finding about the repo.
+            if stderr.contains("--extra-experimental-features")
+                || (stderr.contains("experimental Nix feature") && stderr.contains("is disabled"))
+            {
+                return Err(failure(&shown, "the flake", &stderr));
+            }
+        }
+        Ok(EvalOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+            shown,
+        })
+    }
+
+    /// `nix flake check ROOT`, the documented validation of a flake's outputs; returns the
+    /// trimmed error when it fails. nix's progress is captured, not streamed, because the
+    /// caller reports the failure as a finding.
+    pub fn flake_check(&self, root: &Path) -> Result<Option<String>> {
+        let cmd = self.cmd([OsStr::new("flake"), OsStr::new("check"), root.as_os_str()])?;
+        let shown = cmd.to_string();
+        term::command(&shown);
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        Ok(Some(trim_error(&String::from_utf8_lossy(&out.stderr))))
+    }
+
     fn json<T: DeserializeOwned>(&self, cmd: Cmd<'_>, what: &str) -> Result<T> {
         let shown = cmd.to_string();
         if self.verbose {
             term::command(&shown);
         }
-        let out = cmd.quiet().ignore_status().output().with_context(|| format!("running {shown}"))?;
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             return Err(failure(&shown, what, &stderr));
@@ -116,8 +177,9 @@ impl<'a> Nix<'a> {
                 installables.join(" ")
             )
         })?;
-        let results: Vec<BuildResult> = serde_json::from_str(&stdout)
-            .with_context(|| format!("nix build printed JSON the xtask did not expect (tried: {shown})"))?;
+        let results: Vec<BuildResult> = serde_json::from_str(&stdout).with_context(|| {
+            format!("nix build printed JSON the xtask did not expect (tried: {shown})")
+        })?;
         results
             .into_iter()
             .map(|r| {
@@ -131,6 +193,16 @@ impl<'a> Nix<'a> {
     }
 }
 
+/// What a `nix eval` printed, whether or not it succeeded.
+#[derive(Debug)]
+pub struct EvalOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command line, for messages.
+    pub shown: String,
+}
+
 /// Runs a command that changes something, or only prints it with `dry_run`
 /// (nh's command builder pattern: the printed line is exactly what would run).
 pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
@@ -140,7 +212,9 @@ pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
         return Ok(());
     }
     term::command(&shown);
-    cmd.quiet().run().with_context(|| format!("tried: {shown}"))?;
+    cmd.quiet()
+        .run()
+        .with_context(|| format!("tried: {shown}"))?;
     Ok(())
 }
 
@@ -160,7 +234,10 @@ pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
             trim_error(stderr)
         );
     }
-    anyhow::anyhow!("nix could not evaluate {what}: {}\n  tried: {shown}", trim_error(stderr))
+    anyhow::anyhow!(
+        "nix could not evaluate {what}: {}\n  tried: {shown}",
+        trim_error(stderr)
+    )
 }
 
 /// Keeps the useful part of a nix error: the `error:` lines and the location they name,
@@ -180,7 +257,8 @@ pub fn trim_error(stderr: &str) -> String {
         }
         // Source excerpt lines look like `12|   foo = 1;` or `|   ^`.
         let excerpt = t.starts_with('|')
-            || t.split_once('|').is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
+            || t.split_once('|')
+                .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
         if excerpt || t.starts_with('…') {
             continue;
         }
@@ -202,7 +280,9 @@ pub fn ensure_on_path(tool: &str) -> Result<()> {
 
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file())
+    env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
@@ -224,6 +304,26 @@ pub fn installable(root: &Path, attr: &str) -> String {
     format!("{}#{attr}", root.display())
 }
 
+/// The flake reference `builtins.getFlake` needs to see exactly what `nix eval ROOT#attr`
+/// sees. Version note: Nix 2.8 reads `getFlake "/abs/path"` as a `path:` flake, which
+/// includes files git does not track, while the command line (all versions) and newer
+/// `getFlake` use `git+file:` for a directory inside a git work tree. Spelling out
+/// `git+file://TOP?dir=SUB` gives the command line's view on every version from 2.4 on.
+pub fn flake_ref(root: &Path) -> String {
+    let top = root.ancestors().find(|d| d.join(".git").exists());
+    match top {
+        Some(top) => {
+            let sub = root.strip_prefix(top).unwrap_or(Path::new(""));
+            let mut r = format!("git+file://{}", top.display());
+            if !sub.as_os_str().is_empty() {
+                r.push_str(&format!("?dir={}", sub.display()));
+            }
+            r
+        }
+        None => format!("path:{}", root.display()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,12 +339,19 @@ mod tests {
 
     #[test]
     fn flakes_missing_is_named() {
-        let e = failure("nix eval", "x", "error: unrecognised flag '--extra-experimental-features'");
+        let e = failure(
+            "nix eval",
+            "x",
+            "error: unrecognised flag '--extra-experimental-features'",
+        );
         assert!(e.to_string().contains("no flakes support"), "{e}");
     }
 
     #[test]
     fn system_is_detected() {
-        assert!(crate::repo::SYSTEMS.contains(&current_system().as_str()) || cfg!(not(any(target_os = "linux", target_os = "macos"))));
+        assert!(
+            crate::repo::SYSTEMS.contains(&current_system().as_str())
+                || cfg!(not(any(target_os = "linux", target_os = "macos")))
+        );
     }
 }

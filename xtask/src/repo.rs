@@ -46,7 +46,10 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
     {
-        return Err(format!("'{name}' contains '{}'; {NAME_RULE}", bad.escape_default()));
+        return Err(format!(
+            "'{name}' contains '{}'; {NAME_RULE}",
+            bad.escape_default()
+        ));
     }
     if name.len() > MAX_NAME_LEN {
         return Err(format!(
@@ -143,8 +146,20 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn error(path: impl Into<String>, code: &'static str, message: String, fix: String) -> Self {
-        Finding { severity: Severity::Error, path: path.into(), line: None, code, message, fix }
+    pub fn error(
+        path: impl Into<String>,
+        code: &'static str,
+        message: String,
+        fix: String,
+    ) -> Self {
+        Finding {
+            severity: Severity::Error,
+            path: path.into(),
+            line: None,
+            code,
+            message,
+            fix,
+        }
     }
     pub fn warning(
         path: impl Into<String>,
@@ -152,7 +167,14 @@ impl Finding {
         message: String,
         fix: String,
     ) -> Self {
-        Finding { severity: Severity::Warning, path: path.into(), line: None, code, message, fix }
+        Finding {
+            severity: Severity::Warning,
+            path: path.into(),
+            line: None,
+            code,
+            message,
+            fix,
+        }
     }
 }
 
@@ -327,7 +349,10 @@ impl Repo {
         if let Some(dir) = flake {
             let dir = cwd.join(dir);
             if !dir.join("flake.nix").is_file() {
-                bail!("--flake {}: there is no flake.nix in that directory", dir.display());
+                bail!(
+                    "--flake {}: there is no flake.nix in that directory",
+                    dir.display()
+                );
             }
             return dir
                 .canonicalize()
@@ -399,7 +424,10 @@ impl Repo {
                     "{rel} has no meta.nix, so the default system {} is used",
                     self.defaults.default_system
                 ),
-                format!("create {rel}/meta.nix with {{ system = \"{}\"; }}", self.defaults.default_system),
+                format!(
+                    "create {rel}/meta.nix with {{ system = \"{}\"; }}",
+                    self.defaults.default_system
+                ),
             ));
         }
         self.hosts.insert(name.to_string(), host);
@@ -470,7 +498,9 @@ impl Repo {
                         format!("homes/{}@{host}", user.name),
                         "unknown-host",
                         format!("host '{host}' has no systems/{host}"),
-                        format!("create it with cargo xtask new-host {host}, or rename the directory"),
+                        format!(
+                            "create it with cargo xtask new-host {host}, or rename the directory"
+                        ),
                     ));
                 }
             }
@@ -485,10 +515,18 @@ impl Repo {
             return Ok(());
         }
         self.meta_loaded = true;
-        let homes: Vec<String> =
-            self.users.values().filter(|u| u.has_meta).map(|u| u.name.clone()).collect();
-        let hosts: Vec<String> =
-            self.hosts.values().filter(|h| h.has_meta).map(|h| h.name.clone()).collect();
+        let homes: Vec<String> = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| u.name.clone())
+            .collect();
+        let hosts: Vec<String> = self
+            .hosts
+            .values()
+            .filter(|h| h.has_meta)
+            .map(|h| h.name.clone())
+            .collect();
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
@@ -600,12 +638,16 @@ impl Repo {
 
     /// The system of a user's standalone home: its meta.nix, else the repo default.
     pub fn home_system(&self, user: &User) -> String {
-        user.system.clone().unwrap_or_else(|| self.defaults.default_system.clone())
+        user.system
+            .clone()
+            .unwrap_or_else(|| self.defaults.default_system.clone())
     }
 
     /// The system of a host: its meta.nix, else the repo default.
     pub fn host_system(&self, host: &Host) -> String {
-        host.system.clone().unwrap_or_else(|| self.defaults.default_system.clone())
+        host.system
+            .clone()
+            .unwrap_or_else(|| self.defaults.default_system.clone())
     }
 
     /// Users of a host: those with a `homes/<user>@<host>` part plus meta.nix's `users`.
@@ -654,7 +696,10 @@ fn list_dirs(dir: &Path) -> Result<Vec<String>> {
 
 /// A Nix string literal for a path (quotes and `${` escaped).
 pub fn nix_string(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "\\${");
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace("${", "\\${");
     format!("\"{escaped}\"")
 }
 
@@ -679,21 +724,82 @@ fn meta_expr(root: &Path, homes: &[String], hosts: &[String]) -> String {
 }
 
 /// Finds the repo-relative file and line a nix error message points at
-/// (`at /abs/root/homes/bob/default.nix:3:5:` or `… «path»:3:5`).
+/// (`at /abs/root/homes/bob/default.nix:3:5:` or `… «path»:3:5`). Flake evaluation reports
+/// the flake's copy in the store instead (`/nix/store/<hash>-source/homes/bob/default.nix`);
+/// other inputs (nixpkgs) are also called `<hash>-source`, so a store location counts only
+/// when the same relative file exists in the repo, and homes/ and systems/ files win.
 pub fn locate_nix_error(root: &Path, message: &str) -> (Option<String>, Option<u32>) {
     let root = root.display().to_string();
-    let Some(start) = message.find(&format!("{root}/")) else {
-        return (None, None);
-    };
-    let rest = &message[start + root.len() + 1..];
+    if let Some(start) = message.find(&format!("{root}/")) {
+        return split_location(&message[start + root.len() + 1..]);
+    }
+    let mut best: Option<(Option<String>, Option<u32>)> = None;
+    let mut rest = message;
+    while let Some(start) = rest.find("/nix/store/") {
+        let after = &rest[start + "/nix/store/".len()..];
+        rest = after;
+        // `<32-char hash>-source/` is the store copy of a flake's source tree.
+        let Some(slash) = after.find('/') else { break };
+        let name = &after[..slash];
+        if !(name.len() > 33 && name.ends_with("-source") && name.as_bytes()[32] == b'-') {
+            continue;
+        }
+        let (Some(path), line) = split_location(&after[slash + 1..]) else {
+            continue;
+        };
+        if !Path::new(&root).join(&path).is_file() {
+            continue;
+        }
+        let preferred = path.starts_with("homes/") || path.starts_with("systems/");
+        if preferred {
+            return (Some(path), line);
+        }
+        best.get_or_insert((Some(path), line));
+    }
+    best.unwrap_or((None, None))
+}
+
+/// `homes/bob/default.nix:3:5: …` -> the path and the line.
+fn split_location(rest: &str) -> (Option<String>, Option<u32>) {
     let end = rest
         .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '»' || c == ',')
         .unwrap_or(rest.len());
     let loc = rest[..end].trim_end_matches([':', '.']);
     let mut pieces = loc.split(':');
-    let path = pieces.next().map(str::to_string);
+    let path = pieces.next().filter(|p| !p.is_empty()).map(str::to_string);
     let line = pieces.next().and_then(|l| l.parse().ok());
     (path, line)
+}
+
+/// The directories whose `.nix` files the flake reads.
+pub const NIX_DIRS: [&str; 3] = ["homes", "systems", "lib"];
+
+/// `.nix` files under homes/, systems/ and lib/ that git does not track: a flake in a git
+/// repository only sees tracked files, so nix reports them as missing ("the classic module
+/// not found"). One `git ls-files` call; outside a git repository (a `path:` flake sees
+/// every file) or without git there is nothing to report.
+pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z", "--others", "--exclude-standard", "--"])
+        .args(NIX_DIRS)
+        .current_dir(root)
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter(|p| p.ends_with(".nix"))
+        .map(|p| {
+            Finding::error(
+                p,
+                "untracked-file",
+                "git does not track this file, so the flake cannot see it (nix reports it as missing)".into(),
+                format!("git add -N {p}"),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -705,24 +811,41 @@ mod tests {
         for good in ["alice", "_svc", "bob-2", "a_b", "x"] {
             assert_eq!(validate_name(good), Ok(()), "{good}");
         }
-        for bad in ["", "Alice", "a b", "../x", "-rf", "@", "1abc", "a.b", "ä", "bob@"] {
+        for bad in [
+            "", "Alice", "a b", "../x", "-rf", "@", "1abc", "a.b", "ä", "bob@",
+        ] {
             let err = validate_name(bad).unwrap_err();
             assert!(err.contains("[a-z_][a-z0-9_-]*"), "{bad}: {err}");
         }
-        assert!(validate_name(&"a".repeat(33)).unwrap_err().contains("at most 32"));
-        assert!(validate_name(&"a".repeat(300)).unwrap_err().contains("at most 32"));
+        assert!(
+            validate_name(&"a".repeat(33))
+                .unwrap_err()
+                .contains("at most 32")
+        );
+        assert!(
+            validate_name(&"a".repeat(300))
+                .unwrap_err()
+                .contains("at most 32")
+        );
     }
 
     #[test]
     fn global_is_not_a_host() {
-        assert!(validate_host_name("global").unwrap_err().contains("reserved"));
+        assert!(
+            validate_host_name("global")
+                .unwrap_err()
+                .contains("reserved")
+        );
         assert_eq!(validate_host_name("workstation"), Ok(()));
     }
 
     #[test]
     fn home_dirs_split_into_user_and_part() {
         assert_eq!(parse_home_dir("alice"), Ok(("alice".into(), Part::Base)));
-        assert_eq!(parse_home_dir("alice@global"), Ok(("alice".into(), Part::Global)));
+        assert_eq!(
+            parse_home_dir("alice@global"),
+            Ok(("alice".into(), Part::Global))
+        );
         assert_eq!(
             parse_home_dir("alice@workstation"),
             Ok(("alice".into(), Part::Host("workstation".into())))
@@ -730,10 +853,20 @@ mod tests {
         for bad in ["Alice", "a b", "@x", "bob@", "x@global@y", "x@Y", "@"] {
             assert!(parse_home_dir(bad).is_err(), "{bad}");
         }
-        assert!(parse_home_dir("x@global@y").unwrap_err().contains("more than one '@'"));
-        for (user, part) in [("a", Part::Base), ("a", Part::Global), ("a", Part::Host("h".into()))]
-        {
-            assert_eq!(parse_home_dir(&home_dir_name(user, &part)), Ok((user.into(), part)));
+        assert!(
+            parse_home_dir("x@global@y")
+                .unwrap_err()
+                .contains("more than one '@'")
+        );
+        for (user, part) in [
+            ("a", Part::Base),
+            ("a", Part::Global),
+            ("a", Part::Host("h".into())),
+        ] {
+            assert_eq!(
+                parse_home_dir(&home_dir_name(user, &part)),
+                Ok((user.into(), part))
+            );
         }
     }
 
@@ -747,9 +880,16 @@ mod tests {
             ..User::default()
         };
         assert_eq!(u.standalone_parts(), vec![Part::Base, Part::Global]);
-        assert_eq!(u.host_parts_for("ws"), vec![Part::Base, Part::Host("ws".into())]);
+        assert_eq!(
+            u.host_parts_for("ws"),
+            vec![Part::Base, Part::Host("ws".into())]
+        );
         assert_eq!(u.host_parts_for("other"), vec![Part::Base]);
-        let plain = User { name: "bob".into(), base: true, ..User::default() };
+        let plain = User {
+            name: "bob".into(),
+            base: true,
+            ..User::default()
+        };
         assert_eq!(plain.standalone_parts(), vec![Part::Base]);
     }
 
@@ -762,12 +902,18 @@ mod tests {
         assert_eq!(d.backup_extension, "old");
         assert_eq!(d.default_system, "x86_64-linux");
         assert_eq!(d.keep_generations, 5);
-        assert_eq!(Defaults::parse("[package]\nname='x'\n").unwrap(), Defaults::default());
+        assert_eq!(
+            Defaults::parse("[package]\nname='x'\n").unwrap(),
+            Defaults::default()
+        );
         assert!(Defaults::parse("[workspace.metadata.xtask]\nbackup-extention = 'x'\n").is_err());
         let err = Defaults::parse("[workspace.metadata.xtask]\ndefault-system = 'riscv'\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("riscv") && err.contains("aarch64-linux"), "{err}");
+        assert!(
+            err.contains("riscv") && err.contains("aarch64-linux"),
+            "{err}"
+        );
     }
 
     fn tree(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {
@@ -814,8 +960,11 @@ mod tests {
         assert_eq!(alice.host_parts, vec!["ws".to_string()]);
         assert_eq!(repo.host_users("ws"), vec!["alice".to_string()]);
         assert!(repo.hosts.contains_key("ws") && !repo.hosts.contains_key("global"));
-        let codes: Vec<(&str, &str)> =
-            repo.findings.iter().map(|f| (f.path.as_str(), f.code)).collect();
+        let codes: Vec<(&str, &str)> = repo
+            .findings
+            .iter()
+            .map(|f| (f.path.as_str(), f.code))
+            .collect();
         for expected in [
             ("homes/Dave", "bad-name"),
             ("homes/x@global@y", "bad-name"),
@@ -825,12 +974,22 @@ mod tests {
             ("systems/global", "bad-name"),
             ("systems/bare", "missing-meta-nix"),
         ] {
-            assert!(codes.contains(&expected), "{expected:?} missing from {codes:?}");
+            assert!(
+                codes.contains(&expected),
+                "{expected:?} missing from {codes:?}"
+            );
         }
-        let bare = repo.findings.iter().find(|f| f.path == "systems/bare").unwrap();
+        let bare = repo
+            .findings
+            .iter()
+            .find(|f| f.path == "systems/bare")
+            .unwrap();
         assert_eq!(bare.severity, Severity::Warning);
         let err = repo.ensure_valid().unwrap_err().to_string();
-        assert!(err.contains("homes/Dave") && err.contains("homes/bob@nohost"), "{err}");
+        assert!(
+            err.contains("homes/Dave") && err.contains("homes/bob@nohost"),
+            "{err}"
+        );
         // bob has only an integrated part: no standalone home.
         assert!(repo.standalone_users().all(|u| u.name != "bob"));
     }
@@ -843,7 +1002,29 @@ mod tests {
             (Some("systems/ws/meta.nix".into()), Some(3))
         );
         assert_eq!(
-            locate_nix_error(root, "error: undefined variable 'x'\n       at «string»:1:1:"),
+            locate_nix_error(
+                root,
+                "error: undefined variable 'x'\n       at «string»:1:1:"
+            ),
+            (None, None)
+        );
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("homes/bob")).unwrap();
+        fs::write(t.path().join("homes/bob/default.nix"), "{ }").unwrap();
+        let store = "/nix/store/f5q8q56rqklwzgzk5p0azp9yr79h3cqr-source";
+        assert_eq!(
+            locate_nix_error(
+                t.path(),
+                &format!("error: undefined variable 'foo' at {store}/homes/bob/default.nix:1:35:")
+            ),
+            (Some("homes/bob/default.nix".into()), Some(1))
+        );
+        // A nixpkgs file (also `-source`) that the repo does not have is not the repo's.
+        assert_eq!(
+            locate_nix_error(
+                t.path(),
+                &format!("error: x at {store}/lib/modules.nix:9:1:")
+            ),
             (None, None)
         );
     }

@@ -5,9 +5,8 @@ use std::{io::IsTerminal, sync::OnceLock};
 
 fn colour() -> bool {
     static COLOUR: OnceLock<bool> = OnceLock::new();
-    *COLOUR.get_or_init(|| {
-        std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
-    })
+    *COLOUR
+        .get_or_init(|| std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
 }
 
 #[derive(Clone, Copy)]

@@ -41,7 +41,11 @@ impl List {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
         let mut repo = ctx.repo()?;
         repo.load_meta(&ctx.nix())?;
-        for f in repo.findings.iter().filter(|f| f.severity == crate::repo::Severity::Warning) {
+        for f in repo
+            .findings
+            .iter()
+            .filter(|f| f.severity == crate::repo::Severity::Warning)
+        {
             term::warning(&format!("{}: {} ({})", f.path, f.message, f.fix));
         }
         repo.ensure_valid()?;
@@ -57,12 +61,26 @@ impl List {
             } else {
                 format!("  integrated on: {}", h.hosts.join(", "))
             };
-            let standalone = if h.standalone { h.system.as_str() } else { "integrated only" };
-            println!("  {:<16} {:<16} parts: {}{integrated}", h.name, standalone, h.parts.join(" "));
+            let standalone = if h.standalone {
+                h.system.as_str()
+            } else {
+                "integrated only"
+            };
+            println!(
+                "  {:<16} {:<16} parts: {}{integrated}",
+                h.name,
+                standalone,
+                h.parts.join(" ")
+            );
         }
         println!("hosts:");
         for h in &listing.hosts {
-            println!("  {:<16} {:<16} users: {}", h.name, h.system, h.users.join(" "));
+            println!(
+                "  {:<16} {:<16} users: {}",
+                h.name,
+                h.system,
+                h.users.join(" ")
+            );
         }
         Ok(())
     }
@@ -80,7 +98,11 @@ pub fn listing(repo: &Repo) -> Listing {
             if u.global {
                 parts.push(home_dir_name(&u.name, &Part::Global));
             }
-            parts.extend(u.host_parts.iter().map(|h| home_dir_name(&u.name, &Part::Host(h.clone()))));
+            parts.extend(
+                u.host_parts
+                    .iter()
+                    .map(|h| home_dir_name(&u.name, &Part::Host(h.clone()))),
+            );
             let hosts = repo
                 .hosts
                 .keys()

@@ -1,5 +1,6 @@
 //! One module per task, each with one `run(self, ctx)`.
 
+mod bench;
 mod build_home;
 mod check;
 mod diff;
@@ -11,4 +12,3 @@ mod new_user;
 mod rollback;
 mod switch;
 mod test;
-mod bench;

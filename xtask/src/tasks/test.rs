@@ -10,7 +10,10 @@ impl Test {
         let sh = &ctx.sh;
         let steps: [(&str, xshell::Cmd<'_>); 2] = [
             ("formatting", cmd!(sh, "cargo fmt --all --check")),
-            ("clippy", cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings")),
+            (
+                "clippy",
+                cmd!(sh, "cargo clippy --workspace --all-targets -- -D warnings"),
+            ),
         ];
         for (what, step) in steps {
             term::command(&step.to_string());
@@ -24,7 +27,9 @@ impl Test {
         }
         let test = cmd!(sh, "cargo test --workspace");
         term::command(&test.to_string());
-        test.quiet().run().context("tests failed (see the output above)")?;
+        test.quiet()
+            .run()
+            .context("tests failed (see the output above)")?;
         Ok(())
     }
 }

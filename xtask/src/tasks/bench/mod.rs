@@ -63,7 +63,8 @@ impl Bencher {
     /// The xtask binary, run in `dir` with offline nix settings.
     pub fn xtask(&self, dir: &Path) -> Command {
         let mut cmd = Command::new(&self.xtask);
-        cmd.current_dir(dir).env("NIX_CONFIG", "substituters =\nwarn-dirty = false\n");
+        cmd.current_dir(dir)
+            .env("NIX_CONFIG", "substituters =\nwarn-dirty = false\n");
         cmd
     }
 
@@ -86,18 +87,35 @@ impl Bench {
             xtask: std::env::current_exe().context("locating the xtask binary")?,
             root: ctx.root.clone(),
         };
-        println!("{:<48} {:>10} {:>10} {:>7}  {}", "figure", "xtask", "baseline", "ratio", "bound (issue)");
+        println!(
+            "{:<48} {:>10} {:>10} {:>7}  {}",
+            "figure", "xtask", "baseline", "ratio", "bound (issue)"
+        );
         for (name, f) in BENCHES {
-            if self.filter.as_deref().is_some_and(|flt| !name.contains(flt)) {
+            if self
+                .filter
+                .as_deref()
+                .is_some_and(|flt| !name.contains(flt))
+            {
                 continue;
             }
             for fig in f(&bencher)? {
                 let ms = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1000.0);
                 let (base, ratio) = match &fig.baseline {
-                    Some((_, b)) => (ms(*b), format!("{:.2}", fig.ours.as_secs_f64() / b.as_secs_f64())),
+                    Some((_, b)) => (
+                        ms(*b),
+                        format!("{:.2}", fig.ours.as_secs_f64() / b.as_secs_f64()),
+                    ),
                     None => ("-".into(), "-".into()),
                 };
-                println!("{:<48} {:>10} {:>10} {:>7}  {}", fig.name, ms(fig.ours), base, ratio, fig.bound);
+                println!(
+                    "{:<48} {:>10} {:>10} {:>7}  {}",
+                    fig.name,
+                    ms(fig.ours),
+                    base,
+                    ratio,
+                    fig.bound
+                );
                 if let Some((what, _)) = &fig.baseline {
                     println!("    baseline: {what}");
                 }

@@ -12,10 +12,13 @@ const HOST_META: &str = "{ system = \"x86_64-linux\"; }\n";
 /// A valid repo: alice with @global and @ws parts, host ws with meta.nix.
 fn clean_fixture() -> Fixture {
     let f = Fixture::new();
-    f.home_module("alice", "{ lib, ... }:\n{\n  home.packages = [ \"git\" ];\n}\n")
-        .home_module("alice@global", "{ home.packages = [ \"htop\" ]; }\n")
-        .home_module("alice@ws", "{ home.file.\"ws.txt\".text = \"on ws\"; }\n")
-        .host("ws", Some(HOST_META));
+    f.home_module(
+        "alice",
+        "{ lib, ... }:\n{\n  home.packages = [ \"git\" ];\n}\n",
+    )
+    .home_module("alice@global", "{ home.packages = [ \"htop\" ]; }\n")
+    .home_module("alice@ws", "{ home.file.\"ws.txt\".text = \"on ws\"; }\n")
+    .host("ws", Some(HOST_META));
     f.commit();
     f
 }
@@ -25,7 +28,11 @@ fn check_json(f: &Fixture, extra: &[&str]) -> (Run, Vec<Value>) {
     let mut args = vec!["check", "--json"];
     args.extend_from_slice(extra);
     let run = f.xtask(&args);
-    let findings = run.json().as_array().cloned().unwrap_or_else(|| panic!("not a list: {}", run.stdout));
+    let findings = run
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a list: {}", run.stdout));
     (run, findings)
 }
 
@@ -33,14 +40,23 @@ fn check_json(f: &Fixture, extra: &[&str]) -> (Run, Vec<Value>) {
 #[track_caller]
 fn only_finding<'a>(findings: &'a [Value], code: &str) -> &'a Value {
     let hits: Vec<&Value> = findings.iter().filter(|f| f["code"] == code).collect();
-    assert_eq!(hits.len(), 1, "expected one {code} finding in {findings:#?}");
+    assert_eq!(
+        hits.len(),
+        1,
+        "expected one {code} finding in {findings:#?}"
+    );
     hits[0]
 }
 
 fn codes(findings: &[Value]) -> Vec<(String, String)> {
     findings
         .iter()
-        .map(|f| (f["path"].as_str().unwrap().to_string(), f["code"].as_str().unwrap().to_string()))
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["code"].as_str().unwrap().to_string(),
+            )
+        })
         .collect()
 }
 
@@ -48,7 +64,8 @@ fn codes(findings: &[Value]) -> Vec<(String, String)> {
 fn clean_repo_passes() {
     let f = clean_fixture();
     let run = f.xtask(&["check"]);
-    run.success().stderr_has("check: 0 errors, 0 warnings in 1 home, 1 host (");
+    run.success()
+        .stderr_has("check: 0 errors, 0 warnings in 1 home, 1 host (");
     assert!(!run.stderr.contains("error:"), "{}", run.stderr);
     let (run, findings) = check_json(&f, &[]);
     run.success();
@@ -64,7 +81,13 @@ fn bad_name_is_an_error() {
     let bad = only_finding(&findings, "bad-name");
     assert_eq!(bad["path"], "homes/Bob");
     assert_eq!(bad["severity"], "error");
-    assert!(bad["message"].as_str().unwrap().contains("[a-z_][a-z0-9_-]*"), "{bad}");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("[a-z_][a-z0-9_-]*"),
+        "{bad}"
+    );
     // The flake refuses the whole homes/ directory, so nothing more is reported for it.
     assert_eq!(findings.len(), 1, "{findings:#?}");
     run.stderr_has("nothing was evaluated");
@@ -80,7 +103,10 @@ fn home_for_unknown_host_is_an_error() {
     );
     run.stderr_has("check: 1 error, 0 warnings in 1 home, 1 host");
     let (_, findings) = check_json(&f, &[]);
-    assert_eq!(codes(&findings), vec![("homes/alice@nohost".into(), "unknown-host".into())]);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/alice@nohost".into(), "unknown-host".into())]
+    );
 }
 
 #[test]
@@ -91,7 +117,13 @@ fn global_without_base_is_an_error() {
     run.failure(1);
     let g = only_finding(&findings, "global-without-base");
     assert_eq!(g["path"], "homes/carol@global");
-    assert!(g["fix"].as_str().unwrap().contains("homes/carol/default.nix"), "{g}");
+    assert!(
+        g["fix"]
+            .as_str()
+            .unwrap()
+            .contains("homes/carol/default.nix"),
+        "{g}"
+    );
 }
 
 #[test]
@@ -100,7 +132,10 @@ fn directory_without_default_nix_is_an_error() {
     f.write("homes/dave/notes.txt", "no module here\n").commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
-    assert_eq!(codes(&findings), vec![("homes/dave".into(), "missing-default-nix".into())]);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/dave".into(), "missing-default-nix".into())]
+    );
     // dave is reported once by the lint, not a second time by a failing evaluation.
     run.stderr_has("not evaluated because of the errors above: home 'dave'");
 }
@@ -124,7 +159,8 @@ fn host_without_meta_is_a_warning_unless_denied() {
 fn untracked_nix_file_is_found_in_a_real_git_repo() {
     let f = clean_fixture();
     // Imported by alice's home but never added: the flake cannot see it.
-    f.home_module("alice", "{ imports = [ ./extra.nix ]; }\n").commit();
+    f.home_module("alice", "{ imports = [ ./extra.nix ]; }\n")
+        .commit();
     f.git(&["rm", "-q", "--cached", "homes/alice/default.nix"]);
     f.git(&["commit", "-q", "-m", "untrack"]);
     f.write("homes/alice/extra.nix", "{ home.packages = [ \"jq\" ]; }\n");
@@ -135,15 +171,31 @@ fn untracked_nix_file_is_found_in_a_real_git_repo() {
         .filter(|x| x["code"] == "untracked-file")
         .map(|x| x["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, vec!["homes/alice/default.nix", "homes/alice/extra.nix"]);
-    let extra = findings.iter().find(|x| x["path"] == "homes/alice/extra.nix").unwrap();
+    assert_eq!(
+        paths,
+        vec!["homes/alice/default.nix", "homes/alice/extra.nix"]
+    );
+    let extra = findings
+        .iter()
+        .find(|x| x["path"] == "homes/alice/extra.nix")
+        .unwrap();
     assert_eq!(extra["fix"], "git add -N homes/alice/extra.nix");
     // Ignored files are not reported (the git call honours .gitignore).
-    f.write(".gitignore", "scratch.nix\n").write("lib/scratch.nix", "{ }\n");
+    f.write(".gitignore", "scratch.nix\n")
+        .write("lib/scratch.nix", "{ }\n");
     let (_, findings) = check_json(&f, &[]);
-    assert!(!codes(&findings).iter().any(|(p, _)| p.contains("scratch")), "{findings:#?}");
+    assert!(
+        !codes(&findings).iter().any(|(p, _)| p.contains("scratch")),
+        "{findings:#?}"
+    );
     // The fix the finding names works: after `git add -N` the flake sees the files.
-    f.git(&["add", "-N", "homes/alice/default.nix", "homes/alice/extra.nix", ".gitignore"]);
+    f.git(&[
+        "add",
+        "-N",
+        "homes/alice/default.nix",
+        "homes/alice/extra.nix",
+        ".gitignore",
+    ]);
     let run = f.xtask(&["check"]);
     run.success();
 }
@@ -151,12 +203,16 @@ fn untracked_nix_file_is_found_in_a_real_git_repo() {
 #[test]
 fn unsupported_system_in_meta_is_an_error() {
     let f = clean_fixture();
-    f.host("pi", Some("{ system = \"riscv64-linux\"; }\n")).commit();
+    f.host("pi", Some("{ system = \"riscv64-linux\"; }\n"))
+        .commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
     let u = only_finding(&findings, "unknown-system");
     assert_eq!(u["path"], "systems/pi/meta.nix");
-    assert!(u["message"].as_str().unwrap().contains("riscv64-linux"), "{u}");
+    assert!(
+        u["message"].as_str().unwrap().contains("riscv64-linux"),
+        "{u}"
+    );
     assert!(u["fix"].as_str().unwrap().contains("aarch64-linux"), "{u}");
     // The host is not evaluated a second time; the other host still is, and passes.
     assert_eq!(findings.len(), 1, "{findings:#?}");
@@ -171,14 +227,21 @@ fn meta_nix_syntax_error_is_located() {
     let m = only_finding(&findings, "bad-meta");
     assert_eq!(m["path"], "systems/pi/meta.nix");
     assert_eq!(m["line"], 2);
-    assert!(m["message"].as_str().unwrap().contains("syntax error"), "{m}");
+    assert!(
+        m["message"].as_str().unwrap().contains("syntax error"),
+        "{m}"
+    );
 }
 
 #[test]
 fn evaluation_error_is_reported_against_the_home() {
     let f = clean_fixture();
     // `pkgs` is `{ }` in the stub builders: a missing attribute, which tryEval cannot catch.
-    f.home_module("bob", "{ pkgs, ... }:\n{\n  home.packages = [ pkgs.hello ];\n}\n").commit();
+    f.home_module(
+        "bob",
+        "{ pkgs, ... }:\n{\n  home.packages = [ pkgs.hello ];\n}\n",
+    )
+    .commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
     let e = only_finding(&findings, "eval-error");
@@ -188,39 +251,61 @@ fn evaluation_error_is_reported_against_the_home() {
     assert!(msg.starts_with("home 'bob' ("), "{msg}");
     assert!(msg.contains("attribute 'hello' missing"), "{msg}");
     // Trimmed: no source excerpt, no store path of the flake's copy.
-    assert!(!msg.contains("/nix/store/") && !msg.contains('|') && !msg.contains("show-trace"), "{msg}");
-    assert!(e["fix"].as_str().unwrap().contains("homeConfigurations.bob.activationPackage.drvPath"), "{e}");
+    assert!(
+        !msg.contains("/nix/store/") && !msg.contains('|') && !msg.contains("show-trace"),
+        "{msg}"
+    );
+    assert!(
+        e["fix"]
+            .as_str()
+            .unwrap()
+            .contains("homeConfigurations.bob.activationPackage.drvPath"),
+        "{e}"
+    );
     let run = f.xtask(&["check"]);
-    run.failure(1).stderr_has("error: homes/bob/default.nix:3: home 'bob' (");
+    run.failure(1)
+        .stderr_has("error: homes/bob/default.nix:3: home 'bob' (");
 }
 
 #[test]
 fn evaluation_error_of_a_host_is_reported_against_the_host() {
     let f = clean_fixture();
-    f.write("systems/ws/default.nix", "{ ... }:\n{\n  networking.firewall = throw \"firewall is broken\";\n}\n")
-        .commit();
+    f.write(
+        "systems/ws/default.nix",
+        "{ ... }:\n{\n  networking.firewall = throw \"firewall is broken\";\n}\n",
+    )
+    .commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
     let e = only_finding(&findings, "eval-error");
     // A bare `throw` carries no position on Nix 2.8: the host's own file is the place.
     assert_eq!(e["path"], "systems/ws/default.nix");
     let msg = e["message"].as_str().unwrap();
-    assert!(msg.starts_with("host 'ws' does not evaluate:") && msg.contains("firewall is broken"), "{msg}");
+    assert!(
+        msg.starts_with("host 'ws' does not evaluate:") && msg.contains("firewall is broken"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn three_broken_homes_of_ten_are_all_reported_in_one_run() {
     let f = Fixture::new();
     for i in 0..10 {
-        f.home_module(&format!("u{i}"), &format!("{{ home.packages = [ \"p{i}\" ]; }}\n"));
+        f.home_module(
+            &format!("u{i}"),
+            &format!("{{ home.packages = [ \"p{i}\" ]; }}\n"),
+        );
     }
     // One error of each kind: uncaught by tryEval (undefined variable, syntax error in an
     // imported file) and caught (throw), so both paths of the evaluation are exercised.
-    f.home_module("u2", "{ lib, ... }:\n{\n  home.packages = [ undefinedThing ];\n}\n")
-        .home_module("u5", "{ imports = [ ./broken.nix ]; }\n")
-        .write("homes/u5/broken.nix", "{\n  home.packages = [ ;\n}\n")
-        .home_module("u7", "{ home.packages = throw \"u7 is broken\"; }\n")
-        .commit();
+    f.home_module(
+        "u2",
+        "{ lib, ... }:\n{\n  home.packages = [ undefinedThing ];\n}\n",
+    )
+    .home_module("u5", "{ imports = [ ./broken.nix ]; }\n")
+    .write("homes/u5/broken.nix", "{\n  home.packages = [ ;\n}\n")
+    .home_module("u7", "{ home.packages = throw \"u7 is broken\"; }\n")
+    .commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
     let mut found: Vec<(String, Option<u64>)> = findings
@@ -239,17 +324,33 @@ fn three_broken_homes_of_ten_are_all_reported_in_one_run() {
             ("homes/u7/default.nix".to_string(), None),
         ]
     );
-    let u2 = findings.iter().find(|x| x["path"] == "homes/u2/default.nix").unwrap();
-    assert!(u2["message"].as_str().unwrap().contains("undefined variable 'undefinedThing'"), "{u2}");
-    let u7 = findings.iter().find(|x| x["path"] == "homes/u7/default.nix").unwrap();
-    assert!(u7["message"].as_str().unwrap().contains("u7 is broken"), "{u7}");
+    let u2 = findings
+        .iter()
+        .find(|x| x["path"] == "homes/u2/default.nix")
+        .unwrap();
+    assert!(
+        u2["message"]
+            .as_str()
+            .unwrap()
+            .contains("undefined variable 'undefinedThing'"),
+        "{u2}"
+    );
+    let u7 = findings
+        .iter()
+        .find(|x| x["path"] == "homes/u7/default.nix")
+        .unwrap();
+    assert!(
+        u7["message"].as_str().unwrap().contains("u7 is broken"),
+        "{u7}"
+    );
     run.stderr_has("check: 3 errors, 0 warnings in 10 homes, 0 hosts");
 }
 
 #[test]
 fn all_systems_reports_one_finding_per_home() {
     let f = clean_fixture();
-    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n").commit();
+    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n")
+        .commit();
     let (run, findings) = check_json(&f, &["--all-systems"]);
     run.failure(1);
     let e = only_finding(&findings, "eval-error");
@@ -264,7 +365,8 @@ fn all_systems_reports_one_finding_per_home() {
 #[test]
 fn broken_flake_is_one_finding() {
     let f = clean_fixture();
-    f.write("flake.nix", "{\n  outputs = { self }: import ./lib {\n}\n").commit();
+    f.write("flake.nix", "{\n  outputs = { self }: import ./lib {\n}\n")
+        .commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
     let e = only_finding(&findings, "flake-error");
@@ -309,7 +411,9 @@ fn github_format_prints_annotations() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", run.stdout);
     assert!(
-        lines.iter().any(|l| l.starts_with("::warning file=systems/bare,title=missing-meta-nix::systems/bare has no meta.nix")),
+        lines.iter().any(|l| l.starts_with(
+            "::warning file=systems/bare,title=missing-meta-nix::systems/bare has no meta.nix"
+        )),
         "{}",
         run.stdout
     );
@@ -329,7 +433,10 @@ fn only_limits_evaluation_and_rejects_unknown_names() {
         .commit();
     let (run, findings) = check_json(&f, &["--only", "bob,ws"]);
     run.failure(1);
-    assert_eq!(codes(&findings), vec![("homes/bob/default.nix".into(), "eval-error".into())]);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/bob/default.nix".into(), "eval-error".into())]
+    );
     run.stderr_has("in 1 home, 1 host");
     let run = f.xtask(&["check", "--only", "alice,ws"]);
     run.success();
@@ -344,15 +451,48 @@ fn only_limits_evaluation_and_rejects_unknown_names() {
 #[test]
 fn lint_only_does_not_evaluate() {
     let f = clean_fixture();
-    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n").commit();
+    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n")
+        .commit();
     let run = f.xtask(&["check", "--lint-only"]);
-    run.success().stderr_has("check: 0 errors, 0 warnings in 2 homes, 1 host");
+    run.success()
+        .stderr_has("check: 0 errors, 0 warnings in 2 homes, 1 host");
 }
 
 #[test]
 fn build_builds_what_evaluated() {
     let f = clean_fixture();
     let run = f.xtask(&["check", "--build", "--only", "alice"]);
-    run.success().stderr_has("nix --extra-experimental-features");
-    assert!(run.stderr.contains("homeConfigurations.alice.activationPackage"), "{}", run.stderr);
+    run.success()
+        .stderr_has("nix --extra-experimental-features");
+    assert!(
+        run.stderr
+            .contains("homeConfigurations.alice.activationPackage"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn build_failure_is_reported_against_the_home_that_broke() {
+    let f = clean_fixture();
+    // Evaluates, but the stub's home-files builder cannot create a/b under the file a.
+    f.home_module(
+        "bob",
+        "{\n  home.file.\"a\".text = \"x\";\n  home.file.\"a/b\".text = \"y\";\n}\n",
+    )
+    .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.success();
+    assert!(
+        findings.is_empty(),
+        "evaluation alone passes: {findings:#?}"
+    );
+    let (run, findings) = check_json(&f, &["--build"]);
+    run.failure(1);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/bob/default.nix".into(), "build-failed".into())]
+    );
+    let msg = findings[0]["message"].as_str().unwrap();
+    assert!(msg.starts_with("home 'bob' ("), "{msg}");
 }

@@ -14,7 +14,10 @@ use tempfile::TempDir;
 
 /// The repository this crate lives in (holds lib/, homes/, systems/).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn fixtures_dir() -> PathBuf {
@@ -56,31 +59,51 @@ pub struct Run {
 impl Run {
     #[track_caller]
     pub fn success(&self) -> &Self {
-        assert_eq!(self.code, 0, "expected success\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn failure(&self, code: i32) -> &Self {
-        assert_eq!(self.code, code, "expected exit {code}\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn stderr_has(&self, needle: &str) -> &Self {
-        assert!(self.stderr.contains(needle), "stderr lacks {needle:?}:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
         self
     }
 
     #[track_caller]
     pub fn stdout_has(&self, needle: &str) -> &Self {
-        assert!(self.stdout.contains(needle), "stdout lacks {needle:?}:\n{}", self.stdout);
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.stdout
+        );
         self
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -94,7 +117,11 @@ impl Fixture {
         fs::create_dir_all(root.join("systems")).unwrap();
         fs::create_dir_all(&home).unwrap();
         fs::create_dir_all(root.join("lib")).unwrap();
-        fs::copy(repo_root().join("lib/default.nix"), root.join("lib/default.nix")).unwrap();
+        fs::copy(
+            repo_root().join("lib/default.nix"),
+            root.join("lib/default.nix"),
+        )
+        .unwrap();
         for f in ["stub-builders.nix", "activate.sh"] {
             fs::copy(fixtures_dir().join(f), root.join(f)).unwrap();
         }
@@ -131,7 +158,11 @@ impl Fixture {
     pub fn home_with_files(&self, user: &str, files: &[(&str, &str)]) -> &Self {
         let mut body = String::new();
         for (path, text) in files {
-            body.push_str(&format!("  home.file.{}.text = {};\n", nix_str(path), nix_str(text)));
+            body.push_str(&format!(
+                "  home.file.{}.text = {};\n",
+                nix_str(path),
+                nix_str(text)
+            ));
         }
         self.home_module(
             user,
@@ -144,7 +175,10 @@ impl Fixture {
 
     /// `systems/<host>/` with a default.nix and, when given, a meta.nix.
     pub fn host(&self, host: &str, meta: Option<&str>) -> &Self {
-        self.write(&format!("systems/{host}/default.nix"), "{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n");
+        self.write(
+            &format!("systems/{host}/default.nix"),
+            "{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n",
+        );
         if let Some(meta) = meta {
             self.write(&format!("systems/{host}/meta.nix"), meta);
         }
@@ -152,8 +186,16 @@ impl Fixture {
     }
 
     pub fn git(&self, args: &[&str]) -> String {
-        let out = Command::new("git").args(args).current_dir(&self.root).output().unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(&self.root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -215,18 +257,30 @@ fn digest_into(base: &Path, dir: &Path, out: &mut String) {
         let rel = path.strip_prefix(base).unwrap().display().to_string();
         let meta = fs::symlink_metadata(&path).unwrap();
         if meta.file_type().is_symlink() {
-            out.push_str(&format!("L {rel} -> {}\n", fs::read_link(&path).unwrap().display()));
+            out.push_str(&format!(
+                "L {rel} -> {}\n",
+                fs::read_link(&path).unwrap().display()
+            ));
         } else if meta.is_dir() {
             out.push_str(&format!("D {rel}\n"));
             digest_into(base, &path, out);
         } else {
             let content = fs::read(&path).unwrap();
-            out.push_str(&format!("F {rel} {} {:?}\n", content.len(), String::from_utf8_lossy(&content)));
+            out.push_str(&format!(
+                "F {rel} {} {:?}\n",
+                content.len(),
+                String::from_utf8_lossy(&content)
+            ));
         }
     }
 }
 
 /// A Nix string literal.
 pub fn nix_str(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"").replace("${", "\\${"))
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace("${", "\\${")
+    )
 }

@@ -12,12 +12,13 @@ use anyhow::{Context, Result, bail};
 
 use crate::{Ctx, cli::Bench};
 
+mod check;
 mod list;
 
 /// One benchmark: a name, and a function that measures it.
 type BenchFn = fn(&Bencher) -> Result<Vec<Figure>>;
 
-const BENCHES: &[(&str, BenchFn)] = &[("list", list::run)];
+const BENCHES: &[(&str, BenchFn)] = &[("list", list::run), ("check", check::run)];
 
 /// One reported figure: our time, the baseline's, and the bound the issue sets.
 pub struct Figure {

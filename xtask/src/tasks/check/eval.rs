@@ -203,7 +203,7 @@ fn prelude(root: &Path) -> String {
 }
 
 /// The batch expression over `pending` (indices into `targets`).
-fn batch_expr(root: &Path, targets: &[Target], pending: &[usize]) -> String {
+pub(super) fn batch_expr(root: &Path, targets: &[Target], pending: &[usize]) -> String {
     let items: String = pending
         .iter()
         .map(|&i| format!(" (check \"{i}\" ({}))", targets[i].expr()))

@@ -43,22 +43,20 @@ impl Check {
         // Stage 1: static lint (layout, untracked files); meta.nix below.
         let mut repo = ctx.repo()?;
         let selection = Selection::new(&repo, &self.only)?;
-        let untracked = repo::untracked_nix_findings(&repo.root);
-        let static_findings: Vec<Finding> =
-            repo.findings.iter().chain(&untracked).cloned().collect();
 
         let mut notes = Vec::new();
         let mut findings: Vec<Finding>;
         if self.lint_only {
             repo.load_meta(&nix)?;
+            let untracked = repo::untracked_nix_findings(&repo.root);
             findings = repo.findings.iter().chain(&untracked).cloned().collect();
         } else {
-            // Stage 2: evaluation. Reading meta.nix is a nix process of its own; it runs
-            // while the batched evaluation runs, so `check` costs little more than that one
-            // evaluation (the figure the issue sets is 1.2x). Targets that meta.nix findings
-            // rule out are dropped from the results afterwards.
+            // Stage 2: evaluation. Reading meta.nix (a nix process of its own) and asking
+            // git for untracked files run while the batched evaluation runs, so `check`
+            // costs little more than that one evaluation (the issue's figure is 1.2x).
+            // Targets that their findings rule out are dropped from the results afterwards.
             let systems = self.home_systems(&repo);
-            let (pre_targets, _) = targets(&repo, &selection, &static_findings, &systems);
+            let (pre_targets, _) = targets(&repo, &selection, &repo.findings, &systems);
             let root = repo.root.clone();
             let verbose = ctx.verbose;
             let (result, meta) = std::thread::scope(|s| {
@@ -72,12 +70,13 @@ impl Check {
                     eval::evaluate(&Nix::new(&sh, verbose), &root, &pre_targets).map(Some)
                 });
                 let meta = repo.load_meta(&nix);
+                let untracked = repo::untracked_nix_findings(&repo.root);
                 let result = worker
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the evaluation thread panicked")));
-                (result, meta)
+                (result, meta.map(|()| untracked))
             });
-            meta?;
+            let untracked = meta?;
             findings = repo.findings.iter().chain(&untracked).cloned().collect();
             let (targets, skipped) = targets(&repo, &selection, &findings, &systems);
             notes.extend(skipped);

@@ -83,22 +83,22 @@ impl Check {
             if let Some(result) = result? {
                 let ok = evaluate(&nix, &repo, &pre_targets, &targets, &result, &mut findings);
                 // Stage 3: the documented validation and the builds.
-                if self.full {
-                    if let Some(err) = nix.flake_check(&repo.root)? {
-                        let (path, line) = repo::locate_nix_error(&repo.root, &err);
-                        findings.push(Finding {
-                            line,
-                            ..Finding::error(
-                                path.unwrap_or_else(|| "flake.nix".into()),
-                                "flake-check",
-                                format!("nix flake check fails: {err}"),
-                                format!(
-                                    "run nix flake check {} --show-trace and fix what it names",
-                                    repo.root.display()
-                                ),
-                            )
-                        });
-                    }
+                if self.full
+                    && let Some(err) = nix.flake_check(&repo.root)?
+                {
+                    let (path, line) = repo::locate_nix_error(&repo.root, &err);
+                    findings.push(Finding {
+                        line,
+                        ..Finding::error(
+                            path.unwrap_or_else(|| "flake.nix".into()),
+                            "flake-check",
+                            format!("nix flake check fails: {err}"),
+                            format!(
+                                "run nix flake check {} --show-trace and fix what it names",
+                                repo.root.display()
+                            ),
+                        )
+                    });
                 }
                 if self.full || self.build {
                     build(&nix, &repo, &ok, &mut findings);

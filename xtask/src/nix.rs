@@ -205,6 +205,7 @@ pub struct EvalOutput {
 
 /// Runs a command that changes something, or only prints it with `dry_run`
 /// (nh's command builder pattern: the printed line is exactly what would run).
+#[allow(dead_code)] // used by the deploying tasks (switch, rollback, gc), not written yet
 pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
     let shown = cmd.to_string();
     if dry_run {
@@ -288,10 +289,7 @@ pub fn find_on_path(tool: &str) -> Option<PathBuf> {
 /// This machine's Nix system double (`x86_64-linux`, `aarch64-darwin`, …), from the
 /// architecture and OS the xtask was compiled for: no nix call is needed.
 pub fn current_system() -> String {
-    let arch = match env::consts::ARCH {
-        "aarch64" => "aarch64",
-        other => other,
-    };
+    let arch = env::consts::ARCH;
     let os = match env::consts::OS {
         "macos" => "darwin",
         other => other,

@@ -15,6 +15,7 @@ pub enum Style {
     Yellow,
     Green,
     Dim,
+    #[allow(dead_code)] // for the tasks still to be written
     Bold,
 }
 

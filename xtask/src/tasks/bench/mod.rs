@@ -89,8 +89,8 @@ impl Bench {
             root: ctx.root.clone(),
         };
         println!(
-            "{:<48} {:>10} {:>10} {:>7}  {}",
-            "figure", "xtask", "baseline", "ratio", "bound (issue)"
+            "{:<48} {:>10} {:>10} {:>7}  bound (issue)",
+            "figure", "xtask", "baseline", "ratio"
         );
         for (name, f) in BENCHES {
             if self

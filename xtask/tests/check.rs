@@ -496,3 +496,83 @@ fn build_failure_is_reported_against_the_home_that_broke() {
     let msg = findings[0]["message"].as_str().unwrap();
     assert!(msg.starts_with("home 'bob' ("), "{msg}");
 }
+
+#[test]
+fn full_runs_flake_check_and_builds() {
+    let f = clean_fixture();
+    let run = f.xtask(&["check", "--full"]);
+    run.success()
+        .stderr_has("flake check")
+        .stderr_has("homeConfigurations.alice.activationPackage")
+        .stderr_has("nixosConfigurations.ws.config.system.build.toplevel");
+}
+
+#[test]
+fn error_in_a_shared_file_is_one_finding_for_every_home() {
+    let f = Fixture::new();
+    // Five homes import one broken file: an uncaught error that would stop each of them.
+    f.write(
+        "homes/common.nix",
+        "{ lib, ... }:\n{\n  home.packages = [ missingName ];\n}\n",
+    );
+    for i in 0..5 {
+        f.home_module(&format!("s{i}"), "{ imports = [ ../common.nix ]; }\n");
+    }
+    f.home_module("fine", "{ home.packages = [ \"ok\" ]; }\n")
+        .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    // The first three are reported as broken; then the error is taken as shared and the
+    // rest is reported as not evaluated (not as broken: they might not import the file).
+    let e = only_finding(&findings, "eval-error");
+    assert_eq!(e["path"], "homes/common.nix");
+    assert_eq!(e["line"], 3);
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("undefined variable 'missingName'"), "{msg}");
+    for i in 0..3 {
+        assert!(
+            msg.contains(&format!("home 's{i}' (")),
+            "s{i} missing: {msg}"
+        );
+    }
+    let n = only_finding(&findings, "not-evaluated");
+    assert_eq!(n["severity"], "warning");
+    assert_eq!(n["path"], "homes/common.nix");
+    let nmsg = n["message"].as_str().unwrap();
+    assert!(
+        nmsg.contains("home 's3' (") && nmsg.contains("home 's4' ("),
+        "{nmsg}"
+    );
+    assert!(!msg.contains("'fine'") && !nmsg.contains("'fine'"), "{msg}");
+}
+
+#[test]
+fn one_home_broken_on_every_system_does_not_stop_the_others() {
+    let f = clean_fixture();
+    f.home_module(
+        "bob",
+        "{ lib, ... }:
+{
+  home.packages = [ nope ];
+}
+",
+    )
+    .home_module("carl", "{ home.packages = throw \"carl is broken\"; }\n")
+    .commit();
+    let (run, findings) = check_json(&f, &["--all-systems"]);
+    run.failure(1);
+    let mut paths: Vec<&str> = findings
+        .iter()
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec!["homes/bob/default.nix", "homes/carl/default.nix"],
+        "{findings:#?}"
+    );
+    assert!(
+        findings.iter().all(|x| x["code"] == "eval-error"),
+        "{findings:#?}"
+    );
+}

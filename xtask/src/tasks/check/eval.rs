@@ -36,10 +36,12 @@ use crate::{
 
 const MARK: &str = "xtask-check:";
 
-/// After this many targets in a row stopped by the very same uncaught error, the error is
-/// taken to be shared (in lib/ or a file every target imports) and the remaining targets
-/// are not evaluated one process each; otherwise a broken shared file would cost one nix
-/// process per target.
+/// After this many different homes/hosts in a row are stopped by the very same uncaught
+/// error, the error is taken to be shared (in lib/ or a file many targets import) and the
+/// remaining targets are left unevaluated, and reported as such, instead of costing one
+/// nix process each (minutes with nixpkgs at hundreds of homes). They are not reported as
+/// broken: some of them may not import the shared file at all. The systems of one home
+/// count once, so one home broken everywhere with --all-systems does not trigger this.
 const SAME_ERROR_LIMIT: usize = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,6 +144,9 @@ pub enum Outcome {
     /// nix's trimmed message (store paths of the flake's source shortened to repo paths)
     /// and the repo file and line it names, if any.
     Failed(Failure),
+    /// Not evaluated: the same uncaught error stopped several targets before it (the
+    /// failure names that error).
+    NotEvaluated(Failure),
 }
 
 /// The result of evaluating all targets.
@@ -259,7 +264,7 @@ pub fn evaluate(nix: &Nix, root: &Path, targets: &[Target]) -> Result<Evaluation
     let mut source: Option<String> = None;
     let mut flake_error = None;
     // (message, count) of the uncaught errors in a row.
-    let mut streak: (String, usize) = (String::new(), 0);
+    let mut streak: (String, Vec<&str>) = (String::new(), Vec::new());
 
     while !pending.is_empty() {
         let out = nix.eval_expr_output(&batch_expr(root, targets, &pending))?;
@@ -313,14 +318,16 @@ pub fn evaluate(nix: &Nix, root: &Path, targets: &[Target]) -> Result<Evaluation
             }
         }
         pending.retain(|i| !marks.contains_key(i));
-        if streak.0 == fail.message {
-            streak.1 += 1;
-        } else {
-            streak = (fail.message.clone(), 1);
+        if streak.0 != fail.message {
+            streak = (fail.message.clone(), Vec::new());
         }
-        if streak.1 >= SAME_ERROR_LIMIT {
+        let name = targets[culprit].name.as_str();
+        if !streak.1.contains(&name) {
+            streak.1.push(name);
+        }
+        if streak.1.len() >= SAME_ERROR_LIMIT {
             for &i in &pending {
-                outcomes[i] = Some(Outcome::Failed(fail.clone()));
+                outcomes[i] = Some(Outcome::NotEvaluated(fail.clone()));
             }
             pending.clear();
         }

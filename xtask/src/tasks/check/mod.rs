@@ -352,6 +352,7 @@ fn evaluate(
     let mut ok = Vec::new();
     // Group failures by message, keeping the order of first appearance.
     let mut groups: Vec<(&eval::Failure, Vec<&Target>)> = Vec::new();
+    let mut unevaluated: Vec<(&eval::Failure, Vec<&Target>)> = Vec::new();
     for (t, outcome) in evaluated.iter().zip(&result.outcomes) {
         if !wanted.contains(t) {
             continue;
@@ -362,6 +363,12 @@ fn evaluate(
                 Some((_, ts)) => ts.push(t),
                 None => groups.push((fail, vec![t])),
             },
+            eval::Outcome::NotEvaluated(fail) => {
+                match unevaluated.iter_mut().find(|(f, _)| *f == fail) {
+                    Some((_, ts)) => ts.push(t),
+                    None => unevaluated.push((fail, vec![t])),
+                }
+            }
         }
     }
     for (fail, ts) in groups {
@@ -382,6 +389,21 @@ fn evaluate(
                     "fix the error nix names; nix eval {}.drvPath --show-trace reproduces it",
                     nix::installable(&repo.root, &first.attr())
                 ),
+            )
+        });
+    }
+    for (fail, ts) in unevaluated {
+        findings.push(Finding {
+            line: fail.line,
+            ..Finding::warning(
+                fail.path.clone().unwrap_or_else(|| ts[0].entry_file()),
+                "not-evaluated",
+                format!(
+                    "{} not evaluated: the same error stopped several homes or hosts before them ({})",
+                    label_list(&ts),
+                    fail.message
+                ),
+                "fix that error and run cargo xtask check again".into(),
             )
         });
     }

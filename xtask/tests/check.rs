@@ -508,7 +508,7 @@ fn full_runs_flake_check_and_builds() {
 }
 
 #[test]
-fn error_in_a_shared_file_is_one_finding_for_every_home() {
+fn error_in_a_shared_file_is_reported_once_and_the_rest_not_evaluated() {
     let f = Fixture::new();
     // Five homes import one broken file: an uncaught error that would stop each of them.
     f.write(

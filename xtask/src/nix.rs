@@ -85,6 +85,56 @@ impl<'a> Nix<'a> {
         self.json(self.cmd(args)?, installable)
     }
 
+    /// Runs `nix eval --json --impure --expr EXPR` and returns the raw outcome, success or
+    /// not: `check` reads the `trace:` lines and the error of a failed evaluation itself
+    /// instead of turning it into one error. `--impure` because `builtins.getFlake` of an
+    /// unlocked local flake (a working tree) is refused in pure mode.
+    pub fn eval_expr_output(&self, expr: &str) -> Result<EvalOutput> {
+        let cmd = self.cmd(["eval", "--json", "--impure", "--expr", expr])?;
+        let shown = cmd.to_string();
+        if self.verbose {
+            term::command(&shown);
+        }
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            // A nix that cannot run flakes at all is not a finding about the repo.
+            if stderr.contains("--extra-experimental-features")
+                || (stderr.contains("experimental Nix feature") && stderr.contains("is disabled"))
+            {
+                return Err(failure(&shown, "the flake", &stderr));
+            }
+        }
+        Ok(EvalOutput {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr,
+            shown,
+        })
+    }
+
+    /// `nix flake check ROOT`, the documented validation of a flake's outputs; returns the
+    /// trimmed error when it fails. nix's progress is captured, not streamed, because the
+    /// caller reports the failure as a finding.
+    pub fn flake_check(&self, root: &Path) -> Result<Option<String>> {
+        let cmd = self.cmd([OsStr::new("flake"), OsStr::new("check"), root.as_os_str()])?;
+        let shown = cmd.to_string();
+        term::command(&shown);
+        let out = cmd
+            .quiet()
+            .ignore_status()
+            .output()
+            .with_context(|| format!("running {shown}"))?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        Ok(Some(trim_error(&String::from_utf8_lossy(&out.stderr))))
+    }
+
     fn json<T: DeserializeOwned>(&self, cmd: Cmd<'_>, what: &str) -> Result<T> {
         let shown = cmd.to_string();
         if self.verbose {
@@ -183,6 +233,16 @@ impl Nix<'_> {
         }
         Ok(out)
     }
+}
+
+/// What a `nix eval` printed, whether or not it succeeded.
+#[derive(Debug)]
+pub struct EvalOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// The command line, for messages.
+    pub shown: String,
 }
 
 /// Runs a command that changes something, or only prints it with `dry_run`
@@ -318,6 +378,26 @@ pub fn current_system() -> String {
 /// The flake reference of an attribute of the repo: `/abs/root#attr`.
 pub fn installable(root: &Path, attr: &str) -> String {
     format!("{}#{attr}", root.display())
+}
+
+/// The flake reference `builtins.getFlake` needs to see exactly what `nix eval ROOT#attr`
+/// sees. Version note: Nix 2.8 reads `getFlake "/abs/path"` as a `path:` flake, which
+/// includes files git does not track, while the command line (all versions) and newer
+/// `getFlake` use `git+file:` for a directory inside a git work tree. Spelling out
+/// `git+file://TOP?dir=SUB` gives the command line's view on every version from 2.4 on.
+pub fn flake_ref(root: &Path) -> String {
+    let top = root.ancestors().find(|d| d.join(".git").exists());
+    match top {
+        Some(top) => {
+            let sub = root.strip_prefix(top).unwrap_or(Path::new(""));
+            let mut r = format!("git+file://{}", top.display());
+            if !sub.as_os_str().is_empty() {
+                r.push_str(&format!("?dir={}", sub.display()));
+            }
+            r
+        }
+        None => format!("path:{}", root.display()),
+    }
 }
 
 #[cfg(test)]

@@ -773,21 +773,82 @@ fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
 }
 
 /// Finds the repo-relative file and line a nix error message points at
-/// (`at /abs/root/homes/bob/default.nix:3:5:` or `… «path»:3:5`).
+/// (`at /abs/root/homes/bob/default.nix:3:5:` or `… «path»:3:5`). Flake evaluation reports
+/// the flake's copy in the store instead (`/nix/store/<hash>-source/homes/bob/default.nix`);
+/// other inputs (nixpkgs) are also called `<hash>-source`, so a store location counts only
+/// when the same relative file exists in the repo, and homes/ and systems/ files win.
 pub fn locate_nix_error(root: &Path, message: &str) -> (Option<String>, Option<u32>) {
     let root = root.display().to_string();
-    let Some(start) = message.find(&format!("{root}/")) else {
-        return (None, None);
-    };
-    let rest = &message[start + root.len() + 1..];
+    if let Some(start) = message.find(&format!("{root}/")) {
+        return split_location(&message[start + root.len() + 1..]);
+    }
+    let mut best: Option<(Option<String>, Option<u32>)> = None;
+    let mut rest = message;
+    while let Some(start) = rest.find("/nix/store/") {
+        let after = &rest[start + "/nix/store/".len()..];
+        rest = after;
+        // `<32-char hash>-source/` is the store copy of a flake's source tree.
+        let Some(slash) = after.find('/') else { break };
+        let name = &after[..slash];
+        if !(name.len() > 33 && name.ends_with("-source") && name.as_bytes()[32] == b'-') {
+            continue;
+        }
+        let (Some(path), line) = split_location(&after[slash + 1..]) else {
+            continue;
+        };
+        if !Path::new(&root).join(&path).is_file() {
+            continue;
+        }
+        let preferred = path.starts_with("homes/") || path.starts_with("systems/");
+        if preferred {
+            return (Some(path), line);
+        }
+        best.get_or_insert((Some(path), line));
+    }
+    best.unwrap_or((None, None))
+}
+
+/// `homes/bob/default.nix:3:5: …` -> the path and the line.
+fn split_location(rest: &str) -> (Option<String>, Option<u32>) {
     let end = rest
         .find(|c: char| c.is_whitespace() || c == '\'' || c == '"' || c == '»' || c == ',')
         .unwrap_or(rest.len());
     let loc = rest[..end].trim_end_matches([':', '.']);
     let mut pieces = loc.split(':');
-    let path = pieces.next().map(str::to_string);
+    let path = pieces.next().filter(|p| !p.is_empty()).map(str::to_string);
     let line = pieces.next().and_then(|l| l.parse().ok());
     (path, line)
+}
+
+/// The directories whose `.nix` files the flake reads.
+pub const NIX_DIRS: [&str; 3] = ["homes", "systems", "lib"];
+
+/// `.nix` files under homes/, systems/ and lib/ that git does not track: a flake in a git
+/// repository only sees tracked files, so nix reports them as missing ("the classic module
+/// not found"). One `git ls-files` call; outside a git repository (a `path:` flake sees
+/// every file) or without git there is nothing to report.
+pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z", "--others", "--exclude-standard", "--"])
+        .args(NIX_DIRS)
+        .current_dir(root)
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    if !out.status.success() {
+        return Vec::new();
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .split('\0')
+        .filter(|p| p.ends_with(".nix"))
+        .map(|p| {
+            Finding::error(
+                p,
+                "untracked-file",
+                "git does not track this file, so the flake cannot see it (nix reports it as missing)".into(),
+                format!("git add -N {p}"),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1014,6 +1075,25 @@ mod tests {
             locate_nix_error(
                 root,
                 "error: undefined variable 'x'\n       at «string»:1:1:"
+            ),
+            (None, None)
+        );
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("homes/bob")).unwrap();
+        fs::write(t.path().join("homes/bob/default.nix"), "{ }").unwrap();
+        let store = "/nix/store/f5q8q56rqklwzgzk5p0azp9yr79h3cqr-source";
+        assert_eq!(
+            locate_nix_error(
+                t.path(),
+                &format!("error: undefined variable 'foo' at {store}/homes/bob/default.nix:1:35:")
+            ),
+            (Some("homes/bob/default.nix".into()), Some(1))
+        );
+        // A nixpkgs file (also `-source`) that the repo does not have is not the repo's.
+        assert_eq!(
+            locate_nix_error(
+                t.path(),
+                &format!("error: x at {store}/lib/modules.nix:9:1:")
             ),
             (None, None)
         );

@@ -12,13 +12,18 @@ use anyhow::{Context, Result, bail};
 
 use crate::{Ctx, cli::Bench};
 
+mod check;
 mod list;
 mod switch;
 
 /// One benchmark: a name, and a function that measures it.
 type BenchFn = fn(&Bencher) -> Result<Vec<Figure>>;
 
-const BENCHES: &[(&str, BenchFn)] = &[("list", list::run), ("switch", switch::run)];
+const BENCHES: &[(&str, BenchFn)] = &[
+    ("list", list::run),
+    ("check", check::run),
+    ("switch", switch::run),
+];
 
 /// One reported figure: our time, the baseline's, and the bound the issue sets.
 pub struct Figure {

@@ -1,0 +1,578 @@
+//! `cargo xtask check` against fixture flakes (the repo's lib/ with stub builders) in real
+//! git repositories, with real nix. Each problem class has its own fixture; assertions are
+//! on the reported path, code, line and the exit status.
+
+mod common;
+
+use common::{Fixture, Run};
+use serde_json::Value;
+
+const HOST_META: &str = "{ system = \"x86_64-linux\"; }\n";
+
+/// A valid repo: alice with @global and @ws parts, host ws with meta.nix.
+fn clean_fixture() -> Fixture {
+    let f = Fixture::new();
+    f.home_module(
+        "alice",
+        "{ lib, ... }:\n{\n  home.packages = [ \"git\" ];\n}\n",
+    )
+    .home_module("alice@global", "{ home.packages = [ \"htop\" ]; }\n")
+    .home_module("alice@ws", "{ home.file.\"ws.txt\".text = \"on ws\"; }\n")
+    .host("ws", Some(HOST_META));
+    f.commit();
+    f
+}
+
+/// `check --json`: the findings, with the run.
+fn check_json(f: &Fixture, extra: &[&str]) -> (Run, Vec<Value>) {
+    let mut args = vec!["check", "--json"];
+    args.extend_from_slice(extra);
+    let run = f.xtask(&args);
+    let findings = run
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a list: {}", run.stdout));
+    (run, findings)
+}
+
+/// The one finding with this code (fails when there is none or more than one).
+#[track_caller]
+fn only_finding<'a>(findings: &'a [Value], code: &str) -> &'a Value {
+    let hits: Vec<&Value> = findings.iter().filter(|f| f["code"] == code).collect();
+    assert_eq!(
+        hits.len(),
+        1,
+        "expected one {code} finding in {findings:#?}"
+    );
+    hits[0]
+}
+
+fn codes(findings: &[Value]) -> Vec<(String, String)> {
+    findings
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["code"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn clean_repo_passes() {
+    let f = clean_fixture();
+    let run = f.xtask(&["check"]);
+    run.success()
+        .stderr_has("check: 0 errors, 0 warnings in 1 home, 1 host (");
+    assert!(!run.stderr.contains("error:"), "{}", run.stderr);
+    let (run, findings) = check_json(&f, &[]);
+    run.success();
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+#[test]
+fn bad_name_is_an_error() {
+    let f = clean_fixture();
+    f.home_module("Bob", "{ }\n").commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let bad = only_finding(&findings, "bad-name");
+    assert_eq!(bad["path"], "homes/Bob");
+    assert_eq!(bad["severity"], "error");
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("[a-z_][a-z0-9_-]*"),
+        "{bad}"
+    );
+    // The flake refuses the whole homes/ directory, so nothing more is reported for it.
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    run.stderr_has("nothing was evaluated");
+}
+
+#[test]
+fn home_for_unknown_host_is_an_error() {
+    let f = clean_fixture();
+    f.home_module("alice@nohost", "{ }\n").commit();
+    let run = f.xtask(&["check"]);
+    run.failure(1).stderr_has(
+        "error: homes/alice@nohost: host 'nohost' has no systems/nohost (create it with cargo xtask new-host nohost, or rename the directory)",
+    );
+    run.stderr_has("check: 1 error, 0 warnings in 1 home, 1 host");
+    let (_, findings) = check_json(&f, &[]);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/alice@nohost".into(), "unknown-host".into())]
+    );
+}
+
+#[test]
+fn global_without_base_is_an_error() {
+    let f = clean_fixture();
+    f.home_module("carol@global", "{ }\n").commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let g = only_finding(&findings, "global-without-base");
+    assert_eq!(g["path"], "homes/carol@global");
+    assert!(
+        g["fix"]
+            .as_str()
+            .unwrap()
+            .contains("homes/carol/default.nix"),
+        "{g}"
+    );
+}
+
+#[test]
+fn directory_without_default_nix_is_an_error() {
+    let f = clean_fixture();
+    f.write("homes/dave/notes.txt", "no module here\n").commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/dave".into(), "missing-default-nix".into())]
+    );
+    // dave is reported once by the lint, not a second time by a failing evaluation.
+    run.stderr_has("not evaluated because of the errors above: home 'dave'");
+}
+
+#[test]
+fn host_without_meta_is_a_warning_unless_denied() {
+    let f = clean_fixture();
+    f.host("bare", None).commit();
+    let run = f.xtask(&["check"]);
+    run.success()
+        .stderr_has("warning: systems/bare: systems/bare has no meta.nix, so the default system x86_64-linux is used")
+        .stderr_has("check: 0 errors, 1 warning in 1 home, 2 hosts");
+    let (run, findings) = check_json(&f, &["--deny-warnings"]);
+    run.failure(1);
+    let w = only_finding(&findings, "missing-meta-nix");
+    assert_eq!(w["path"], "systems/bare");
+    assert_eq!(w["severity"], "error");
+}
+
+#[test]
+fn untracked_nix_file_is_found_in_a_real_git_repo() {
+    let f = clean_fixture();
+    // Imported by alice's home but never added: the flake cannot see it.
+    f.home_module("alice", "{ imports = [ ./extra.nix ]; }\n")
+        .commit();
+    f.git(&["rm", "-q", "--cached", "homes/alice/default.nix"]);
+    f.git(&["commit", "-q", "-m", "untrack"]);
+    f.write("homes/alice/extra.nix", "{ home.packages = [ \"jq\" ]; }\n");
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let paths: Vec<&str> = findings
+        .iter()
+        .filter(|x| x["code"] == "untracked-file")
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["homes/alice/default.nix", "homes/alice/extra.nix"]
+    );
+    let extra = findings
+        .iter()
+        .find(|x| x["path"] == "homes/alice/extra.nix")
+        .unwrap();
+    assert_eq!(extra["fix"], "git add -N homes/alice/extra.nix");
+    // Ignored files are not reported (the git call honours .gitignore).
+    f.write(".gitignore", "scratch.nix\n")
+        .write("lib/scratch.nix", "{ }\n");
+    let (_, findings) = check_json(&f, &[]);
+    assert!(
+        !codes(&findings).iter().any(|(p, _)| p.contains("scratch")),
+        "{findings:#?}"
+    );
+    // The fix the finding names works: after `git add -N` the flake sees the files.
+    f.git(&[
+        "add",
+        "-N",
+        "homes/alice/default.nix",
+        "homes/alice/extra.nix",
+        ".gitignore",
+    ]);
+    let run = f.xtask(&["check"]);
+    run.success();
+}
+
+#[test]
+fn unsupported_system_in_meta_is_an_error() {
+    let f = clean_fixture();
+    f.host("pi", Some("{ system = \"riscv64-linux\"; }\n"))
+        .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let u = only_finding(&findings, "unknown-system");
+    assert_eq!(u["path"], "systems/pi/meta.nix");
+    assert!(
+        u["message"].as_str().unwrap().contains("riscv64-linux"),
+        "{u}"
+    );
+    assert!(u["fix"].as_str().unwrap().contains("aarch64-linux"), "{u}");
+    // The host is not evaluated a second time; the other host still is, and passes.
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+}
+
+#[test]
+fn meta_nix_syntax_error_is_located() {
+    let f = clean_fixture();
+    f.host("pi", Some("{\n  system = ;\n}\n")).commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let m = only_finding(&findings, "bad-meta");
+    assert_eq!(m["path"], "systems/pi/meta.nix");
+    assert_eq!(m["line"], 2);
+    assert!(
+        m["message"].as_str().unwrap().contains("syntax error"),
+        "{m}"
+    );
+}
+
+#[test]
+fn evaluation_error_is_reported_against_the_home() {
+    let f = clean_fixture();
+    // `pkgs` is `{ }` in the stub builders: a missing attribute, which tryEval cannot catch.
+    f.home_module(
+        "bob",
+        "{ pkgs, ... }:\n{\n  home.packages = [ pkgs.hello ];\n}\n",
+    )
+    .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let e = only_finding(&findings, "eval-error");
+    assert_eq!(e["path"], "homes/bob/default.nix");
+    assert_eq!(e["line"], 3);
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.starts_with("home 'bob' ("), "{msg}");
+    assert!(msg.contains("attribute 'hello' missing"), "{msg}");
+    // Trimmed: no source excerpt, no store path of the flake's copy.
+    assert!(
+        !msg.contains("/nix/store/") && !msg.contains('|') && !msg.contains("show-trace"),
+        "{msg}"
+    );
+    assert!(
+        e["fix"]
+            .as_str()
+            .unwrap()
+            .contains("homeConfigurations.bob.activationPackage.drvPath"),
+        "{e}"
+    );
+    let run = f.xtask(&["check"]);
+    run.failure(1)
+        .stderr_has("error: homes/bob/default.nix:3: home 'bob' (");
+}
+
+#[test]
+fn evaluation_error_of_a_host_is_reported_against_the_host() {
+    let f = clean_fixture();
+    f.write(
+        "systems/ws/default.nix",
+        "{ ... }:\n{\n  networking.firewall = throw \"firewall is broken\";\n}\n",
+    )
+    .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let e = only_finding(&findings, "eval-error");
+    // A bare `throw` carries no position on Nix 2.8: the host's own file is the place.
+    assert_eq!(e["path"], "systems/ws/default.nix");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("host 'ws' does not evaluate:") && msg.contains("firewall is broken"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn three_broken_homes_of_ten_are_all_reported_in_one_run() {
+    let f = Fixture::new();
+    for i in 0..10 {
+        f.home_module(
+            &format!("u{i}"),
+            &format!("{{ home.packages = [ \"p{i}\" ]; }}\n"),
+        );
+    }
+    // One error of each kind: uncaught by tryEval (undefined variable, syntax error in an
+    // imported file) and caught (throw), so both paths of the evaluation are exercised.
+    f.home_module(
+        "u2",
+        "{ lib, ... }:\n{\n  home.packages = [ undefinedThing ];\n}\n",
+    )
+    .home_module("u5", "{ imports = [ ./broken.nix ]; }\n")
+    .write("homes/u5/broken.nix", "{\n  home.packages = [ ;\n}\n")
+    .home_module("u7", "{ home.packages = throw \"u7 is broken\"; }\n")
+    .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let mut found: Vec<(String, Option<u64>)> = findings
+        .iter()
+        .map(|x| {
+            assert_eq!(x["code"], "eval-error", "{x}");
+            (x["path"].as_str().unwrap().to_string(), x["line"].as_u64())
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        vec![
+            ("homes/u2/default.nix".to_string(), Some(3)),
+            ("homes/u5/broken.nix".to_string(), Some(2)),
+            ("homes/u7/default.nix".to_string(), None),
+        ]
+    );
+    let u2 = findings
+        .iter()
+        .find(|x| x["path"] == "homes/u2/default.nix")
+        .unwrap();
+    assert!(
+        u2["message"]
+            .as_str()
+            .unwrap()
+            .contains("undefined variable 'undefinedThing'"),
+        "{u2}"
+    );
+    let u7 = findings
+        .iter()
+        .find(|x| x["path"] == "homes/u7/default.nix")
+        .unwrap();
+    assert!(
+        u7["message"].as_str().unwrap().contains("u7 is broken"),
+        "{u7}"
+    );
+    run.stderr_has("check: 3 errors, 0 warnings in 10 homes, 0 hosts");
+}
+
+#[test]
+fn all_systems_reports_one_finding_per_home() {
+    let f = clean_fixture();
+    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n")
+        .commit();
+    let (run, findings) = check_json(&f, &["--all-systems"]);
+    run.failure(1);
+    let e = only_finding(&findings, "eval-error");
+    assert!(
+        e["message"].as_str().unwrap().starts_with(
+            "home 'bob' (x86_64-linux, aarch64-linux, x86_64-darwin, aarch64-darwin) does not evaluate: bob is broken"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn broken_flake_is_one_finding() {
+    let f = clean_fixture();
+    f.write("flake.nix", "{\n  outputs = { self }: import ./lib {\n}\n")
+        .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let e = only_finding(&findings, "flake-error");
+    assert_eq!(e["path"], "flake.nix");
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+}
+
+#[test]
+fn json_output_has_the_documented_shape() {
+    let f = clean_fixture();
+    f.host("bare", None)
+        .home_module("bob", "{ lib, ... }:\n{\n  home.packages = [ nope ];\n}\n")
+        .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    for x in &findings {
+        let keys: Vec<&str> = x.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in ["severity", "path", "code", "message", "fix"] {
+            assert!(keys.contains(&k), "{k} missing in {x}");
+        }
+    }
+    let w = only_finding(&findings, "missing-meta-nix");
+    assert_eq!(w["severity"], "warning");
+    assert!(w.get("line").is_none(), "line is omitted when unknown: {w}");
+    assert_eq!(only_finding(&findings, "eval-error")["line"], 3);
+    // --format json is the same as --json.
+    let run2 = f.xtask(&["check", "--format", "json"]);
+    assert_eq!(run2.json(), run.json());
+    // The summary stays on stderr, so stdout is only JSON.
+    run.stderr_has("check: 1 error, 1 warning");
+}
+
+#[test]
+fn github_format_prints_annotations() {
+    let f = clean_fixture();
+    f.host("bare", None)
+        .home_module("bob", "{ lib, ... }:\n{\n  home.packages = [ nope ];\n}\n")
+        .commit();
+    let run = f.xtask(&["check", "--format", "github"]);
+    run.failure(1);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "::warning file=systems/bare,title=missing-meta-nix::systems/bare has no meta.nix"
+        )),
+        "{}",
+        run.stdout
+    );
+    let err = lines.iter().find(|l| l.starts_with("::error ")).unwrap();
+    assert!(
+        err.starts_with("::error file=homes/bob/default.nix,line=3,title=eval-error::home 'bob' ("),
+        "{err}"
+    );
+    assert!(err.contains("undefined variable 'nope'"), "{err}");
+}
+
+#[test]
+fn only_limits_evaluation_and_rejects_unknown_names() {
+    let f = clean_fixture();
+    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n")
+        .home_module("carl", "{ home.packages = throw \"carl is broken\"; }\n")
+        .commit();
+    let (run, findings) = check_json(&f, &["--only", "bob,ws"]);
+    run.failure(1);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/bob/default.nix".into(), "eval-error".into())]
+    );
+    run.stderr_has("in 1 home, 1 host");
+    let run = f.xtask(&["check", "--only", "alice,ws"]);
+    run.success();
+    let run = f.xtask(&["check", "--only", "alice,nosuch"]);
+    run.failure(1)
+        .stderr_has("--only: nosuch is neither a home (homes/<name>) nor a host (systems/<name>)")
+        .stderr_has("known names: alice, bob, carl, ws");
+    // Usage errors are clap's: exit 2.
+    f.xtask(&["check", "--format", "xml"]).failure(2);
+}
+
+#[test]
+fn lint_only_does_not_evaluate() {
+    let f = clean_fixture();
+    f.home_module("bob", "{ home.packages = throw \"bob is broken\"; }\n")
+        .commit();
+    let run = f.xtask(&["check", "--lint-only"]);
+    run.success()
+        .stderr_has("check: 0 errors, 0 warnings in 2 homes, 1 host");
+}
+
+#[test]
+fn build_builds_what_evaluated() {
+    let f = clean_fixture();
+    let run = f.xtask(&["check", "--build", "--only", "alice"]);
+    run.success()
+        .stderr_has("nix --extra-experimental-features");
+    assert!(
+        run.stderr
+            .contains("homeConfigurations.alice.activationPackage"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn build_failure_is_reported_against_the_home_that_broke() {
+    let f = clean_fixture();
+    // Evaluates, but the stub's home-files builder cannot create a/b under the file a.
+    f.home_module(
+        "bob",
+        "{\n  home.file.\"a\".text = \"x\";\n  home.file.\"a/b\".text = \"y\";\n}\n",
+    )
+    .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.success();
+    assert!(
+        findings.is_empty(),
+        "evaluation alone passes: {findings:#?}"
+    );
+    let (run, findings) = check_json(&f, &["--build"]);
+    run.failure(1);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/bob/default.nix".into(), "build-failed".into())]
+    );
+    let msg = findings[0]["message"].as_str().unwrap();
+    assert!(msg.starts_with("home 'bob' ("), "{msg}");
+}
+
+#[test]
+fn full_runs_flake_check_and_builds() {
+    let f = clean_fixture();
+    let run = f.xtask(&["check", "--full"]);
+    run.success()
+        .stderr_has("flake check")
+        .stderr_has("homeConfigurations.alice.activationPackage")
+        .stderr_has("nixosConfigurations.ws.config.system.build.toplevel");
+}
+
+#[test]
+fn error_in_a_shared_file_is_reported_once_and_the_rest_not_evaluated() {
+    let f = Fixture::new();
+    // Five homes import one broken file: an uncaught error that would stop each of them.
+    f.write(
+        "homes/common.nix",
+        "{ lib, ... }:\n{\n  home.packages = [ missingName ];\n}\n",
+    );
+    for i in 0..5 {
+        f.home_module(&format!("s{i}"), "{ imports = [ ../common.nix ]; }\n");
+    }
+    f.home_module("fine", "{ home.packages = [ \"ok\" ]; }\n")
+        .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    // The first three are reported as broken; then the error is taken as shared and the
+    // rest is reported as not evaluated (not as broken: they might not import the file).
+    let e = only_finding(&findings, "eval-error");
+    assert_eq!(e["path"], "homes/common.nix");
+    assert_eq!(e["line"], 3);
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("undefined variable 'missingName'"), "{msg}");
+    for i in 0..3 {
+        assert!(
+            msg.contains(&format!("home 's{i}' (")),
+            "s{i} missing: {msg}"
+        );
+    }
+    let n = only_finding(&findings, "not-evaluated");
+    assert_eq!(n["severity"], "warning");
+    assert_eq!(n["path"], "homes/common.nix");
+    let nmsg = n["message"].as_str().unwrap();
+    assert!(
+        nmsg.contains("home 's3' (") && nmsg.contains("home 's4' ("),
+        "{nmsg}"
+    );
+    assert!(!msg.contains("'fine'") && !nmsg.contains("'fine'"), "{msg}");
+}
+
+#[test]
+fn one_home_broken_on_every_system_does_not_stop_the_others() {
+    let f = clean_fixture();
+    f.home_module(
+        "bob",
+        "{ lib, ... }:
+{
+  home.packages = [ nope ];
+}
+",
+    )
+    .home_module("carl", "{ home.packages = throw \"carl is broken\"; }\n")
+    .commit();
+    let (run, findings) = check_json(&f, &["--all-systems"]);
+    run.failure(1);
+    let mut paths: Vec<&str> = findings
+        .iter()
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec!["homes/bob/default.nix", "homes/carl/default.nix"],
+        "{findings:#?}"
+    );
+    assert!(
+        findings.iter().all(|x| x["code"] == "eval-error"),
+        "{findings:#?}"
+    );
+}

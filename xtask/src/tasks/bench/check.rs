@@ -4,99 +4,45 @@
 //! - the static lint of 1000 homes and 100 hosts (<= 50 ms);
 //! - `check` on a clean 100-home fixture vs. the single `nix eval` it runs (<= 1.2x).
 
-use std::{fs, process::Command};
+use anyhow::Result;
 
-use anyhow::{Context, Result};
-
-use super::{Bencher, Figure};
+use super::{Bencher, Figure, Scratch};
 use crate::tasks::check::{Target, batch_expr, static_lint};
 
-const FLAKE: &str = r#"{
-  outputs =
-    { self }:
-    import ./lib {
-      homesDir = ./homes;
-      systemsDir = ./systems;
-      inherit (import ./stub-builders.nix) mkHome mkSystem;
-    };
-}
-"#;
-
-/// A temporary fixture directory, removed on drop.
-struct TempFixture(std::path::PathBuf);
-
-impl Drop for TempFixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Writes a fixture flake with `homes` users (each with an @global part, every tenth with a
-/// host part) and `hosts` hosts with meta.nix, committed in a new git repository.
-fn fixture(b: &Bencher, tag: &str, homes: usize, hosts: usize) -> Result<TempFixture> {
-    let dir = std::env::temp_dir().join(format!("xtask-bench-check-{tag}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    let fx = TempFixture(dir.clone());
-    let write = |rel: &str, text: &str| -> Result<()> {
-        let p = dir.join(rel);
-        fs::create_dir_all(p.parent().unwrap_or(&dir))?;
-        fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
-    };
-    write("flake.nix", FLAKE)?;
-    write(
-        "lib/default.nix",
-        &fs::read_to_string(b.root.join("lib/default.nix"))?,
-    )?;
-    for f in ["stub-builders.nix", "activate.sh"] {
-        write(
-            f,
-            &fs::read_to_string(b.root.join("xtask/tests/fixtures").join(f))?,
-        )?;
-    }
+/// A fixture flake with `homes` users (each with an @global part, every tenth with a host
+/// part) and `hosts` hosts with meta.nix, committed in a new git repository.
+fn fixture(b: &Bencher, tag: &str, homes: usize, hosts: usize) -> Result<Scratch> {
+    let fx = Scratch::new(&format!("check-{tag}"))?;
+    let mut files = Vec::new();
     for h in 0..hosts {
-        write(
-            &format!("systems/h{h}/default.nix"),
-            "{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n",
-        )?;
-        write(
-            &format!("systems/h{h}/meta.nix"),
-            "{ system = \"x86_64-linux\"; }\n",
-        )?;
+        files.push((
+            format!("systems/h{h}/default.nix"),
+            "{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n".to_string(),
+        ));
+        files.push((
+            format!("systems/h{h}/meta.nix"),
+            "{ system = \"x86_64-linux\"; }\n".to_string(),
+        ));
     }
     for u in 0..homes {
-        write(
-            &format!("homes/u{u}/default.nix"),
-            &format!(
+        files.push((
+            format!("homes/u{u}/default.nix"),
+            format!(
                 "{{ lib, ... }}:\n{{\n  home.packages = [ \"p{u}\" ];\n  home.file.\"f{u}\".text = \"{u}\";\n}}\n"
             ),
-        )?;
-        write(
-            &format!("homes/u{u}@global/default.nix"),
-            "{ home.packages = [ \"g\" ]; }\n",
-        )?;
+        ));
+        files.push((
+            format!("homes/u{u}@global/default.nix"),
+            "{ home.packages = [ \"g\" ]; }\n".to_string(),
+        ));
         if hosts > 0 && u % 10 == 0 {
-            write(
-                &format!("homes/u{u}@h{}/default.nix", u % hosts),
-                "{ home.packages = [ \"h\" ]; }\n",
-            )?;
+            files.push((
+                format!("homes/u{u}@h{}/default.nix", u % hosts),
+                "{ home.packages = [ \"h\" ]; }\n".to_string(),
+            ));
         }
     }
-    for args in [
-        &["init", "-q"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.email=bench@example.org",
-            "-c",
-            "user.name=bench",
-            "commit",
-            "-q",
-            "-m",
-            "bench",
-        ],
-    ] {
-        Bencher::run(Command::new("git").args(args).current_dir(&dir))?;
-    }
+    b.fixture_flake(&fx.0, &files)?;
     Ok(fx)
 }
 

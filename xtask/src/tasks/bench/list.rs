@@ -6,14 +6,14 @@ use std::{fs, path::Path};
 
 use anyhow::Result;
 
-use super::{Bencher, Figure};
+use super::{Bencher, Figure, Scratch};
 use crate::repo::Repo;
 
 pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
     let homes = b.homes.max(1000);
     let hosts = b.hosts.max(100);
-    let tmp = tempdir()?;
-    let root = tmp.as_path();
+    let tmp = Scratch::new("list")?;
+    let root = tmp.0.as_path();
     generate(root, homes, hosts)?;
 
     // The baseline is exactly the evaluation list runs, taken from the repo model.
@@ -27,7 +27,6 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
     })?;
     let ours = b.median(|| Bencher::run(b.xtask(root).args(["list", "--json"])))?;
     let delta_ms = (ours.as_secs_f64() - nix.as_secs_f64()) * 1000.0;
-    fs::remove_dir_all(root).ok();
     Ok(vec![Figure {
         name: format!("list, {homes} homes + {hosts} hosts"),
         ours,
@@ -70,20 +69,4 @@ pub fn generate(root: &Path, homes: usize, hosts: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// A fresh directory under the system temp dir (the xtask has no tempfile dependency
-/// outside tests; the benchmark removes it when done).
-pub fn tempdir() -> Result<std::path::PathBuf> {
-    let dir =
-        std::env::temp_dir().join(format!("xtask-bench-{}-{}", std::process::id(), fastrand()));
-    fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
-fn fastrand() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
 }

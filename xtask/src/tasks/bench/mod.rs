@@ -3,6 +3,7 @@
 //! `--runs` runs; results on stdout as a table (or pass a filter to run some).
 
 use std::{
+    fs,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -43,6 +44,45 @@ pub struct Bencher {
     pub root: PathBuf,
 }
 
+/// The fixture flake of the integration tests (xtask/tests/common): the repo's lib/ with
+/// the stub builders, so benchmarks measure the same evaluation the tests check.
+const FIXTURE_FLAKE: &str = r#"{
+  outputs =
+    { self }:
+    import ./lib {
+      homesDir = ./homes;
+      systemsDir = ./systems;
+      inherit (import ./stub-builders.nix) mkHome mkSystem;
+    };
+}
+"#;
+
+/// A scratch directory under the system temp dir, removed when dropped (the xtask has no
+/// tempfile dependency outside tests).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Result<Scratch> {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-{tag}-{}", std::process::id()));
+        // A leftover of a killed run with the same pid.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The median of measured times.
+pub fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
 impl Bencher {
     /// Median wall time of `runs` runs of `f` (after one warm-up run).
     pub fn median(&self, mut f: impl FnMut() -> Result<()>) -> Result<Duration> {
@@ -53,8 +93,47 @@ impl Bencher {
             f()?;
             times.push(start.elapsed());
         }
-        times.sort();
-        Ok(times[times.len() / 2])
+        Ok(median(times))
+    }
+
+    /// Writes a fixture flake at `root` (lib/, stub builders, flake.nix) plus `files`
+    /// (relative path, text), and commits it in a new git repository: flakes only see
+    /// tracked files.
+    pub fn fixture_flake(&self, root: &Path, files: &[(String, String)]) -> Result<()> {
+        let fixtures = self.root.join("xtask/tests/fixtures");
+        let copies = [
+            ("lib/default.nix", self.root.join("lib/default.nix")),
+            ("stub-builders.nix", fixtures.join("stub-builders.nix")),
+            ("activate.sh", fixtures.join("activate.sh")),
+        ];
+        let mut all = vec![("flake.nix".to_string(), FIXTURE_FLAKE.to_string())];
+        for (rel, src) in copies {
+            let text =
+                fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;
+            all.push((rel.to_string(), text));
+        }
+        for (rel, text) in all.iter().chain(files) {
+            let path = root.join(rel);
+            fs::create_dir_all(path.parent().unwrap_or(root))?;
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        for args in [
+            &["init", "-q", "-b", "main"][..],
+            &["add", "-A"],
+            &[
+                "-c",
+                "user.email=bench@example.org",
+                "-c",
+                "user.name=bench",
+                "commit",
+                "-q",
+                "-m",
+                "bench fixture",
+            ],
+        ] {
+            Bencher::run(Command::new("git").args(args).current_dir(root))?;
+        }
+        Ok(())
     }
 
     /// Runs a command to completion, failing on a non-zero exit.

@@ -13,32 +13,18 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use super::{Bencher, Figure, list::tempdir};
+use super::{Bencher, Figure, Scratch, median};
 use crate::profile::{self, Backup};
 
 const USER: &str = "benchuser";
 const FILES: usize = 50;
 const PREFLIGHT_FILES: usize = 5000;
 
-/// The fixture flake of the integration tests: the repo's lib/ with the stub builders.
-const FLAKE: &str = r#"{
-  outputs =
-    { self }:
-    import ./lib {
-      homesDir = ./homes;
-      systemsDir = ./systems;
-      inherit (import ./stub-builders.nix) mkHome mkSystem;
-    };
-}
-"#;
-
 pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
-    let tmp = tempdir()?;
-    let result = figures(b, &tmp);
-    fs::remove_dir_all(&tmp).ok();
-    result
+    let tmp = Scratch::new("switch")?;
+    figures(b, &tmp.0)
 }
 
 fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
@@ -129,23 +115,9 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
     ])
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
 /// A git flake with one home of FILES files whose homeDirectory is `home`.
 fn fixture(b: &Bencher, root: &Path, home: &Path) -> Result<()> {
-    let fixtures = b.root.join("xtask/tests/fixtures");
-    fs::create_dir_all(root.join("lib"))?;
-    fs::create_dir_all(root.join(format!("homes/{USER}")))?;
     fs::create_dir_all(home)?;
-    fs::copy(b.root.join("lib/default.nix"), root.join("lib/default.nix"))
-        .context("copying lib/default.nix")?;
-    for f in ["stub-builders.nix", "activate.sh"] {
-        fs::copy(fixtures.join(f), root.join(f)).with_context(|| format!("copying {f}"))?;
-    }
-    fs::write(root.join("flake.nix"), FLAKE)?;
     let mut module = format!(
         "{{ ... }}:\n{{\n  home.homeDirectory = \"{}\";\n",
         home.display()
@@ -157,24 +129,7 @@ fn fixture(b: &Bencher, root: &Path, home: &Path) -> Result<()> {
         ));
     }
     module.push_str("}\n");
-    fs::write(root.join(format!("homes/{USER}/default.nix")), module)?;
-    for args in [
-        &["init", "-q", "-b", "main"][..],
-        &["add", "-A"],
-        &[
-            "-c",
-            "user.email=bench@example.org",
-            "-c",
-            "user.name=bench",
-            "commit",
-            "-q",
-            "-m",
-            "bench fixture",
-        ],
-    ] {
-        Bencher::run(Command::new("git").args(args).current_dir(root))?;
-    }
-    Ok(())
+    b.fixture_flake(root, &[(format!("homes/{USER}/default.nix"), module)])
 }
 
 /// The pre-flight on a generated `home-files/` of PREFLIGHT_FILES links in 50 directories:

@@ -715,6 +715,21 @@ impl Repo {
         users
     }
 
+    /// Hosts whose integrated home includes `user`: the inverse of [`Repo::host_users`],
+    /// O(hosts) so that listing every user stays linear.
+    pub fn user_hosts(&self, user: &str) -> Vec<String> {
+        let parts = self
+            .users
+            .get(user)
+            .map(|u| u.host_parts.as_slice())
+            .unwrap_or_default();
+        self.hosts
+            .values()
+            .filter(|h| parts.contains(&h.name) || h.meta_users.iter().any(|u| u == user))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
     /// Users that have a standalone home (`homeConfigurations.<user>`).
     pub fn standalone_users(&self) -> impl Iterator<Item = &User> {
         self.users.values().filter(|u| u.base)
@@ -1029,6 +1044,8 @@ mod tests {
         assert!(alice.base && alice.global);
         assert_eq!(alice.host_parts, vec!["ws".to_string()]);
         assert_eq!(repo.host_users("ws"), vec!["alice".to_string()]);
+        assert_eq!(repo.user_hosts("alice"), vec!["ws".to_string()]);
+        assert!(repo.user_hosts("nobody").is_empty());
         assert!(repo.hosts.contains_key("ws") && !repo.hosts.contains_key("global"));
         let codes: Vec<(&str, &str)> = repo
             .findings

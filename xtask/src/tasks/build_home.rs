@@ -87,13 +87,6 @@ pub fn pick_system(flag: Option<&str>) -> Result<String> {
 /// `<user>@<host>` and integrated-only users deploy with `switch --host`.
 pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
     let (user, part) = repo::parse_home_dir(name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    let hosts_of = |u: &str| -> Vec<String> {
-        repo.hosts
-            .keys()
-            .filter(|h| repo.host_users(h).iter().any(|x| x == u))
-            .cloned()
-            .collect()
-    };
     match part {
         Part::Base => {}
         Part::Global => bail!(
@@ -106,7 +99,7 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
     match repo.users.get(&user) {
         Some(u) if u.base => Ok(()),
         Some(_) => {
-            let hosts = hosts_of(&user);
+            let hosts = repo.user_hosts(&user);
             let host = hosts.first().map(String::as_str).unwrap_or("<host>");
             bail!(
                 "{user} has no standalone home (no homes/{user}), only integrated ones on {}; integrated homes deploy with `cargo xtask switch --host {host}` (or create homes/{user} for a standalone home)",

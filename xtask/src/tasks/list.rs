@@ -41,12 +41,17 @@ impl List {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
         let mut repo = ctx.repo()?;
         repo.load_meta(&ctx.nix())?;
-        for f in repo
+        // Warnings are check's business; list only says that there are some, so a
+        // thousand-host listing is not buried under them.
+        let warnings = repo
             .findings
             .iter()
             .filter(|f| f.severity == crate::repo::Severity::Warning)
-        {
-            term::warning(&format!("{}: {} ({})", f.path, f.message, f.fix));
+            .count();
+        if warnings > 0 {
+            term::warning(&format!(
+                "{warnings} layout warning(s), e.g. hosts without meta.nix; run cargo xtask check to see them"
+            ));
         }
         repo.ensure_valid()?;
         let listing = listing(&repo);
@@ -87,9 +92,6 @@ impl List {
 }
 
 pub fn listing(repo: &Repo) -> Listing {
-    // host -> users once, not per home: 1000 homes x 100 hosts must stay milliseconds.
-    let host_users: Vec<(&String, Vec<String>)> =
-        repo.hosts.keys().map(|h| (h, repo.host_users(h))).collect();
     let homes = repo
         .users
         .values()
@@ -106,11 +108,7 @@ pub fn listing(repo: &Repo) -> Listing {
                     .iter()
                     .map(|h| home_dir_name(&u.name, &Part::Host(h.clone()))),
             );
-            let hosts = host_users
-                .iter()
-                .filter(|(_, users)| users.contains(&u.name))
-                .map(|(h, _)| (*h).clone())
-                .collect();
+            let hosts = repo.user_hosts(&u.name);
             HomeEntry {
                 name: u.name.clone(),
                 parts,
@@ -120,12 +118,13 @@ pub fn listing(repo: &Repo) -> Listing {
             }
         })
         .collect();
-    let hosts = host_users
-        .into_iter()
-        .map(|(name, users)| HostEntry {
-            name: name.clone(),
-            system: repo.host_system(&repo.hosts[name]),
-            users,
+    let hosts = repo
+        .hosts
+        .values()
+        .map(|h| HostEntry {
+            name: h.name.clone(),
+            system: repo.host_system(h),
+            users: repo.host_users(&h.name),
         })
         .collect();
     Listing { homes, hosts }

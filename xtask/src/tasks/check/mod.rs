@@ -194,12 +194,7 @@ impl Selection {
                     sel.homes.insert(name.to_string());
                 } else {
                     // An integrated-only user has no standalone home: check the hosts it is on.
-                    sel.hosts.extend(
-                        repo.hosts
-                            .keys()
-                            .filter(|h| repo.host_users(h).iter().any(|x| x == name))
-                            .cloned(),
-                    );
+                    sel.hosts.extend(repo.user_hosts(name));
                 }
             }
             if repo.hosts.contains_key(name) {

@@ -318,6 +318,23 @@ pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
     .into()
 }
 
+/// Nix failures that say nothing about the files: no network, inputs missing offline, a
+/// lock file that cannot be written, or a nix without flakes.
+pub fn cannot_run(err: &str) -> bool {
+    [
+        "unable to download",
+        "Could not resolve host",
+        "Couldn't resolve host",
+        "cannot write modified lock file",
+        "in offline mode",
+        "'--offline'",
+        "no flakes support",
+        "refused the flakes feature",
+    ]
+    .iter()
+    .any(|needle| err.contains(needle))
+}
+
 /// Keeps the useful part of a nix error: the `error:` lines and the location they name,
 /// without the source excerpt and the trace.
 pub fn trim_error(stderr: &str) -> String {
@@ -429,5 +446,18 @@ mod tests {
             crate::repo::SYSTEMS.contains(&current_system().as_str())
                 || cfg!(not(any(target_os = "linux", target_os = "macos")))
         );
+    }
+
+    #[test]
+    fn cannot_run_is_told_apart_from_errors_in_files() {
+        assert!(cannot_run(
+            "error: unable to download 'https://api.github.com/x': Couldn't resolve host name (6)"
+        ));
+        assert!(cannot_run(
+            "error: cannot write modified lock file of flake 'x' (use '--no-write-lock-file' to ignore)"
+        ));
+        assert!(!cannot_run(
+            "error: undefined variable 'pkgz' at /nix/store/a-source/homes/b/default.nix:3:5:"
+        ));
     }
 }

@@ -793,34 +793,52 @@ fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
 /// other inputs (nixpkgs) are also called `<hash>-source`, so a store location counts only
 /// when the same relative file exists in the repo, and homes/ and systems/ files win.
 pub fn locate_nix_error(root: &Path, message: &str) -> (Option<String>, Option<u32>) {
-    let root = root.display().to_string();
-    if let Some(start) = message.find(&format!("{root}/")) {
-        return split_location(&message[start + root.len() + 1..]);
+    let found = nix_error_locations(root, message);
+    // The repo's own modules say more than lib/ (which only passes the error on).
+    let preferred = found
+        .iter()
+        .position(|(p, _)| p.starts_with("homes/") || p.starts_with("systems/"))
+        .unwrap_or(0);
+    match found.into_iter().nth(preferred) {
+        Some((path, line)) => (Some(path), line),
+        None => (None, None),
     }
-    let mut best: Option<(Option<String>, Option<u32>)> = None;
-    let mut rest = message;
-    while let Some(start) = rest.find("/nix/store/") {
-        let after = &rest[start + "/nix/store/".len()..];
-        rest = after;
-        // `<32-char hash>-source/` is the store copy of a flake's source tree.
-        let Some(slash) = after.find('/') else { break };
-        let name = &after[..slash];
-        if !(name.len() > 33 && name.ends_with("-source") && name.as_bytes()[32] == b'-') {
-            continue;
-        }
-        let (Some(path), line) = split_location(&after[slash + 1..]) else {
+}
+
+/// Every location in a nix error message that is a file of the repo, in order: paths
+/// under `root` itself (meta.nix, a `path:` flake) and under a flake's store copy
+/// (`/nix/store/<hash>-source/homes/bob/default.nix:3:5`). Store sources whose path the
+/// repo does not have (nixpkgs' `lib/modules.nix`, …) are not the repo's.
+pub fn nix_error_locations(root: &Path, message: &str) -> Vec<(String, Option<u32>)> {
+    let root_prefix = format!("{}/", root.display());
+    let mut found = Vec::new();
+    for (i, _) in message.match_indices('/') {
+        let rest = &message[i..];
+        // A path under the root is the repo's; a store source only if the repo has the file.
+        let (tail, must_exist) = if let Some(tail) = rest.strip_prefix(root_prefix.as_str()) {
+            (tail, false)
+        } else if let Some(after) = rest.strip_prefix("/nix/store/") {
+            // `<32-char hash>-source/` is the store copy of a flake's source tree.
+            let Some(slash) = after.find('/') else {
+                continue;
+            };
+            let name = &after[..slash];
+            if !(name.len() > 33 && name.ends_with("-source") && name.as_bytes()[32] == b'-') {
+                continue;
+            }
+            (&after[slash + 1..], true)
+        } else {
             continue;
         };
-        if !Path::new(&root).join(&path).is_file() {
+        let (Some(path), line) = split_location(tail) else {
             continue;
+        };
+        let known = found.iter().any(|(p, l)| p == &path && *l == line);
+        if !known && (!must_exist || root.join(&path).is_file()) {
+            found.push((path, line));
         }
-        let preferred = path.starts_with("homes/") || path.starts_with("systems/");
-        if preferred {
-            return (Some(path), line);
-        }
-        best.get_or_insert((Some(path), line));
     }
-    best.unwrap_or((None, None))
+    found
 }
 
 /// `homes/bob/default.nix:3:5: …` -> the path and the line.

@@ -282,7 +282,7 @@ fn evaluate(nix: &Nix, root: &Path, expr: &str, eval: &Evaluation, written: &[&s
             (text, first)
         }
     };
-    if cannot_run(&raw) {
+    if nix::cannot_run(&raw) {
         term::warning(&format!(
             "the new files were not evaluated, nix cannot run here: {message}\n  they are written and staged; once nix can fetch the flake's inputs, run: {}",
             eval.later
@@ -300,51 +300,15 @@ fn evaluate(nix: &Nix, root: &Path, expr: &str, eval: &Evaluation, written: &[&s
     )
 }
 
-/// Nix failures that say nothing about the files: no network, inputs missing offline, a
-/// lock file that cannot be written, or a nix without flakes.
-fn cannot_run(err: &str) -> bool {
-    [
-        "unable to download",
-        "Could not resolve host",
-        "Couldn't resolve host",
-        "cannot write modified lock file",
-        "in offline mode",
-        "'--offline'",
-        "no flakes support",
-        "refused the flakes feature",
-    ]
-    .iter()
-    .any(|needle| err.contains(needle))
-}
-
-/// The repo-relative file (and line) a nix error points at. A flake is evaluated from its
-/// store copy (`/nix/store/…-source/homes/bob/default.nix:3:5`), a path flake from the
-/// root itself. A location in one of the `written` files is preferred, then one in the
-/// repo.
+/// The repo-relative file (and line) a nix error points at, preferring one of the
+/// `written` files.
 fn locate(root: &Path, err: &str, written: &[&str]) -> Option<(String, Option<u32>)> {
-    let mut found: Vec<(String, Option<u32>)> = err
-        .match_indices("-source/")
-        .map(|(i, m)| {
-            let rest = &err[i + m.len()..];
-            let end = rest
-                .find(|c: char| c.is_whitespace() || matches!(c, '\'' | '"' | '»' | ','))
-                .unwrap_or(rest.len());
-            let mut pieces = rest[..end].trim_end_matches([':', '.']).split(':');
-            let file = pieces.next().unwrap_or_default().to_string();
-            (file, pieces.next().and_then(|l| l.parse().ok()))
-        })
-        .collect();
-    if let (Some(file), line) = repo::locate_nix_error(root, err) {
-        found.push((file, line));
-    }
+    let mut found = repo::nix_error_locations(root, err);
     let preferred = found
         .iter()
-        .position(|(f, _)| written.contains(&f.as_str()));
-    match preferred {
-        Some(i) => Some(found.swap_remove(i)),
-        // Other store sources (nixpkgs' lib/modules.nix, …) are not the repo's files.
-        None => found.into_iter().find(|(f, _)| root.join(f).is_file()),
-    }
+        .position(|(f, _)| written.contains(&f.as_str()))
+        .unwrap_or(0);
+    (!found.is_empty()).then(|| found.swap_remove(preferred))
 }
 
 /// What one [`Scaffold::write`] created, so a failure can take exactly that back.
@@ -455,24 +419,17 @@ mod tests {
     }
 
     #[test]
-    fn cannot_run_is_told_apart_from_errors_in_files() {
-        assert!(cannot_run(
-            "error: unable to download 'https://api.github.com/x': Couldn't resolve host name (6)"
-        ));
-        assert!(cannot_run(
-            "error: cannot write modified lock file of flake 'x' (use '--no-write-lock-file' to ignore)"
-        ));
-        assert!(!cannot_run(
-            "error: undefined variable 'pkgz' at /nix/store/a-source/homes/b/default.nix:3:5:"
-        ));
-    }
-
-    #[test]
     fn errors_are_located_in_the_written_files() {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join("lib")).unwrap();
         fs::write(t.path().join("lib/default.nix"), "{ }\n").unwrap();
-        let err = "error: undefined variable 'x' at /nix/store/n-source/lib/modules.nix:5:1: at /nix/store/abc-source/lib/default.nix:9:1: at /nix/store/abc-source/homes/bob/default.nix:3:15:";
+        fs::create_dir_all(t.path().join("homes/bob")).unwrap();
+        fs::write(t.path().join("homes/bob/default.nix"), "{ }\n").unwrap();
+        let (nixpkgs, repo) = ("a".repeat(32), "b".repeat(32));
+        let err = format!(
+            "error: undefined variable 'x' at /nix/store/{nixpkgs}-source/lib/modules.nix:5:1: at /nix/store/{repo}-source/lib/default.nix:9:1: at /nix/store/{repo}-source/homes/bob/default.nix:3:15:"
+        );
+        let err = err.as_str();
         assert_eq!(
             locate(t.path(), err, &["homes/bob/default.nix"]),
             Some(("homes/bob/default.nix".into(), Some(3)))

@@ -336,10 +336,14 @@ fn evaluate(
                     "the flake does not evaluate, so no home or host could be checked: {}",
                     err.message
                 ),
-                format!(
-                    "fix the error nix names; nix eval {} --show-trace reproduces it",
-                    nix::installable(&repo.root, "nixosConfigurations")
-                ),
+                if nix::cannot_run(&err.message) {
+                    "nix could not fetch or lock the flake's inputs (no network?); run `nix flake lock` where the network is reachable and commit flake.lock".to_string()
+                } else {
+                    format!(
+                        "fix the error nix names; nix eval {} --show-trace reproduces it",
+                        nix::installable(&repo.root, "nixosConfigurations")
+                    )
+                },
             )
         });
         return Vec::new();

@@ -90,16 +90,7 @@ impl<'a> Nix<'a> {
     /// instead of turning it into one error. `--impure` because `builtins.getFlake` of an
     /// unlocked local flake (a working tree) is refused in pure mode.
     pub fn eval_expr_output(&self, expr: &str) -> Result<EvalOutput> {
-        let cmd = self.cmd(["eval", "--json", "--impure", "--expr", expr])?;
-        let shown = cmd.to_string();
-        if self.verbose {
-            term::command(&shown);
-        }
-        let out = cmd
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| format!("running {shown}"))?;
+        let (out, shown) = self.capture(self.eval_expr_cmd(expr)?, self.verbose)?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             // A nix that cannot run flakes at all is not a finding about the repo.
@@ -122,22 +113,18 @@ impl<'a> Nix<'a> {
     /// caller reports the failure as a finding.
     pub fn flake_check(&self, root: &Path) -> Result<Option<String>> {
         let cmd = self.cmd([OsStr::new("flake"), OsStr::new("check"), root.as_os_str()])?;
-        let shown = cmd.to_string();
-        term::command(&shown);
-        let out = cmd
-            .quiet()
-            .ignore_status()
-            .output()
-            .with_context(|| format!("running {shown}"))?;
+        let (out, _) = self.capture(cmd, true)?;
         if out.status.success() {
             return Ok(None);
         }
         Ok(Some(trim_error(&String::from_utf8_lossy(&out.stderr))))
     }
 
-    fn json<T: DeserializeOwned>(&self, cmd: Cmd<'_>, what: &str) -> Result<T> {
+    /// Runs `cmd` to completion with both streams captured, whatever its exit status;
+    /// `announce` shows the command line first. Returns the output and that line.
+    fn capture(&self, cmd: Cmd<'_>, announce: bool) -> Result<(std::process::Output, String)> {
         let shown = cmd.to_string();
-        if self.verbose {
+        if announce {
             term::command(&shown);
         }
         let out = cmd
@@ -145,6 +132,11 @@ impl<'a> Nix<'a> {
             .ignore_status()
             .output()
             .with_context(|| format!("running {shown}"))?;
+        Ok((out, shown))
+    }
+
+    fn json<T: DeserializeOwned>(&self, cmd: Cmd<'_>, what: &str) -> Result<T> {
+        let (out, shown) = self.capture(cmd, self.verbose)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             return Err(failure(&shown, what, &stderr));

@@ -29,30 +29,13 @@ in {
 }"#;
 
 /// `apply` applied to the flake's outputs (or to one attribute path of them).
-fn nix_eval(f: &Fixture, attr: &str, apply: &str) -> (bool, String, String) {
-    let flake = format!("builtins.getFlake \"git+file://{}\"", f.root.display());
-    let target = if attr.is_empty() {
-        format!("({flake})")
+fn nix_eval(f: &Fixture, attr: &str, apply: &str) -> Result<Value, String> {
+    let path = if attr.is_empty() {
+        String::new()
     } else {
-        format!("({flake}).{attr}")
+        format!(".{attr}")
     };
-    let out = Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-            "--impure",
-        ])
-        .args(["--expr", &format!("({apply}) {target}")])
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .expect("nix is required for these tests (apt-get install nix-bin)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    f.nix_eval(&format!("o: ({apply}) o{path}"))
 }
 
 fn layout() -> Fixture {
@@ -81,9 +64,7 @@ fn layout() -> Fixture {
 #[test]
 fn outputs_and_merge_lists() {
     let f = layout();
-    let (ok, stdout, stderr) = nix_eval(&f, "", SUMMARY);
-    assert!(ok, "{stderr}");
-    let v: Value = serde_json::from_str(&stdout).unwrap();
+    let v = nix_eval(&f, "", SUMMARY).unwrap_or_else(|e| panic!("{e}"));
     // user@host and @global directories never become standalone homes.
     assert_eq!(v["homes"], json!(["alice", "bob", "dave"]));
     for system in [
@@ -141,8 +122,7 @@ fn reserved_and_invalid_names_fail_evaluation_with_the_path() {
     f.home_module("alice", "{ }\n")
         .host("global", None)
         .commit();
-    let (ok, _, stderr) = nix_eval(&f, "nixosConfigurations", "builtins.attrNames");
-    assert!(!ok);
+    let stderr = nix_eval(&f, "nixosConfigurations", "builtins.attrNames").unwrap_err();
     assert!(
         stderr.contains("systems/global") && stderr.contains("reserved"),
         "{stderr}"
@@ -150,8 +130,7 @@ fn reserved_and_invalid_names_fail_evaluation_with_the_path() {
 
     let f = Fixture::new();
     f.home_module("Alice", "{ }\n").commit();
-    let (ok, _, stderr) = nix_eval(&f, "homeConfigurations", "builtins.attrNames");
-    assert!(!ok);
+    let stderr = nix_eval(&f, "homeConfigurations", "builtins.attrNames").unwrap_err();
     assert!(
         stderr.contains("homes/Alice") && stderr.contains("[a-z_][a-z0-9_-]*"),
         "{stderr}"
@@ -164,12 +143,12 @@ fn unknown_system_in_meta_names_the_file() {
     f.home_module("alice", "{ }\n")
         .host("ws", Some("{ system = \"riscv64-linux\"; }\n"))
         .commit();
-    let (ok, _, stderr) = nix_eval(
+    let stderr = nix_eval(
         &f,
         "nixosConfigurations.ws",
         "h: h.config.system.build.toplevel.drvPath",
-    );
-    assert!(!ok);
+    )
+    .unwrap_err();
     assert!(
         stderr.contains("systems/ws/meta.nix")
             && stderr.contains("riscv64-linux")

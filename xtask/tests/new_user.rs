@@ -8,33 +8,11 @@ use std::{fs, os::unix::fs::symlink, process::Command};
 use common::{Fixture, NIX_CONFIG};
 use serde_json::{Value, json};
 
-/// The flake output `attr`, evaluated by nix. Not `nix eval ROOT#attr`: nix tries
-/// `legacyPackages.<this system>.<attr>` first, and lib/ exposes every home there too, so
-/// `ROOT#homeConfigurations.bob` would be this machine's variant, not meta.nix's system.
+/// The flake output `attr`, evaluated by nix (see `Fixture::nix_eval` for why not
+/// `nix eval ROOT#attr`).
 fn nix_eval(f: &Fixture, attr: &str) -> Value {
-    let expr = format!(
-        "(builtins.getFlake {}).{attr}",
-        common::nix_str(&f.root.display().to_string())
-    );
-    let out = Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-            "--impure",
-            "--expr",
-            &expr,
-        ])
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "nix eval {attr}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    f.nix_eval(&format!("o: o.{attr}"))
+        .unwrap_or_else(|e| panic!("nix eval {attr}: {e}"))
 }
 
 /// Everything a failed command must leave alone: git's view first (it may refresh the
@@ -407,7 +385,8 @@ fn unfetchable_inputs_are_a_warning() {
     // An input nix cannot download (nothing listens on port 9): like nixpkgs offline.
     f.write(
         "flake.nix",
-        &common::FIXTURE_FLAKE
+        &std::fs::read_to_string(common::fixtures_dir().join("flake.nix"))
+            .unwrap()
             .replace(
                 "{\n  outputs",
                 "{\n  inputs.unreachable.url = \"http://127.0.0.1:9/x.tar.gz\";\n  outputs",

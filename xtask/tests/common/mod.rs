@@ -27,18 +27,6 @@ pub fn fixtures_dir() -> PathBuf {
 /// Offline nix for tests: no substituters (the machine has no network), no dirty-tree noise.
 pub const NIX_CONFIG: &str = "substituters =\nwarn-dirty = false\n";
 
-/// The fixture flake: the repo's own lib/ with stub builders, no inputs.
-pub const FIXTURE_FLAKE: &str = r#"{
-  outputs =
-    { self }:
-    import ./lib {
-      homesDir = ./homes;
-      systemsDir = ./systems;
-      inherit (import ./stub-builders.nix) mkHome mkSystem;
-    };
-}
-"#;
-
 pub struct Fixture {
     _tmp: TempDir,
     /// The flake (and git repository) root.
@@ -122,10 +110,9 @@ impl Fixture {
             root.join("lib/default.nix"),
         )
         .unwrap();
-        for f in ["stub-builders.nix", "activate.sh"] {
+        for f in ["stub-builders.nix", "activate.sh", "flake.nix"] {
             fs::copy(fixtures_dir().join(f), root.join(f)).unwrap();
         }
-        fs::write(root.join("flake.nix"), FIXTURE_FLAKE).unwrap();
         let f = Fixture {
             _tmp: tmp,
             root,
@@ -244,6 +231,34 @@ impl Fixture {
 
     pub fn xtask(&self, args: &[&str]) -> Run {
         run(self.command(args).output().unwrap())
+    }
+
+    /// Evaluates `apply` applied to the flake's outputs (`o: …`) with real nix; Ok(JSON)
+    /// or Err(nix's stderr). Through `builtins.getFlake "git+file://…"`, not `nix eval
+    /// ROOT#attr`: nix tries `legacyPackages.<this system>.<attr>` first, and lib/ exposes
+    /// every home there too, so `ROOT#homeConfigurations.bob` would be this machine's
+    /// variant; and `git+file` sees only tracked files, as a flake in git does.
+    pub fn nix_eval(&self, apply: &str) -> Result<serde_json::Value, String> {
+        let expr = format!(
+            "({apply}) (builtins.getFlake {})",
+            nix_str(&format!("git+file://{}", self.root.display()))
+        );
+        let out = Command::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command flakes",
+                "eval",
+                "--json",
+                "--impure",
+            ])
+            .args(["--expr", &expr])
+            .env("NIX_CONFIG", NIX_CONFIG)
+            .output()
+            .expect("nix is required for these tests (apt-get install nix-bin)");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
     }
 
     /// A digest of every path, type, target and content under `dir`: equal digests mean

@@ -44,19 +44,6 @@ pub struct Bencher {
     pub root: PathBuf,
 }
 
-/// The fixture flake of the integration tests (xtask/tests/common): the repo's lib/ with
-/// the stub builders, so benchmarks measure the same evaluation the tests check.
-const FIXTURE_FLAKE: &str = r#"{
-  outputs =
-    { self }:
-    import ./lib {
-      homesDir = ./homes;
-      systemsDir = ./systems;
-      inherit (import ./stub-builders.nix) mkHome mkSystem;
-    };
-}
-"#;
-
 /// A scratch directory under the system temp dir, removed when dropped (the xtask has no
 /// tempfile dependency outside tests).
 pub struct Scratch(pub PathBuf);
@@ -96,7 +83,9 @@ impl Bencher {
         Ok(median(times))
     }
 
-    /// Writes a fixture flake at `root` (lib/, stub builders, flake.nix) plus `files`
+    /// Writes the fixture flake of the integration tests (xtask/tests/fixtures: the repo's
+    /// lib/ with the stub builders, so benchmarks measure what the tests check) at `root`,
+    /// plus `files`
     /// (relative path, text), and commits it in a new git repository: flakes only see
     /// tracked files.
     pub fn fixture_flake(&self, root: &Path, files: &[(String, String)]) -> Result<()> {
@@ -105,8 +94,9 @@ impl Bencher {
             ("lib/default.nix", self.root.join("lib/default.nix")),
             ("stub-builders.nix", fixtures.join("stub-builders.nix")),
             ("activate.sh", fixtures.join("activate.sh")),
+            ("flake.nix", fixtures.join("flake.nix")),
         ];
-        let mut all = vec![("flake.nix".to_string(), FIXTURE_FLAKE.to_string())];
+        let mut all = Vec::new();
         for (rel, src) in copies {
             let text =
                 fs::read_to_string(&src).with_context(|| format!("reading {}", src.display()))?;

@@ -56,23 +56,35 @@ let
     else
       [ ];
 
+  # The longest user name Linux accepts (useradd) and the longest host name (RFC 1123).
+  maxUserLength = 32;
+  maxHostLength = 63;
+  validName =
+    max: name: name != null && match namePattern name != null && builtins.stringLength name <= max;
+
   # "alice" -> { user = "alice"; part = null; }, "alice@ws" -> { user = "alice"; part = "ws"; }
   parseHomeDir =
     dir:
     let
-      m = match "(${namePattern})(@(${namePattern}))?" dir;
+      m = match "([^@]*)(@([^@]*))?" dir;
+      user = builtins.elemAt m 0;
+      part = builtins.elemAt m 2;
     in
-    if m == null then
-      throw "homes/${dir}: invalid name; use <user>, <user>@global or <user>@<host> where each name matches ${namePattern}"
+    if m == null || !(validName maxUserLength user) || !(part == null || validName maxHostLength part) then
+      throw "homes/${dir}: invalid name; use <user>, <user>@global or <user>@<host> where each name matches ${namePattern} (users at most ${toString maxUserLength} characters, hosts ${toString maxHostLength})"
     else
-      {
-        user = builtins.elemAt m 0;
-        part = builtins.elemAt m 2;
-      };
+      { inherit user part; };
 
   homeDirs = map (dir: parseHomeDir dir // { inherit dir; }) (dirsOf homesDir);
-  users = unique (map (h: h.user) (filter (h: h.part == null) homeDirs));
-  hasPart = user: part: builtins.any (h: h.user == user && h.part == part) homeDirs;
+  # user -> its parts (null for the base, "global", or a host), and host -> users with a
+  # homes/<user>@<host> part: one pass each (builtins.groupBy, Nix >= 2.5), so a thousand
+  # homes stay linear.
+  partsOf = builtins.mapAttrs (_: map (h: h.part)) (builtins.groupBy (h: h.user) homeDirs);
+  hostPartUsers = builtins.mapAttrs (_: map (h: h.user)) (
+    builtins.groupBy (h: h.part) (filter (h: h.part != null && h.part != reservedHost) homeDirs)
+  );
+  users = filter (user: hasPart user null) (attrNames partsOf);
+  hasPart = user: part: elem part (partsOf.${user} or [ ]);
   homePath = dir: homesDir + "/${dir}";
 
   checkSystem =
@@ -85,8 +97,11 @@ let
   readMeta = file: if pathExists file then import file else { };
 
   homeMeta = user: readMeta (homePath user + "/meta.nix");
-  homeSystem =
-    user: checkSystem "homes/${user}/meta.nix" ((homeMeta user).system or defaultSystem);
+  # Each home's and host's system is read once, not once per supported system.
+  homeSystems = mapToAttrs (user: {
+    name = user;
+    value = checkSystem "homes/${user}/meta.nix" ((homeMeta user).system or defaultSystem);
+  }) users;
 
   # Module list of a user's standalone home: base, then @global when present.
   standaloneModules =
@@ -127,26 +142,27 @@ let
     else
       filter (
         h:
-        if match namePattern h == null then
-          throw "systems/${h}: invalid host name; it must match ${namePattern}"
+        if !(validName maxHostLength h) then
+          throw "systems/${h}: invalid host name; it must match ${namePattern} (at most ${toString maxHostLength} characters)"
         else
           true
       ) names;
 
   hostMeta = host: readMeta (systemsDir + "/${host}/meta.nix");
-  hostSystem = host: checkSystem "systems/${host}/meta.nix" ((hostMeta host).system or defaultSystem);
+  hostSystems = mapToAttrs (host: {
+    name = host;
+    value = checkSystem "systems/${host}/meta.nix" ((hostMeta host).system or defaultSystem);
+  }) hosts;
 
   # A host's users: every user with a homes/<user>@<host> directory, plus meta.nix `users`.
   hostUsers =
     host:
-    unique (
-      map (h: h.user) (filter (h: h.part == host) homeDirs) ++ ((hostMeta host).users or [ ])
-    );
+    unique ((hostPartUsers.${host} or [ ]) ++ ((hostMeta host).users or [ ]));
 
   mkHost =
     host:
     let
-      system = hostSystem host;
+      system = hostSystems.${host};
       homes = mapToAttrs (user: {
         name = user;
         value = hostHomeModules host user;
@@ -184,7 +200,7 @@ let
 
   homeConfigurations = mapToAttrs (user: {
     name = user;
-    value = mkStandalone (homeSystem user) user;
+    value = mkStandalone homeSystems.${user} user;
   }) users;
 
   nixosConfigurations = mapToAttrs (host: {
@@ -211,10 +227,10 @@ in
       mapToAttrs (user: {
         name = "home-${user}";
         value = homeConfigurations.${user}.activationPackage;
-      }) (filter (user: homeSystem user == system) users)
+      }) (filter (user: homeSystems.${user} == system) users)
       // mapToAttrs (host: {
         name = "system-${host}";
         value = nixosConfigurations.${host}.config.system.build.toplevel;
-      }) (filter (host: hostSystem host == system) hosts);
+      }) (filter (host: hostSystems.${host} == system) hosts);
   }) supportedSystems;
 }

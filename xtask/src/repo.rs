@@ -30,11 +30,13 @@ pub const RESERVED_HOST: &str = "global";
 
 pub const NAME_RULE: &str = "a name must match [a-z_][a-z0-9_-]* (lowercase letters, digits, '_' and '-', not starting with a digit or '-')";
 
-/// POSIX user names are at most 32 bytes on Linux (useradd's limit); host names 63 (RFC 1123).
-pub const MAX_NAME_LEN: usize = 32;
+/// The longest user name Linux accepts (useradd's 32 bytes) and the longest host name
+/// (an RFC 1123 label, 63). lib/default.nix states the same limits.
+pub const MAX_USER_LEN: usize = 32;
+pub const MAX_HOST_LEN: usize = 63;
 
-/// Checks the naming rule shared by users and hosts: `[a-z_][a-z0-9_-]*`.
-pub fn validate_name(name: &str) -> Result<(), String> {
+/// The pattern every user and host name follows: `[a-z_][a-z0-9_-]*`.
+fn validate_pattern(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let Some(first) = chars.next() else {
         return Err(format!("the name is empty; {NAME_RULE}"));
@@ -51,18 +53,31 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             bad.escape_default()
         ));
     }
-    if name.len() > MAX_NAME_LEN {
+    Ok(())
+}
+
+fn validate_len(name: &str, max: usize, what: &str) -> Result<(), String> {
+    if name.len() > max {
+        // The name itself may be long; its start is enough to recognise it.
+        let start: String = name.chars().take(16).collect();
         return Err(format!(
-            "'{name}' is {} characters long; names are at most {MAX_NAME_LEN} (the Linux user name limit)",
+            "'{start}…' is {} characters long; {what} names are at most {max}",
             name.len()
         ));
     }
     Ok(())
 }
 
-/// Checks a host name: the naming rule, and not the reserved `global`.
+/// Checks a user name: the pattern, at most 32 characters (the Linux user name limit).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    validate_pattern(name)?;
+    validate_len(name, MAX_USER_LEN, "user")
+}
+
+/// Checks a host name: the pattern, at most 63 characters, and not the reserved `global`.
 pub fn validate_host_name(name: &str) -> Result<(), String> {
-    validate_name(name)?;
+    validate_pattern(name)?;
+    validate_len(name, MAX_HOST_LEN, "host")?;
     if name == RESERVED_HOST {
         return Err(format!(
             "'{RESERVED_HOST}' is reserved: homes/<user>@{RESERVED_HOST} is the standalone-only part of a home, so no host may be called that"
@@ -130,7 +145,7 @@ pub fn parse_home_dir(dir: &str) -> Result<(String, Part), String> {
             ));
         }
         Some(host) => {
-            validate_name(host).map_err(|e| format!("host part: {e}"))?;
+            validate_host_name(host).map_err(|e| format!("host part: {e}"))?;
             Part::Host(host.to_string())
         }
     };
@@ -319,9 +334,13 @@ impl User {
         parts
     }
 
-    /// The directories merged into this user's integrated home on `host`, in merge order.
+    /// The directories merged into this user's integrated home on `host`, in merge order:
+    /// the base when it exists (a user may live on a host only), then `@<host>`.
     pub fn host_parts_for(&self, host: &str) -> Vec<Part> {
-        let mut parts = vec![Part::Base];
+        let mut parts = Vec::new();
+        if self.base {
+            parts.push(Part::Base);
+        }
         if self.host_parts.iter().any(|h| h == host) {
             parts.push(Part::Host(host.to_string()));
         }
@@ -909,6 +928,12 @@ mod tests {
                 .unwrap_err()
                 .contains("at most 32")
         );
+        assert_eq!(validate_host_name(&"h".repeat(63)), Ok(()));
+        assert!(
+            validate_host_name(&"h".repeat(64))
+                .unwrap_err()
+                .contains("at most 63")
+        );
     }
 
     #[test]
@@ -988,6 +1013,16 @@ mod tests {
             vec![Part::Base, Part::Host("ws".into())]
         );
         assert_eq!(u.host_parts_for("other"), vec![Part::Base]);
+        let integrated_only = User {
+            name: "carol".into(),
+            host_parts: vec!["ws".into()],
+            ..User::default()
+        };
+        assert_eq!(
+            integrated_only.host_parts_for("ws"),
+            vec![Part::Host("ws".into())]
+        );
+        assert!(integrated_only.host_parts_for("other").is_empty());
         let plain = User {
             name: "bob".into(),
             base: true,

@@ -135,6 +135,24 @@ fn reserved_and_invalid_names_fail_evaluation_with_the_path() {
         stderr.contains("homes/Alice") && stderr.contains("[a-z_][a-z0-9_-]*"),
         "{stderr}"
     );
+
+    // The same rules as the repo model: lengths (users 32, hosts 63) and the parts.
+    let long = "a".repeat(33);
+    for dir in [long.as_str(), "bob@", "@x", "x@global@y"] {
+        let f = Fixture::new();
+        f.home_module("alice", "{ }\n")
+            .home_module(dir, "{ }\n")
+            .commit();
+        let stderr = nix_eval(&f, "homeConfigurations", "builtins.attrNames").unwrap_err();
+        assert!(
+            stderr.contains(&format!("homes/{dir}")) && stderr.contains("at most 32"),
+            "{dir}: {stderr}"
+        );
+    }
+    let f = Fixture::new();
+    f.host(&"h".repeat(64), None).commit();
+    let stderr = nix_eval(&f, "nixosConfigurations", "builtins.attrNames").unwrap_err();
+    assert!(stderr.contains("at most 63"), "{stderr}");
 }
 
 #[test]

@@ -238,8 +238,9 @@ impl Scaffold {
     }
 }
 
-/// One nix process for every attribute: `getFlake` reads the flake as `nix eval ROOT#…`
-/// would (tracked and intent-to-add files only), and a list holds all the results. It
+/// One nix process for every attribute: `getFlake` of `nix::flake_ref` reads the flake as
+/// `nix eval ROOT#…` would (tracked and intent-to-add files only, on every nix version),
+/// and a list holds all the results. It
 /// also names outputs exactly: `nix eval ROOT#homeConfigurations.bob` would first try
 /// `legacyPackages.<this system>.homeConfigurations.bob`, which lib/ provides, and so
 /// ignore the system in homes/bob/meta.nix.
@@ -247,7 +248,7 @@ fn eval_expr(root: &Path, attrs: &[String]) -> String {
     let items: String = attrs.iter().map(|a| format!(" f.{a}")).collect();
     format!(
         "let f = builtins.getFlake {}; in [{items} ]",
-        repo::nix_string(&root.display().to_string())
+        repo::nix_string(&nix::flake_ref(root))
     )
 }
 

@@ -294,7 +294,6 @@ fn targets(
                     dirs.extend(
                         u.host_parts_for(host)
                             .iter()
-                            .filter(|p| **p != repo::Part::Base || u.base)
                             .map(|p| format!("homes/{}", repo::home_dir_name(&user, p))),
                     );
                 }

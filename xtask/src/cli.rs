@@ -98,7 +98,8 @@ pub struct Check {
     /// Treat warnings as errors.
     #[arg(long)]
     pub deny_warnings: bool,
-    /// Only run the static lint (no nix evaluation).
+    /// Only the static lint: names, layout, untracked files and meta.nix (read by one small
+    /// nix call, skipped with a warning when nix is missing); no home or host is evaluated.
     #[arg(long)]
     pub lint_only: bool,
 }

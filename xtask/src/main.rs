@@ -52,6 +52,19 @@ impl std::fmt::Display for Reported {
 
 impl std::error::Error for Reported {}
 
+/// A bad value for a flag that clap cannot check (e.g. `--only` naming no home or host):
+/// exit 2, like clap's own usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() -> ExitCode {
     // clap exits with 2 on usage errors and 0 for --help.
     let cli = cli::Cli::parse();
@@ -60,6 +73,9 @@ fn main() -> ExitCode {
         Err(e) => {
             if e.downcast_ref::<Reported>().is_none() {
                 term::error(&format!("{e:#}"));
+            }
+            if e.downcast_ref::<UsageError>().is_some() {
+                return ExitCode::from(2);
             }
             ExitCode::FAILURE
         }

@@ -440,11 +440,12 @@ fn only_limits_evaluation_and_rejects_unknown_names() {
     run.stderr_has("in 1 home, 1 host");
     let run = f.xtask(&["check", "--only", "alice,ws"]);
     run.success();
+    // A flag value that names nothing is a usage error: exit 2.
     let run = f.xtask(&["check", "--only", "alice,nosuch"]);
-    run.failure(1)
+    run.failure(2)
         .stderr_has("--only: nosuch is neither a home (homes/<name>) nor a host (systems/<name>)")
         .stderr_has("known names: alice, bob, carl, ws");
-    // Usage errors are clap's: exit 2.
+    // And so are clap's own.
     f.xtask(&["check", "--format", "xml"]).failure(2);
 }
 
@@ -456,6 +457,20 @@ fn lint_only_does_not_evaluate() {
     let run = f.xtask(&["check", "--lint-only"]);
     run.success()
         .stderr_has("check: 0 errors, 0 warnings in 2 homes, 1 host");
+}
+
+#[test]
+fn lint_only_runs_without_nix_and_says_what_it_skipped() {
+    let f = clean_fixture();
+    f.home_module("bob@nohost", "{ }\n").commit();
+    // Only git on PATH: a pre-commit hook on a machine without nix.
+    let bin = common::path_with_git_only();
+    let mut cmd = f.command(&["check", "--lint-only"]);
+    cmd.env("PATH", bin.path());
+    let run = common::run(cmd.output().unwrap());
+    run.failure(1)
+        .stderr_has("homes/bob@nohost: host 'nohost' has no systems/nohost")
+        .stderr_has("meta.nix files were not read: nix is not on PATH");
 }
 
 #[test]

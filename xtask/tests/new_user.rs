@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{fs, os::unix::fs::symlink, process::Command};
+use std::{fs, process::Command};
 
 use common::{Fixture, NIX_CONFIG};
 use serde_json::{Value, json};
@@ -356,17 +356,10 @@ fn an_evaluation_error_names_the_file_and_line_and_the_files_stay() {
 #[test]
 fn without_nix_the_scaffold_succeeds_with_a_warning() {
     let f = Fixture::new();
-    // A PATH with git only.
-    let bin = f.home.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    let git = std::env::split_paths(&std::env::var_os("PATH").unwrap())
-        .map(|d| d.join("git"))
-        .find(|p| p.is_file())
-        .unwrap();
-    symlink(git, bin.join("git")).unwrap();
+    let bin = common::path_with_git_only();
     let out = f
         .command(&["new-user", "bob"])
-        .env("PATH", &bin)
+        .env("PATH", bin.path())
         .output()
         .unwrap();
     common::run(out)

@@ -6,7 +6,7 @@ mod eval;
 
 use std::{collections::BTreeSet, time::Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::{
     Ctx,
@@ -47,7 +47,13 @@ impl Check {
         let mut notes = Vec::new();
         let mut findings: Vec<Finding>;
         if self.lint_only {
-            repo.load_meta(&nix)?;
+            // The lint must run where nix cannot (a pre-commit hook on a fresh machine);
+            // only meta.nix needs nix, so without it that part is skipped, and said so.
+            if nix::find_on_path("nix").is_some() {
+                repo.load_meta(&nix)?;
+            } else {
+                notes.push("meta.nix files were not read: nix is not on PATH".to_string());
+            }
             let untracked = repo::untracked_nix_findings(&repo.root);
             findings = repo.findings.iter().chain(&untracked).cloned().collect();
         } else {
@@ -212,7 +218,8 @@ impl Selection {
                 .chain(repo.hosts.keys())
                 .cloned()
                 .collect();
-            bail!(
+            // A flag value naming nothing is a usage error (exit 2), like a bad flag.
+            return Err(crate::UsageError(format!(
                 "--only: {} {} neither a home (homes/<name>) nor a host (systems/<name>); known names: {} (cargo xtask list shows them)",
                 unknown.join(", "),
                 if unknown.len() == 1 { "is" } else { "are" },
@@ -221,7 +228,8 @@ impl Selection {
                 } else {
                     known.join(", ")
                 }
-            );
+            ))
+            .into());
         }
         Ok(sel)
     }
@@ -347,12 +355,14 @@ fn evaluate(
         });
         return Vec::new();
     }
+    // A set: with --all-systems a thousand homes are four thousand targets.
+    let wanted: BTreeSet<&Target> = wanted.iter().collect();
     let mut ok = Vec::new();
     // Group failures by message, keeping the order of first appearance.
     let mut groups: Vec<(&eval::Failure, Vec<&Target>)> = Vec::new();
     let mut unevaluated: Vec<(&eval::Failure, Vec<&Target>)> = Vec::new();
     for (t, outcome) in evaluated.iter().zip(&result.outcomes) {
-        if !wanted.contains(t) {
+        if !wanted.contains(&t) {
             continue;
         }
         match outcome {

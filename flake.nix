@@ -1,7 +1,7 @@
 {
   description = "homelab: NixOS hosts and Home Manager homes, deployed with cargo xtask";
 
-  # flake.lock is created by the first `nix flake lock` (or `cargo xtask update`) with network.
+  # flake.lock is created by the first `nix flake lock` on a machine with network; commit it.
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
     home-manager = {

@@ -346,8 +346,9 @@ fn evaluate(
                 if nix::cannot_run(&err.message) {
                     "nix could not fetch or lock the flake's inputs (no network?); run `nix flake lock` where the network is reachable and commit flake.lock".to_string()
                 } else {
+                    // attrNames: reproduce the failure without printing whole configurations.
                     format!(
-                        "fix the error nix names; nix eval {} --show-trace reproduces it",
+                        "fix the error nix names; nix eval {} --apply builtins.attrNames --show-trace reproduces it",
                         nix::installable(&repo.root, "nixosConfigurations")
                     )
                 },

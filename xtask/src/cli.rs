@@ -54,7 +54,7 @@ pub enum Task {
     NewHost(NewHost),
     /// Run what CI runs: cargo fmt --check, clippy -D warnings, the test suite.
     Test(Test),
-    /// Measure the figures the issues name, against the plain nix commands in the same run.
+    /// Measure the xtask's overhead on generated fixtures, as ratios to plain nix run alongside.
     Bench(Bench),
 }
 

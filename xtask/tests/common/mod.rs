@@ -24,8 +24,10 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// Offline nix for tests: no substituters (the machine has no network), no dirty-tree noise.
-pub const NIX_CONFIG: &str = "substituters =\nwarn-dirty = false\n";
+/// Offline nix for tests: no substituters (the machine has no network), no dirty-tree
+/// noise, and no build sandbox: the stub builders use the host's /bin/sh and coreutils,
+/// which a sandbox hides (honoured for root and trusted users; others set it in nix.conf).
+pub const NIX_CONFIG: &str = "substituters =\nwarn-dirty = false\nsandbox = false\n";
 
 pub struct Fixture {
     _tmp: TempDir,

@@ -44,6 +44,10 @@ pub struct Bencher {
     pub root: PathBuf,
 }
 
+/// Offline nix for the fixtures, as in the tests (xtask/tests/common): no substituters,
+/// and no build sandbox, since the stub builders use the host's /bin/sh and coreutils.
+pub const NIX_CONFIG: &str = "substituters =\nwarn-dirty = false\nsandbox = false\n";
+
 /// A scratch directory under the system temp dir, removed when dropped (the xtask has no
 /// tempfile dependency outside tests).
 pub struct Scratch(pub PathBuf);
@@ -138,8 +142,7 @@ impl Bencher {
     /// The xtask binary, run in `dir` with offline nix settings.
     pub fn xtask(&self, dir: &Path) -> Command {
         let mut cmd = Command::new(&self.xtask);
-        cmd.current_dir(dir)
-            .env("NIX_CONFIG", "substituters =\nwarn-dirty = false\n");
+        cmd.current_dir(dir).env("NIX_CONFIG", NIX_CONFIG);
         cmd
     }
 
@@ -147,7 +150,7 @@ impl Bencher {
     pub fn nix(&self, dir: &Path) -> Command {
         let mut cmd = Command::new("nix");
         cmd.current_dir(dir)
-            .env("NIX_CONFIG", "substituters =\nwarn-dirty = false\n")
+            .env("NIX_CONFIG", NIX_CONFIG)
             .args(["--extra-experimental-features", crate::nix::FEATURES]);
         cmd
     }

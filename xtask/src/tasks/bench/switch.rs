@@ -56,7 +56,7 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
         cmd.current_dir(&root)
             .env("HOME", &home)
             .env("USER", USER)
-            .env("NIX_CONFIG", "substituters =\nwarn-dirty = false\n")
+            .env("NIX_CONFIG", super::NIX_CONFIG)
             .env_remove("XDG_STATE_HOME");
     };
     let floor_run = || {

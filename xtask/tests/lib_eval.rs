@@ -208,3 +208,65 @@ fn generation_has_the_contract_layout() {
     assert_eq!(std::fs::read_to_string(files.join(".g")).unwrap(), "g");
     assert!(!files.join(".w").exists());
 }
+
+/// The real flake.nix, with its inputs replaced by stand-ins that record what they are
+/// given: its wiring (defaults read from Cargo.toml, builders, the Home Manager module)
+/// is checked without fetching nixpkgs or Home Manager.
+#[test]
+fn real_flake_wires_inputs_into_lib() {
+    let root = common::repo_root();
+    let expr = format!(
+        r#"let
+  flake = import {root}/flake.nix;
+  nixpkgs = {{
+    legacyPackages = builtins.mapAttrs (system: _: {{ pkgsFor = system; }}) {{
+      x86_64-linux = 1; aarch64-linux = 1; x86_64-darwin = 1; aarch64-darwin = 1;
+    }};
+    lib.nixosSystem = args: {{ nixosArgs = args; }};
+  }};
+  home-manager = {{
+    lib.homeManagerConfiguration = args: {{ hmArgs = args; }};
+    nixosModules.home-manager = "the-hm-module";
+  }};
+  out = flake.outputs {{ self = out; inherit nixpkgs home-manager; }};
+  alice = out.homeConfigurations.alice.hmArgs;
+  ws = out.nixosConfigurations.workstation.nixosArgs;
+in {{
+  homes = builtins.attrNames out.homeConfigurations;
+  hosts = builtins.attrNames out.nixosConfigurations;
+  alicePkgs = alice.pkgs.pkgsFor;
+  aliceModules = map (m: if builtins.isPath m then baseNameOf m else "fn") alice.modules;
+  darwinPkgs = out.legacyPackages.aarch64-darwin.homeConfigurations.alice.hmArgs.pkgs.pkgsFor;
+  wsSystem = ws.system;
+  wsHasHm = builtins.elem "the-hm-module" ws.modules;
+  inputs = builtins.attrNames flake.inputs;
+}}"#,
+        root = root.display()
+    );
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--json",
+            "--impure",
+        ])
+        .args(["--expr", &expr])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["homes"], json!(["alice", "bob"]));
+    assert_eq!(v["hosts"], json!(["workstation"]));
+    assert_eq!(v["alicePkgs"], "x86_64-linux");
+    assert_eq!(v["aliceModules"], json!(["alice", "alice@global", "fn"]));
+    assert_eq!(v["darwinPkgs"], "aarch64-darwin");
+    assert_eq!(v["wsSystem"], "x86_64-linux");
+    assert_eq!(v["wsHasHm"], true);
+    assert_eq!(v["inputs"], json!(["home-manager", "nixpkgs"]));
+}

@@ -406,7 +406,7 @@ fn a_failed_activation_leaves_the_previous_generation_active() {
     f.xtask(&["switch"])
         .failure(1)
         .stderr_has("boom")
-        .stderr_has("generation 1 is active again");
+        .stderr_has("restored generation 1: it is active again");
     assert_eq!(current_link(&f), "home-manager-1-link");
     assert_eq!(read(&f.home.join(".bashrc")), "one\n");
     // The next switch works (the lock was released, the state is consistent).
@@ -531,4 +531,113 @@ fn a_backup_command_replaces_the_extension() {
     assert_eq!(read(&f.home.join(".bashrc.saved")), "mine\n");
     assert_eq!(read(&f.home.join(".bashrc.bak")), "older\n");
     assert!(is_hm_link(&f.home.join(".bashrc")));
+}
+
+/// The fixture's home with `.bashrc` = `bashrc` and an activation hook that writes
+/// `marker` and then sleeps, so a test can stop the switch in the middle of activation.
+fn slow_home(f: &Fixture, bashrc: &str, marker: &Path) {
+    let home = nix_str(&f.home.display().to_string());
+    let hook = nix_str(&format!("touch '{}'; sleep 60", marker.display()));
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = {};\n  home.activation.slow = {hook};\n}}\n",
+            nix_str(bashrc)
+        ),
+    )
+    .commit();
+}
+
+/// Runs `switch` in its own process group (as a shell runs a job in the terminal), waits
+/// until the slow hook runs, and sends `signal` to the whole group, as Ctrl-C (INT) does.
+fn switch_stopped_by(f: &Fixture, signal: &str, marker: &Path) -> common::Run {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = f.command(&["switch"]);
+    cmd.process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the activation hook never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} failed");
+    common::run(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn an_interrupted_switch_restores_the_previous_generation() {
+    let f = fixture(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    let marker = f.root.parent().unwrap().join("hook-started");
+    slow_home(&f, "two\n", &marker);
+
+    switch_stopped_by(&f, "-INT", &marker)
+        .failure(1)
+        .stderr_has("interrupted:")
+        .stderr_has("restored generation 1");
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "one\n");
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+    let root = f
+        .home
+        .join(".local/state/home-manager/gcroots/current-home");
+    assert_eq!(
+        fs::read_link(root).unwrap(),
+        fs::read_link(profiles(&f).join("home-manager-1-link")).unwrap()
+    );
+
+    // The next switch works, and no warning about an unfinished one.
+    f.home_with_files(&f.user, &[(".bashrc", "three\n")])
+        .commit();
+    let run = f.xtask(&["switch"]);
+    run.success();
+    assert!(!run.stderr.contains("killed before"), "{}", run.stderr);
+    assert_eq!(read(&f.home.join(".bashrc")), "three\n");
+}
+
+#[test]
+fn an_interrupted_first_switch_removes_its_profile_links() {
+    let f = fixture(&[]);
+    let marker = f.root.parent().unwrap().join("hook-started");
+    slow_home(&f, "one\n", &marker);
+
+    switch_stopped_by(&f, "-INT", &marker)
+        .failure(1)
+        .stderr_has("interrupted:")
+        .stderr_has("profile links were removed");
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager-1-link")).is_err());
+
+    f.home_with_files(&f.user, &[(".bashrc", "two\n")]).commit();
+    f.xtask(&["switch"]).success();
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
+}
+
+#[test]
+fn a_killed_switch_is_noticed_and_repaired_by_the_next() {
+    let f = fixture(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    let marker = f.root.parent().unwrap().join("hook-started");
+    slow_home(&f, "two\n", &marker);
+    // SIGKILL cannot be caught: the profile is left at generation 2, activation unfinished.
+    switch_stopped_by(&f, "-KILL", &marker);
+    assert_eq!(current_link(&f), "home-manager-2-link");
+
+    f.home_with_files(&f.user, &[(".bashrc", "three\n")])
+        .commit();
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("killed before it finished");
+    assert_eq!(current_link(&f), "home-manager-3-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "three\n");
 }

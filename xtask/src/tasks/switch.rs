@@ -16,7 +16,7 @@ use crate::{
     Ctx, Reported,
     cli::Switch,
     nix,
-    profile::{self, Activation, Backup, Preflight, Profile, UserEnv},
+    profile::{self, Activation, Backup, Preflight, UserEnv},
     repo, term,
 };
 
@@ -91,6 +91,16 @@ impl Switch {
                 profile.dir.display()
             ));
         }
+        if let Some((profiled, active)) = profile::activation_mismatch(&env, &profile) {
+            term::warning(&format!(
+                "the profile names {} but the last completed activation was {}: an earlier switch or rollback was killed before it finished; this switch makes them agree again",
+                profiled.display(),
+                active.map_or_else(
+                    || "none (no gcroots/current-home)".into(),
+                    |a| a.display().to_string()
+                )
+            ));
+        }
         let start = Instant::now();
         // The lock is held to the end, so no other switch changes $HOME between the check
         // and the activation it vouches for. A dry run takes none.
@@ -117,9 +127,9 @@ impl Switch {
             return Err(Reported.into());
         }
 
-        // The contract: a generation with gen-version leaves the profile to the driver; an
-        // old-style one manages it itself.
-        let manages_profile = generation.join("gen-version").exists();
+        // The contract: a generation with gen-version leaves the profile to the driver (us);
+        // an old-style one (no gen-version) sets it itself from its `activate`.
+        let driver_sets_profile = generation.join("gen-version").exists();
         let set_profile = ctx.nix().tool("nix-env").map(|c| {
             c.arg("--profile")
                 .arg(profile.link())
@@ -138,7 +148,7 @@ impl Switch {
                 profile::shell_quote(&profile.dir.display().to_string())
             ));
         }
-        if manages_profile {
+        if driver_sets_profile {
             commands.push(
                 set_profile
                     .as_ref()
@@ -162,17 +172,43 @@ impl Switch {
                 })?;
             }
             let previous = profile.current_id();
-            if manages_profile {
-                nix::run_step(set_profile?, false)
-                    .context("setting the profile to the new generation")?;
-            }
-            if let Err(e) = activation.run() {
+            // From here until the new generation (or the previous one again) is active,
+            // Ctrl-C and SIGTERM stop only the child that runs, and we restore.
+            let critical = profile::Critical::enter();
+            let interrupted =
+                "interrupted: the switch was stopped before the new generation was active";
+            if driver_sets_profile && let Err(e) = nix::run_step(set_profile?, false) {
+                if !critical.interrupted() {
+                    // nix-env changes the profile atomically: it is still the old one.
+                    return Err(e.context("setting the profile to the new generation"));
+                }
                 term::error(&format!("{e:#}"));
-                if manages_profile {
-                    restore(ctx, &profile, previous, &backup)?;
+                profile::restore(ctx, &profile, previous, &backup, interrupted)?;
+                return Err(Reported.into());
+            }
+            // A signal between the two steps: do not start the activation at all.
+            let activated = if critical.interrupted() {
+                Err(anyhow::anyhow!("interrupted before activation started"))
+            } else {
+                activation.run()
+            };
+            if let Err(e) = activated {
+                term::error(&format!("{e:#}"));
+                let what = if critical.interrupted() {
+                    interrupted
+                } else {
+                    "the new generation failed to activate"
+                };
+                if driver_sets_profile {
+                    profile::restore(ctx, &profile, previous, &backup, what)?;
+                } else {
+                    term::error(&format!(
+                        "{what}; this old-style generation manages the profile itself, so check `cargo xtask generations`"
+                    ));
                 }
                 return Err(Reported.into());
             }
+            drop(critical);
             term::info(&format!(
                 "{} {user}'s home to {} (generation {})",
                 term::paint(term::Style::Green, "switched"),
@@ -381,46 +417,6 @@ fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
             env.home.display(),
             env.home.display()
         );
-    }
-    Ok(())
-}
-
-/// After a failed activation: the profile back to the previous generation, and that
-/// generation activated again so `$HOME` matches it; or, on a first install, no profile.
-fn restore(ctx: &Ctx, profile: &Profile, previous: Option<u64>, backup: &Backup) -> Result<()> {
-    let Some(id) = previous else {
-        // First install: remove the links this switch made, so the next one starts clean.
-        if let Some(new) = profile.current_id() {
-            let _ = fs::remove_file(profile.dir.join(format!("home-manager-{new}-link")));
-        }
-        let _ = fs::remove_file(profile.link());
-        term::error(
-            "the first switch failed; its profile links were removed again. Files linked before the failure stay; fix the error above and switch again",
-        );
-        return Ok(());
-    };
-    let back = ctx
-        .nix()
-        .tool("nix-env")?
-        .arg("--profile")
-        .arg(profile.link())
-        .arg("--switch-generation")
-        .arg(id.to_string());
-    nix::run_step(back, false).context("setting the profile back to the previous generation")?;
-    let script = profile.dir.join(format!("home-manager-{id}-link/activate"));
-    match (Activation {
-        script,
-        backup,
-        verbose: ctx.verbose,
-    })
-    .run()
-    {
-        Ok(()) => term::error(&format!(
-            "the new generation failed to activate; generation {id} is active again (profile and $HOME). Fix the error above and switch again"
-        )),
-        Err(e) => term::error(&format!(
-            "the new generation failed to activate and re-activating generation {id} failed too ({e:#}); the profile is at generation {id}; run `cargo xtask rollback --to {id}` after fixing the cause"
-        )),
     }
     Ok(())
 }

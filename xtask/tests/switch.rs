@@ -641,3 +641,17 @@ fn a_killed_switch_is_noticed_and_repaired_by_the_next() {
     assert_eq!(current_link(&f), "home-manager-3-link");
     assert_eq!(read(&f.home.join(".bashrc")), "three\n");
 }
+
+#[test]
+fn a_home_reached_through_a_symlink_is_the_same_home() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    // $HOME names a link to the directory home.homeDirectory names: the same directory,
+    // which is what Home Manager's own check (`-ef`) accepts.
+    let link = f.root.parent().unwrap().join("home-link");
+    symlink(&f.home, &link).unwrap();
+    let mut cmd = f.command(&["switch"]);
+    cmd.env("HOME", &link);
+    common::run(cmd.output().unwrap()).success();
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+    assert_eq!(read(&f.home.join(".bashrc")), "managed\n");
+}

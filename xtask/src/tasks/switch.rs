@@ -402,7 +402,7 @@ fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
         );
     }
     if let Some(h) = &expected.home_directory
-        && Path::new(h) != env.home
+        && !same_directory(Path::new(h), &env.home)
     {
         let mac = if cfg!(target_os = "macos") {
             format!(
@@ -419,6 +419,18 @@ fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `a` and `b` name the same directory, as Home Manager's `checkHomeDirectory`
+/// tests it (`[[ $HOME -ef $expected ]]`: same device and inode), so a `$HOME` reached
+/// through a symlink or a bind mount passes. When one side does not exist the names are
+/// compared, which is all that is left to compare.
+fn same_directory(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
+    }
 }
 
 /// Prints the journal of a failed `home-manager-<user>.service` of this machine.
@@ -443,5 +455,23 @@ fn show_failed_home_unit(ctx: &Ctx, user: &str) {
         Err(e) => term::warning(&format!(
             "could not read the journal ({e}); run journalctl -u {unit} -n 50"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_directory_is_by_inode_then_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let (real, link) = (t.path().join("real"), t.path().join("link"));
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(same_directory(&real, &link));
+        assert!(!same_directory(&real, t.path()));
+        let gone = t.path().join("gone");
+        assert!(same_directory(&gone, &gone));
+        assert!(!same_directory(&gone, &real));
     }
 }

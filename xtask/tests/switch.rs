@@ -655,3 +655,34 @@ fn a_home_reached_through_a_symlink_is_the_same_home() {
     assert!(is_hm_link(&f.home.join(".bashrc")));
     assert_eq!(read(&f.home.join(".bashrc")), "managed\n");
 }
+
+#[test]
+fn a_failed_rollback_reactivates_the_current_generation() {
+    let f = fixture(&[]);
+    // Generation 1's activation fails once `refuse` exists, after it linked its files:
+    // the rollback must put $HOME back to generation 2, not only the profile.
+    let refuse = f.root.parent().unwrap().join("refuse");
+    let home = nix_str(&f.home.display().to_string());
+    let hook = nix_str(&format!(
+        "if [ -e '{}' ]; then echo 'hook refuses' >&2; exit 1; fi",
+        refuse.display()
+    ));
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = \"one\\n\";\n  home.activation.refuse = {hook};\n}}\n"
+        ),
+    )
+    .commit();
+    f.xtask(&["switch"]).success();
+    f.home_with_files(&f.user, &[(".bashrc", "two\n")]).commit();
+    f.xtask(&["switch"]).success();
+    fs::write(&refuse, "").unwrap();
+
+    f.xtask(&["rollback"])
+        .failure(1)
+        .stderr_has("hook refuses")
+        .stderr_has("generation 1 failed to activate; restored generation 2");
+    assert_eq!(current_link(&f), "home-manager-2-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
+}

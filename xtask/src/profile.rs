@@ -36,6 +36,13 @@ impl UserEnv {
         let user = env::var("USER")
             .or_else(|_| env::var("LOGNAME"))
             .context("neither USER nor LOGNAME is set; set USER to your login name")?;
+        // The name becomes part of paths (the per-user profile directory), so it must be
+        // a name a home can have before any path is built from it (`USER=../x`).
+        crate::repo::validate_name(&user).map_err(|e| {
+            anyhow::anyhow!(
+                "$USER (or $LOGNAME) is not a user name a home can have: {e}; set USER to your login name"
+            )
+        })?;
         let home = env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .map(PathBuf::from)

@@ -128,3 +128,32 @@ fn gc_refuses_to_keep_nothing() {
         .stderr_has("keep at least 1");
     assert_eq!(generation_ids(&f), vec![1]);
 }
+
+#[test]
+fn user_names_are_checked_before_any_path_is_built() {
+    let f = Fixture::with_home_files(&[(".v", "1\n")]);
+    f.xtask(&["switch"]).success();
+    let before = Fixture::tree_digest(&f.home);
+    for task in [
+        "generations",
+        "rollback",
+        "gc",
+        "diff",
+        "switch",
+        "build-home",
+    ] {
+        f.xtask(&[task, "../x"])
+            .failure(1)
+            .stderr_has("a name must match [a-z_][a-z0-9_-]*");
+        assert_eq!(Fixture::tree_digest(&f.home), before, "{task} ../x");
+    }
+    for task in ["generations", "rollback", "gc", "switch"] {
+        let mut cmd = f.command(&[task]);
+        cmd.env("USER", "../x");
+        common::run(cmd.output().unwrap())
+            .failure(1)
+            .stderr_has("$USER (or $LOGNAME) is not a user name")
+            .stderr_has("a name must match [a-z_][a-z0-9_-]*");
+        assert_eq!(Fixture::tree_digest(&f.home), before, "USER=../x {task}");
+    }
+}

@@ -328,7 +328,12 @@ impl Drop for WorkDir {
 
 /// Only the user may switch their own home: `activate` checks `$USER`, writes with the
 /// caller's ownership and uses the caller's profile.
+/// It also checks `user` against the naming rule, since callers build profile paths and
+/// flake attributes from it (`generations ../x`).
 pub fn check_runner(user: &str, env: &UserEnv) -> Result<()> {
+    repo::validate_name(user).map_err(|e| {
+        anyhow::anyhow!("{user} is not a user name a home can have: {e}; name a home in homes/")
+    })?;
     if user == env.user {
         return Ok(());
     }

@@ -498,6 +498,16 @@ fn switch_host_builds_the_nixos_rebuild_command() {
     run.success()
         .stdout_has(&expected)
         .stderr_has("host ws: aarch64-linux");
+    // Standalone-only flags are usage errors with --host, not silently ignored.
+    for flag in [
+        &["-b", "old"][..],
+        &["--json"],
+        &["--system", "x86_64-linux"],
+    ] {
+        let mut args = vec!["switch", "--host", "ws", "--dry-run"];
+        args.extend_from_slice(flag);
+        f.xtask(&args).failure(2).stderr_has("cannot be used with");
+    }
     f.xtask(&["switch", "--host", "nope", "--dry-run"])
         .failure(1)
         .stderr_has("there is no host nope");

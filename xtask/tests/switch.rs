@@ -125,6 +125,20 @@ fn an_existing_backup_blocks_and_nothing_changes() {
         .stderr_has("nothing was changed");
     assert_eq!(Fixture::tree_digest(&f.home), before);
 
+    // --json: the report with its blockers on stdout, still exit 1, still nothing changed.
+    let run = f.xtask(&["switch", "--json"]);
+    run.failure(1);
+    let v = run.json();
+    let blockers = v["preflight"]["blockers"].as_array().unwrap();
+    assert_eq!(blockers.len(), 1, "{v}");
+    assert_eq!(blockers[0]["kind"], "backup-exists");
+    assert_eq!(
+        blockers[0]["backup"],
+        f.home.join(".bashrc.bak").display().to_string()
+    );
+    assert_eq!(v["commands"], serde_json::json!([]));
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+
     // The flag the message names resolves it: the old backup is replaced.
     f.xtask(&["switch", "--overwrite-backup"]).success();
     assert_eq!(read(&f.home.join(".bashrc.bak")), "mine\n");

@@ -119,7 +119,24 @@ impl Switch {
             ));
         }
         pf.print(&env);
+        let report = |commands: Vec<String>| -> Result<()> {
+            if self.json {
+                let report = Report {
+                    user: &user,
+                    system: &system,
+                    generation: &generation,
+                    profile: profile.link(),
+                    dry_run: self.dry_run,
+                    commands,
+                    preflight: &pf,
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        };
         if !pf.blockers.is_empty() {
+            // A script reading --json needs the blockers most of all; nothing would run.
+            report(Vec::new())?;
             term::error(&format!(
                 "{} file(s) block the switch; nothing was changed. Resolve them as said above and switch again",
                 pf.blockers.len()
@@ -216,19 +233,7 @@ impl Switch {
                 profile.current_id().map_or("?".into(), |i| i.to_string())
             ));
         }
-        if self.json {
-            let report = Report {
-                user: &user,
-                system: &system,
-                generation: &generation,
-                profile: profile.link(),
-                dry_run: self.dry_run,
-                commands,
-                preflight: &pf,
-            };
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
-        Ok(())
+        report(commands)
     }
 
     fn run_host(&self, ctx: &Ctx, host: &str) -> Result<()> {

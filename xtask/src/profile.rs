@@ -430,6 +430,24 @@ pub struct Backup {
 }
 
 impl Backup {
+    /// The one way switch, rollback and diff decide how conflicting files are handled:
+    /// `-b EXT` or else the repo's `backup-extension` (an empty one means none), the
+    /// backup command (empty = none) and whether an existing backup may be replaced.
+    pub fn new(
+        defaults: &crate::repo::Defaults,
+        ext: Option<&str>,
+        command: Option<&str>,
+        overwrite: bool,
+    ) -> Backup {
+        Backup {
+            ext: Some(ext.unwrap_or(&defaults.backup_extension))
+                .filter(|e| !e.is_empty())
+                .map(str::to_string),
+            command: command.filter(|c| !c.is_empty()).map(str::to_string),
+            overwrite,
+        }
+    }
+
     /// The variables `activate` reads, in the order they are shown.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut vars = Vec::new();
@@ -939,6 +957,25 @@ mod tests {
         assert!(pf.blockers.contains(&Blocker::Clobber {
             target: home.join(".differs")
         }));
+    }
+
+    #[test]
+    fn backup_settings() {
+        let defaults = crate::repo::Defaults::default();
+        let b = Backup::new(&defaults, None, Some(""), false);
+        assert_eq!(b.ext.as_deref(), Some("bak"));
+        assert_eq!(b.command, None);
+        let b = Backup::new(&defaults, Some("old"), Some("mv -n"), true);
+        assert_eq!(
+            b.env(),
+            [
+                ("HOME_MANAGER_BACKUP_EXT", "old".to_string()),
+                ("HOME_MANAGER_BACKUP_COMMAND", "mv -n".to_string()),
+                ("HOME_MANAGER_BACKUP_OVERWRITE", "1".to_string()),
+            ]
+        );
+        // An empty extension (flag or repo default) means no backups.
+        assert_eq!(Backup::new(&defaults, Some(""), None, false).ext, None);
     }
 
     #[test]

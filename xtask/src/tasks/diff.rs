@@ -92,10 +92,8 @@ impl Diff {
             })
             .collect();
 
-        let backup = Backup {
-            ext: Some(repo.defaults.backup_extension.clone()).filter(|e| !e.is_empty()),
-            ..Backup::default()
-        };
+        // What a plain `switch` would do.
+        let backup = Backup::new(&repo.defaults, None, None, false);
         let pf = profile::preflight(&generation.join("home-files"), &env.home, &backup)?;
 
         // Package changes come from nix itself; its output is the familiar one.

@@ -43,10 +43,8 @@ impl Rollback {
                 format!("nothing to roll back to: generation {current} is the oldest one left (generations: {})", ids())
             })?,
         };
-        let backup = Backup {
-            ext: Some(Defaults::load(&ctx.root)?.backup_extension).filter(|e| !e.is_empty()),
-            ..Backup::default()
-        };
+        // Only the repo defaults (Cargo.toml), not the whole layout: rollback builds nothing.
+        let backup = Backup::new(&Defaults::load(&ctx.root)?, None, None, false);
         // Activation would refuse the same files; checking first keeps the profile unchanged.
         let (pf, _lock) = profile::preflight_and_lock(
             &env,

@@ -57,15 +57,12 @@ impl Switch {
         if !self.force_standalone {
             check_not_integrated(&user)?;
         }
-        let backup = Backup {
-            ext: self
-                .backup_extension
-                .clone()
-                .or_else(|| Some(repo.defaults.backup_extension.clone()))
-                .filter(|e| !e.is_empty()),
-            command: self.backup_command.clone().filter(|c| !c.is_empty()),
-            overwrite: self.overwrite_backup,
-        };
+        let backup = Backup::new(
+            &repo.defaults,
+            self.backup_extension.as_deref(),
+            self.backup_command.as_deref(),
+            self.overwrite_backup,
+        );
 
         // Built with an out-link in a private directory, as `home-manager switch` does, so a
         // collection cannot remove the generation mid-switch.

@@ -20,7 +20,7 @@ use crate::{
     repo, term,
 };
 
-use super::build_home::{build_generation, pick_system, standalone_user};
+use super::build_home::{OutLinkDir, build_generation, pick_system, standalone_user};
 
 /// Where NixOS puts the units it generates; `XTASK_SYSTEMD_UNIT_DIR` replaces it, for tests
 /// only (they cannot write to /etc).
@@ -66,8 +66,8 @@ impl Switch {
 
         // Built with an out-link in a private directory, as `home-manager switch` does, so a
         // collection cannot remove the generation mid-switch.
-        let work = WorkDir::new()?;
-        let generation = build_generation(ctx, &user, &system, &work.0.join("generation"))?;
+        let work = OutLinkDir::new("switch")?;
+        let generation = build_generation(ctx, &user, &system, &work.link())?;
         let active = match &self.specialisation {
             None => generation.clone(),
             Some(name) => specialisation(&generation, name)?,
@@ -306,25 +306,6 @@ impl Switch {
             return Err(e.context(format!("nixos-rebuild switch of {host} failed")));
         }
         Ok(())
-    }
-}
-
-/// A private directory for the build's out-link, removed when the switch ends.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new() -> Result<WorkDir> {
-        let dir = std::env::temp_dir().join(format!("xtask-switch-{}", std::process::id()));
-        // A leftover of a killed run with the same pid holds only a dangling link.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(WorkDir(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

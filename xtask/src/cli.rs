@@ -121,7 +121,20 @@ pub struct Switch {
     /// The user whose home to switch (default: $USER).
     pub user: Option<String>,
     /// Deploy a NixOS host (with its integrated homes) with nixos-rebuild instead.
-    #[arg(long, value_name = "HOST")]
+    // The standalone-only flags mean nothing to nixos-rebuild: a usage error, not ignored.
+    #[arg(
+        long,
+        value_name = "HOST",
+        conflicts_with_all = [
+            "system",
+            "backup_extension",
+            "backup_command",
+            "overwrite_backup",
+            "specialisation",
+            "force_standalone",
+            "json",
+        ]
+    )]
     pub host: Option<String>,
     /// Build for this system instead of the detected one.
     #[arg(long)]

@@ -5,11 +5,12 @@
 
 use std::{
     env,
-    ffi::OsString,
+    ffi::{OsString, c_int},
     fs::{self, File, OpenOptions},
     io::{self, ErrorKind, Read, Seek, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,6 +36,13 @@ impl UserEnv {
         let user = env::var("USER")
             .or_else(|_| env::var("LOGNAME"))
             .context("neither USER nor LOGNAME is set; set USER to your login name")?;
+        // The name becomes part of paths (the per-user profile directory), so it must be
+        // a name a home can have before any path is built from it (`USER=../x`).
+        crate::repo::validate_name(&user).map_err(|e| {
+            anyhow::anyhow!(
+                "$USER (or $LOGNAME) is not a user name a home can have: {e}; set USER to your login name"
+            )
+        })?;
         let home = env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .map(PathBuf::from)
@@ -248,6 +256,141 @@ impl Lock {
     }
 }
 
+/// SIGINT and SIGTERM (the same numbers on Linux and macOS).
+const SIGINT: c_int = 2;
+const SIGTERM: c_int = 15;
+/// What `signal` returns when it fails.
+const SIG_ERR: usize = usize::MAX;
+
+/// Set by [`note_signal`]: a SIGINT or SIGTERM arrived during a critical section.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The handler of the critical section. It only records the signal (an atomic store is
+/// async-signal-safe); the xtask goes on and restores a consistent state.
+extern "C" fn note_signal(_signum: c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Sets the disposition of `signum` to `handler` (a function address, or SIG_DFL = 0 /
+/// SIG_IGN = 1) and returns the previous one, through C's `signal` from the libc std
+/// already links (std has no API for it, and the project adds no crate for six lines).
+/// The only unsafe code of the crate's signal handling.
+fn set_signal_disposition(signum: c_int, handler: usize) -> usize {
+    unsafe extern "C" {
+        fn signal(signum: c_int, handler: usize) -> usize;
+    }
+    // SAFETY: `signal` has no memory preconditions; `handler` is SIG_DFL, SIG_IGN, a
+    // disposition `signal` returned earlier, or `note_signal`, which is async-signal-safe.
+    unsafe { signal(signum, handler) }
+}
+
+/// The critical section of a switch or rollback: from setting the profile until the new
+/// generation (or, after a failure, the previous one again) is active. Ctrl-C or a
+/// SIGTERM must not stop the xtask there, or the profile would name a generation that
+/// `$HOME` does not have. They are caught, not ignored (SIG_IGN): ignored signals are
+/// inherited through exec, caught ones are reset to the default, so `activate` (in the
+/// terminal's process group) still gets Ctrl-C and stops, and the xtask, which sees its
+/// failure and [`Critical::interrupted`], restores the previous generation.
+/// Dropping it puts the previous handlers back.
+pub struct Critical {
+    previous: Vec<(c_int, usize)>,
+}
+
+impl Critical {
+    pub fn enter() -> Critical {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let handler = note_signal as extern "C" fn(c_int) as usize;
+        let previous = [SIGINT, SIGTERM]
+            .into_iter()
+            .filter_map(|sig| {
+                let old = set_signal_disposition(sig, handler);
+                (old != SIG_ERR).then_some((sig, old))
+            })
+            .collect();
+        Critical { previous }
+    }
+
+    /// Whether a SIGINT or SIGTERM arrived since [`Critical::enter`].
+    pub fn interrupted(&self) -> bool {
+        INTERRUPTED.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        for &(sig, old) in &self.previous {
+            set_signal_disposition(sig, old);
+        }
+    }
+}
+
+/// The generation the profile names and the one Home Manager last activated
+/// (`gcroots/current-home`), when they differ: a switch or rollback was killed (SIGKILL,
+/// power loss) between setting the profile and finishing activation.
+pub fn activation_mismatch(env: &UserEnv, profile: &Profile) -> Option<(PathBuf, Option<PathBuf>)> {
+    let profiled = fs::canonicalize(profile.link()).ok()?;
+    let active = fs::read_link(env.hm_state_dir().join("gcroots/current-home")).ok();
+    let agree = active.as_ref().is_some_and(|a| {
+        // A specialisation's activation records its own store path, which the profiled
+        // generation links as specialisation/<name>.
+        *a == profiled
+            || fs::read_dir(profiled.join("specialisation")).is_ok_and(|d| {
+                d.filter_map(|e| fs::canonicalize(e.ok()?.path()).ok())
+                    .any(|s| s == *a)
+            })
+    });
+    (!agree).then_some((profiled, active))
+}
+
+/// After a failed or interrupted activation: the profile back to the `previous`
+/// generation and that generation activated again, so the profile and `$HOME` agree; on a
+/// first install (no previous generation) the new profile links removed. `what` says what
+/// happened, for the one line that ends the story.
+pub fn restore(
+    ctx: &crate::Ctx,
+    profile: &Profile,
+    previous: Option<u64>,
+    backup: &Backup,
+    what: &str,
+) -> Result<()> {
+    let Some(id) = previous else {
+        // First install: remove the links this switch made, so the next one starts clean.
+        if let Some(new) = profile.current_id() {
+            let _ = fs::remove_file(profile.dir.join(format!("home-manager-{new}-link")));
+        }
+        let _ = fs::remove_file(profile.link());
+        term::error(&format!(
+            "{what}; this was the first switch, so its profile links were removed again (there is no generation to restore). Files linked before it stopped stay; switch again"
+        ));
+        return Ok(());
+    };
+    let back = ctx
+        .nix()
+        .tool("nix-env")?
+        .arg("--profile")
+        .arg(profile.link())
+        .arg("--switch-generation")
+        .arg(id.to_string());
+    crate::nix::run_step(back, false)
+        .with_context(|| format!("{what}; setting the profile back to generation {id}"))?;
+    let script = profile.dir.join(format!("home-manager-{id}-link/activate"));
+    match (Activation {
+        script,
+        backup,
+        verbose: ctx.verbose,
+    })
+    .run()
+    {
+        Ok(()) => term::error(&format!(
+            "{what}; restored generation {id}: it is active again (profile and $HOME)"
+        )),
+        Err(e) => term::error(&format!(
+            "{what}, and re-activating generation {id} failed too ({e:#}); the profile is at generation {id} but $HOME may be half switched; fix the cause, then run `cargo xtask switch`"
+        )),
+    }
+    Ok(())
+}
+
 /// The pre-flight, and the lock for a real run. The first pre-flight runs unlocked,
 /// because a blocked switch must leave `$HOME` exactly as it was (not even a lock file).
 /// Under the lock it runs again only if another switch finished in between (the profile or
@@ -287,6 +430,24 @@ pub struct Backup {
 }
 
 impl Backup {
+    /// The one way switch, rollback and diff decide how conflicting files are handled:
+    /// `-b EXT` or else the repo's `backup-extension` (an empty one means none), the
+    /// backup command (empty = none) and whether an existing backup may be replaced.
+    pub fn new(
+        defaults: &crate::repo::Defaults,
+        ext: Option<&str>,
+        command: Option<&str>,
+        overwrite: bool,
+    ) -> Backup {
+        Backup {
+            ext: Some(ext.unwrap_or(&defaults.backup_extension))
+                .filter(|e| !e.is_empty())
+                .map(str::to_string),
+            command: command.filter(|c| !c.is_empty()).map(str::to_string),
+            overwrite,
+        }
+    }
+
     /// The variables `activate` reads, in the order they are shown.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut vars = Vec::new();
@@ -796,6 +957,25 @@ mod tests {
         assert!(pf.blockers.contains(&Blocker::Clobber {
             target: home.join(".differs")
         }));
+    }
+
+    #[test]
+    fn backup_settings() {
+        let defaults = crate::repo::Defaults::default();
+        let b = Backup::new(&defaults, None, Some(""), false);
+        assert_eq!(b.ext.as_deref(), Some("bak"));
+        assert_eq!(b.command, None);
+        let b = Backup::new(&defaults, Some("old"), Some("mv -n"), true);
+        assert_eq!(
+            b.env(),
+            [
+                ("HOME_MANAGER_BACKUP_EXT", "old".to_string()),
+                ("HOME_MANAGER_BACKUP_COMMAND", "mv -n".to_string()),
+                ("HOME_MANAGER_BACKUP_OVERWRITE", "1".to_string()),
+            ]
+        );
+        // An empty extension (flag or repo default) means no backups.
+        assert_eq!(Backup::new(&defaults, Some(""), None, false).ext, None);
     }
 
     #[test]

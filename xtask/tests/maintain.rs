@@ -68,6 +68,30 @@ fn diff_shows_what_a_switch_would_change_and_changes_nothing() {
         .stdout_has("- .old")
         .stdout_has("~ .bashrc");
     assert_eq!(before, Fixture::tree_digest(&f.home), "diff changed HOME");
+    // Read-only: no `result-home-<user>` GC root left in the repo either.
+    assert!(fs::symlink_metadata(f.root.join(format!("result-home-{}", f.user))).is_err());
+    assert_eq!(f.git(&["status", "--porcelain", "--ignored"]), "");
+}
+
+#[test]
+fn diff_of_a_package_change_has_no_file_changes() {
+    let f = Fixture::with_home_files(&[]);
+    switch_to(&f, &[(".bashrc", "a\n")]);
+    // The same files, one more package: a new generation with the same home-files.
+    let home = common::nix_str(&f.home.display().to_string());
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = \"a\\n\";\n  home.packages = [ \"hello\" ];\n}}\n"
+        ),
+    )
+    .commit();
+    let v = f.xtask(&["diff", "--json"]).success().json();
+    assert_ne!(v["current"], v["generation"]);
+    assert_eq!(v["added"], serde_json::json!([]));
+    assert_eq!(v["removed"], serde_json::json!([]));
+    assert_eq!(v["changed"], serde_json::json!([]));
+    f.xtask(&["diff"]).success().stdout_has("no file changes");
 }
 
 #[test]
@@ -127,4 +151,33 @@ fn gc_refuses_to_keep_nothing() {
         .failure(1)
         .stderr_has("keep at least 1");
     assert_eq!(generation_ids(&f), vec![1]);
+}
+
+#[test]
+fn user_names_are_checked_before_any_path_is_built() {
+    let f = Fixture::with_home_files(&[(".v", "1\n")]);
+    f.xtask(&["switch"]).success();
+    let before = Fixture::tree_digest(&f.home);
+    for task in [
+        "generations",
+        "rollback",
+        "gc",
+        "diff",
+        "switch",
+        "build-home",
+    ] {
+        f.xtask(&[task, "../x"])
+            .failure(1)
+            .stderr_has("a name must match [a-z_][a-z0-9_-]*");
+        assert_eq!(Fixture::tree_digest(&f.home), before, "{task} ../x");
+    }
+    for task in ["generations", "rollback", "gc", "switch"] {
+        let mut cmd = f.command(&[task]);
+        cmd.env("USER", "../x");
+        common::run(cmd.output().unwrap())
+            .failure(1)
+            .stderr_has("$USER (or $LOGNAME) is not a user name")
+            .stderr_has("a name must match [a-z_][a-z0-9_-]*");
+        assert_eq!(Fixture::tree_digest(&f.home), before, "USER=../x {task}");
+    }
 }

@@ -125,6 +125,20 @@ fn an_existing_backup_blocks_and_nothing_changes() {
         .stderr_has("nothing was changed");
     assert_eq!(Fixture::tree_digest(&f.home), before);
 
+    // --json: the report with its blockers on stdout, still exit 1, still nothing changed.
+    let run = f.xtask(&["switch", "--json"]);
+    run.failure(1);
+    let v = run.json();
+    let blockers = v["preflight"]["blockers"].as_array().unwrap();
+    assert_eq!(blockers.len(), 1, "{v}");
+    assert_eq!(blockers[0]["kind"], "backup-exists");
+    assert_eq!(
+        blockers[0]["backup"],
+        f.home.join(".bashrc.bak").display().to_string()
+    );
+    assert_eq!(v["commands"], serde_json::json!([]));
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+
     // The flag the message names resolves it: the old backup is replaced.
     f.xtask(&["switch", "--overwrite-backup"]).success();
     assert_eq!(read(&f.home.join(".bashrc.bak")), "mine\n");
@@ -406,7 +420,7 @@ fn a_failed_activation_leaves_the_previous_generation_active() {
     f.xtask(&["switch"])
         .failure(1)
         .stderr_has("boom")
-        .stderr_has("generation 1 is active again");
+        .stderr_has("restored generation 1: it is active again");
     assert_eq!(current_link(&f), "home-manager-1-link");
     assert_eq!(read(&f.home.join(".bashrc")), "one\n");
     // The next switch works (the lock was released, the state is consistent).
@@ -498,6 +512,16 @@ fn switch_host_builds_the_nixos_rebuild_command() {
     run.success()
         .stdout_has(&expected)
         .stderr_has("host ws: aarch64-linux");
+    // Standalone-only flags are usage errors with --host, not silently ignored.
+    for flag in [
+        &["-b", "old"][..],
+        &["--json"],
+        &["--system", "x86_64-linux"],
+    ] {
+        let mut args = vec!["switch", "--host", "ws", "--dry-run"];
+        args.extend_from_slice(flag);
+        f.xtask(&args).failure(2).stderr_has("cannot be used with");
+    }
     f.xtask(&["switch", "--host", "nope", "--dry-run"])
         .failure(1)
         .stderr_has("there is no host nope");
@@ -531,4 +555,158 @@ fn a_backup_command_replaces_the_extension() {
     assert_eq!(read(&f.home.join(".bashrc.saved")), "mine\n");
     assert_eq!(read(&f.home.join(".bashrc.bak")), "older\n");
     assert!(is_hm_link(&f.home.join(".bashrc")));
+}
+
+/// The fixture's home with `.bashrc` = `bashrc` and an activation hook that writes
+/// `marker` and then sleeps, so a test can stop the switch in the middle of activation.
+fn slow_home(f: &Fixture, bashrc: &str, marker: &Path) {
+    let home = nix_str(&f.home.display().to_string());
+    let hook = nix_str(&format!("touch '{}'; sleep 60", marker.display()));
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = {};\n  home.activation.slow = {hook};\n}}\n",
+            nix_str(bashrc)
+        ),
+    )
+    .commit();
+}
+
+/// Runs `switch` in its own process group (as a shell runs a job in the terminal), waits
+/// until the slow hook runs, and sends `signal` to the whole group, as Ctrl-C (INT) does.
+fn switch_stopped_by(f: &Fixture, signal: &str, marker: &Path) -> common::Run {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = f.command(&["switch"]);
+    cmd.process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the activation hook never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let status = std::process::Command::new("kill")
+        .args([signal, "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} failed");
+    common::run(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn an_interrupted_switch_restores_the_previous_generation() {
+    let f = fixture(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    let marker = f.root.parent().unwrap().join("hook-started");
+    slow_home(&f, "two\n", &marker);
+
+    switch_stopped_by(&f, "-INT", &marker)
+        .failure(1)
+        .stderr_has("interrupted:")
+        .stderr_has("restored generation 1");
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "one\n");
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+    let root = f
+        .home
+        .join(".local/state/home-manager/gcroots/current-home");
+    assert_eq!(
+        fs::read_link(root).unwrap(),
+        fs::read_link(profiles(&f).join("home-manager-1-link")).unwrap()
+    );
+
+    // The next switch works, and no warning about an unfinished one.
+    f.home_with_files(&f.user, &[(".bashrc", "three\n")])
+        .commit();
+    let run = f.xtask(&["switch"]);
+    run.success();
+    assert!(!run.stderr.contains("killed before"), "{}", run.stderr);
+    assert_eq!(read(&f.home.join(".bashrc")), "three\n");
+}
+
+#[test]
+fn an_interrupted_first_switch_removes_its_profile_links() {
+    let f = fixture(&[]);
+    let marker = f.root.parent().unwrap().join("hook-started");
+    slow_home(&f, "one\n", &marker);
+
+    switch_stopped_by(&f, "-INT", &marker)
+        .failure(1)
+        .stderr_has("interrupted:")
+        .stderr_has("profile links were removed");
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager-1-link")).is_err());
+
+    f.home_with_files(&f.user, &[(".bashrc", "two\n")]).commit();
+    f.xtask(&["switch"]).success();
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
+}
+
+#[test]
+fn a_killed_switch_is_noticed_and_repaired_by_the_next() {
+    let f = fixture(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    let marker = f.root.parent().unwrap().join("hook-started");
+    slow_home(&f, "two\n", &marker);
+    // SIGKILL cannot be caught: the profile is left at generation 2, activation unfinished.
+    switch_stopped_by(&f, "-KILL", &marker);
+    assert_eq!(current_link(&f), "home-manager-2-link");
+
+    f.home_with_files(&f.user, &[(".bashrc", "three\n")])
+        .commit();
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("killed before it finished");
+    assert_eq!(current_link(&f), "home-manager-3-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "three\n");
+}
+
+#[test]
+fn a_home_reached_through_a_symlink_is_the_same_home() {
+    let f = fixture(&[(".bashrc", "managed\n")]);
+    // $HOME names a link to the directory home.homeDirectory names: the same directory,
+    // which is what Home Manager's own check (`-ef`) accepts.
+    let link = f.root.parent().unwrap().join("home-link");
+    symlink(&f.home, &link).unwrap();
+    let mut cmd = f.command(&["switch"]);
+    cmd.env("HOME", &link);
+    common::run(cmd.output().unwrap()).success();
+    assert!(is_hm_link(&f.home.join(".bashrc")));
+    assert_eq!(read(&f.home.join(".bashrc")), "managed\n");
+}
+
+#[test]
+fn a_failed_rollback_reactivates_the_current_generation() {
+    let f = fixture(&[]);
+    // Generation 1's activation fails once `refuse` exists, after it linked its files:
+    // the rollback must put $HOME back to generation 2, not only the profile.
+    let refuse = f.root.parent().unwrap().join("refuse");
+    let home = nix_str(&f.home.display().to_string());
+    let hook = nix_str(&format!(
+        "if [ -e '{}' ]; then echo 'hook refuses' >&2; exit 1; fi",
+        refuse.display()
+    ));
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".bashrc\".text = \"one\\n\";\n  home.activation.refuse = {hook};\n}}\n"
+        ),
+    )
+    .commit();
+    f.xtask(&["switch"]).success();
+    f.home_with_files(&f.user, &[(".bashrc", "two\n")]).commit();
+    f.xtask(&["switch"]).success();
+    fs::write(&refuse, "").unwrap();
+
+    f.xtask(&["rollback"])
+        .failure(1)
+        .stderr_has("hook refuses")
+        .stderr_has("generation 1 failed to activate; restored generation 2");
+    assert_eq!(current_link(&f), "home-manager-2-link");
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
 }

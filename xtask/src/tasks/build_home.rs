@@ -1,7 +1,10 @@
 //! `cargo xtask build-home [USER]`: builds a home's generation for this machine's system,
 //! and the pieces `switch` shares with it: which home a name means, and the one build.
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -142,4 +145,30 @@ pub fn build_generation(ctx: &Ctx, user: &str, system: &str, out_link: &Path) ->
     let installable = nix::installable(&ctx.root, &home_attr(user, system));
     let mut paths = ctx.nix().build(&[installable], Some(out_link))?;
     paths.pop().context("nix build returned no generation")
+}
+
+/// A private temporary directory for a build's out-link, removed when the task ends: the
+/// GC root of a switch (as `home-manager switch` keeps one while it runs) or of a
+/// read-only task such as `diff`, which must not leave `result-home-*` in the repo.
+pub struct OutLinkDir(PathBuf);
+
+impl OutLinkDir {
+    pub fn new(task: &str) -> Result<OutLinkDir> {
+        let dir = std::env::temp_dir().join(format!("xtask-{task}-{}", std::process::id()));
+        // A leftover of a killed run with the same pid holds only a dangling link.
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(OutLinkDir(dir))
+    }
+
+    /// The out-link to pass to the build.
+    pub fn link(&self) -> PathBuf {
+        self.0.join("generation")
+    }
+}
+
+impl Drop for OutLinkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
 }

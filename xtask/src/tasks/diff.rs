@@ -20,7 +20,7 @@ use crate::{
 };
 
 use super::{
-    build_home::{build_generation, gc_root, pick_system, standalone_user},
+    build_home::{OutLinkDir, build_generation, pick_system, standalone_user},
     switch::check_runner,
 };
 
@@ -62,12 +62,22 @@ impl Diff {
         standalone_user(&repo, &user)?;
         check_runner(&user, &env)?;
         let system = pick_system(self.system.as_deref())?;
-        let generation = build_generation(ctx, &user, &system, &gc_root(ctx, &user))?;
+        // A read-only task leaves nothing in the repo: the GC root lives as long as the diff.
+        let work = OutLinkDir::new("diff")?;
+        let generation = build_generation(ctx, &user, &system, &work.link())?;
         let profile = env.profile();
         let current = fs::canonicalize(profile.link()).ok();
 
-        let new = read_tree(&generation.join("home-files"))?;
+        // Both `home-files` are links to `*-home-manager-files` store paths: the same path
+        // is the same tree (a change of packages only), with nothing to read.
+        let new_files = generation.join("home-files");
+        let same_files = current.as_ref().is_some_and(|c| {
+            let old_files = fs::canonicalize(c.join("home-files")).ok();
+            old_files.is_some() && old_files == fs::canonicalize(&new_files).ok()
+        });
+        let new = read_tree(&new_files)?;
         let old = match &current {
+            Some(_) if same_files => new.clone(),
             Some(c) => read_tree(&c.join("home-files"))?,
             None => BTreeMap::new(),
         };
@@ -81,21 +91,25 @@ impl Diff {
             .filter(|k| !new.contains_key(*k))
             .map(String::as_str)
             .collect();
-        let changed: Vec<Changed> = new
-            .iter()
-            .filter_map(|(rel, n)| {
-                let o = old.get(rel)?;
-                (o != n).then(|| Changed {
+        let mut changed = Vec::new();
+        for (rel, n) in &new {
+            let Some(o) = old.get(rel) else { continue };
+            // Files are links into the store: the same target is the same content, and
+            // only files that point elsewhere are read.
+            if o.target == n.target {
+                continue;
+            }
+            let (o, n) = (o.load()?, n.load()?);
+            if o != n {
+                changed.push(Changed {
                     path: rel.clone(),
-                    diff: describe(rel, o, n),
-                })
-            })
-            .collect();
+                    diff: describe(rel, &o, &n),
+                });
+            }
+        }
 
-        let backup = Backup {
-            ext: Some(repo.defaults.backup_extension.clone()).filter(|e| !e.is_empty()),
-            ..Backup::default()
-        };
+        // What a plain `switch` would do.
+        let backup = Backup::new(&repo.defaults, None, None, false);
         let pf = profile::preflight(&generation.join("home-files"), &env.home, &backup)?;
 
         // Package changes come from nix itself; its output is the familiar one.
@@ -162,14 +176,37 @@ impl Diff {
     }
 }
 
-/// Every file under `dir` by relative path (symlinks followed, as activation links them).
-fn read_tree(dir: &Path) -> Result<BTreeMap<String, Entry>> {
+/// One file of `home-files/`, read only when it has to be compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Node {
+    path: PathBuf,
+    /// Where the link points (Home Manager's files are links into the store), or, for a
+    /// plain file, its own path.
+    target: PathBuf,
+    /// A link to a directory (a `home.file` with a directory source).
+    dir: bool,
+}
+
+impl Node {
+    fn load(&self) -> Result<Entry> {
+        if self.dir {
+            return Ok(Entry::Dir(self.target.clone()));
+        }
+        fs::read(&self.path)
+            .map(Entry::File)
+            .with_context(|| format!("reading {}", self.path.display()))
+    }
+}
+
+/// Every file under `dir` by relative path (symlinks followed, as activation links them),
+/// without reading contents.
+fn read_tree(dir: &Path) -> Result<BTreeMap<String, Node>> {
     let mut out = BTreeMap::new();
     walk(dir, dir, &mut out)?;
     Ok(out)
 }
 
-fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) -> Result<()> {
+fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -184,20 +221,20 @@ fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Entry>) -> Result<()
             .unwrap_or(&path)
             .display()
             .to_string();
-        let is_link = fs::symlink_metadata(&path)?.file_type().is_symlink();
+        let link = fs::read_link(&path).ok();
         let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-        if meta.is_dir() && is_link {
-            out.insert(rel, Entry::Dir(fs::read_link(&path)?));
-        } else if meta.is_dir() {
+        if meta.is_dir() && link.is_none() {
             walk(base, &path, out)?;
-        } else {
-            out.insert(
-                rel,
-                Entry::File(
-                    fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
-                ),
-            );
+            continue;
         }
+        out.insert(
+            rel,
+            Node {
+                target: link.unwrap_or_else(|| path.clone()),
+                path,
+                dir: meta.is_dir(),
+            },
+        );
     }
     Ok(())
 }
@@ -251,7 +288,11 @@ mod tests {
         std::os::unix::fs::symlink(t.path().join("src/f"), t.path().join("tree/a/f")).unwrap();
         std::os::unix::fs::symlink(t.path().join("src/d"), t.path().join("tree/d")).unwrap();
         let tree = read_tree(&t.path().join("tree")).unwrap();
-        assert_eq!(tree["a/f"], Entry::File(b"x".to_vec()));
-        assert_eq!(tree["d"], Entry::Dir(t.path().join("src/d")));
+        assert_eq!(tree["a/f"].target, t.path().join("src/f"));
+        assert_eq!(tree["a/f"].load().unwrap(), Entry::File(b"x".to_vec()));
+        assert_eq!(
+            tree["d"].load().unwrap(),
+            Entry::Dir(t.path().join("src/d"))
+        );
     }
 }

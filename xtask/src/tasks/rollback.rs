@@ -43,10 +43,8 @@ impl Rollback {
                 format!("nothing to roll back to: generation {current} is the oldest one left (generations: {})", ids())
             })?,
         };
-        let backup = Backup {
-            ext: Some(Defaults::load(&ctx.root)?.backup_extension).filter(|e| !e.is_empty()),
-            ..Backup::default()
-        };
+        // Only the repo defaults (Cargo.toml), not the whole layout: rollback builds nothing.
+        let backup = Backup::new(&Defaults::load(&ctx.root)?, None, None, false);
         // Activation would refuse the same files; checking first keeps the profile unchanged.
         let (pf, _lock) = profile::preflight_and_lock(
             &env,
@@ -85,17 +83,40 @@ impl Rollback {
             term::info("dry run: nothing was changed");
             return Ok(());
         }
-        nix::run_step(step, false)?;
-        if let Err(e) = activation.run() {
+        // As in switch: from the profile change until a generation is fully active again,
+        // a Ctrl-C stops only the running child, and the current generation is restored.
+        let critical = profile::Critical::enter();
+        let interrupted = format!(
+            "interrupted: the rollback was stopped before generation {} was active",
+            target.id
+        );
+        if let Err(e) = nix::run_step(step, false) {
+            if !critical.interrupted() {
+                // nix-env changes the profile atomically: it is still at `current`.
+                return Err(e);
+            }
             term::error(&format!("{e:#}"));
-            let back = nix_env(&["--switch-generation".into(), current.to_string()])?;
-            nix::run_step(back, false).context("setting the profile back")?;
-            term::error(&format!(
-                "generation {} failed to activate; the profile is back at generation {current}. Run `cargo xtask switch` to re-activate it",
-                target.id
-            ));
+            profile::restore(ctx, &profile, Some(current), &backup, &interrupted)?;
             return Err(Reported.into());
         }
+        let activated = if critical.interrupted() {
+            Err(anyhow::anyhow!("interrupted before activation started"))
+        } else {
+            activation.run()
+        };
+        if let Err(e) = activated {
+            term::error(&format!("{e:#}"));
+            let what = if critical.interrupted() {
+                interrupted
+            } else {
+                format!("generation {} failed to activate", target.id)
+            };
+            // The profile back to `current` and `current` activated again: a failed
+            // activation may have linked part of the target's files already.
+            profile::restore(ctx, &profile, Some(current), &backup, &what)?;
+            return Err(Reported.into());
+        }
+        drop(critical);
         term::info(&format!(
             "rolled {user}'s home back to generation {} ({})",
             target.id,

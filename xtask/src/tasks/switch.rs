@@ -16,11 +16,11 @@ use crate::{
     Ctx, Reported,
     cli::Switch,
     nix,
-    profile::{self, Activation, Backup, Preflight, Profile, UserEnv},
+    profile::{self, Activation, Backup, Preflight, UserEnv},
     repo, term,
 };
 
-use super::build_home::{build_generation, pick_system, standalone_user};
+use super::build_home::{OutLinkDir, build_generation, pick_system, standalone_user};
 
 /// Where NixOS puts the units it generates; `XTASK_SYSTEMD_UNIT_DIR` replaces it, for tests
 /// only (they cannot write to /etc).
@@ -57,20 +57,17 @@ impl Switch {
         if !self.force_standalone {
             check_not_integrated(&user)?;
         }
-        let backup = Backup {
-            ext: self
-                .backup_extension
-                .clone()
-                .or_else(|| Some(repo.defaults.backup_extension.clone()))
-                .filter(|e| !e.is_empty()),
-            command: self.backup_command.clone().filter(|c| !c.is_empty()),
-            overwrite: self.overwrite_backup,
-        };
+        let backup = Backup::new(
+            &repo.defaults,
+            self.backup_extension.as_deref(),
+            self.backup_command.as_deref(),
+            self.overwrite_backup,
+        );
 
         // Built with an out-link in a private directory, as `home-manager switch` does, so a
         // collection cannot remove the generation mid-switch.
-        let work = WorkDir::new()?;
-        let generation = build_generation(ctx, &user, &system, &work.0.join("generation"))?;
+        let work = OutLinkDir::new("switch")?;
+        let generation = build_generation(ctx, &user, &system, &work.link())?;
         let active = match &self.specialisation {
             None => generation.clone(),
             Some(name) => specialisation(&generation, name)?,
@@ -91,6 +88,16 @@ impl Switch {
                 profile.dir.display()
             ));
         }
+        if let Some((profiled, active)) = profile::activation_mismatch(&env, &profile) {
+            term::warning(&format!(
+                "the profile names {} but the last completed activation was {}: an earlier switch or rollback was killed before it finished; this switch makes them agree again",
+                profiled.display(),
+                active.map_or_else(
+                    || "none (no gcroots/current-home)".into(),
+                    |a| a.display().to_string()
+                )
+            ));
+        }
         let start = Instant::now();
         // The lock is held to the end, so no other switch changes $HOME between the check
         // and the activation it vouches for. A dry run takes none.
@@ -109,7 +116,24 @@ impl Switch {
             ));
         }
         pf.print(&env);
+        let report = |commands: Vec<String>| -> Result<()> {
+            if self.json {
+                let report = Report {
+                    user: &user,
+                    system: &system,
+                    generation: &generation,
+                    profile: profile.link(),
+                    dry_run: self.dry_run,
+                    commands,
+                    preflight: &pf,
+                };
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            Ok(())
+        };
         if !pf.blockers.is_empty() {
+            // A script reading --json needs the blockers most of all; nothing would run.
+            report(Vec::new())?;
             term::error(&format!(
                 "{} file(s) block the switch; nothing was changed. Resolve them as said above and switch again",
                 pf.blockers.len()
@@ -117,9 +141,9 @@ impl Switch {
             return Err(Reported.into());
         }
 
-        // The contract: a generation with gen-version leaves the profile to the driver; an
-        // old-style one manages it itself.
-        let manages_profile = generation.join("gen-version").exists();
+        // The contract: a generation with gen-version leaves the profile to the driver (us);
+        // an old-style one (no gen-version) sets it itself from its `activate`.
+        let driver_sets_profile = generation.join("gen-version").exists();
         let set_profile = ctx.nix().tool("nix-env").map(|c| {
             c.arg("--profile")
                 .arg(profile.link())
@@ -138,7 +162,7 @@ impl Switch {
                 profile::shell_quote(&profile.dir.display().to_string())
             ));
         }
-        if manages_profile {
+        if driver_sets_profile {
             commands.push(
                 set_profile
                     .as_ref()
@@ -162,17 +186,43 @@ impl Switch {
                 })?;
             }
             let previous = profile.current_id();
-            if manages_profile {
-                nix::run_step(set_profile?, false)
-                    .context("setting the profile to the new generation")?;
-            }
-            if let Err(e) = activation.run() {
+            // From here until the new generation (or the previous one again) is active,
+            // Ctrl-C and SIGTERM stop only the child that runs, and we restore.
+            let critical = profile::Critical::enter();
+            let interrupted =
+                "interrupted: the switch was stopped before the new generation was active";
+            if driver_sets_profile && let Err(e) = nix::run_step(set_profile?, false) {
+                if !critical.interrupted() {
+                    // nix-env changes the profile atomically: it is still the old one.
+                    return Err(e.context("setting the profile to the new generation"));
+                }
                 term::error(&format!("{e:#}"));
-                if manages_profile {
-                    restore(ctx, &profile, previous, &backup)?;
+                profile::restore(ctx, &profile, previous, &backup, interrupted)?;
+                return Err(Reported.into());
+            }
+            // A signal between the two steps: do not start the activation at all.
+            let activated = if critical.interrupted() {
+                Err(anyhow::anyhow!("interrupted before activation started"))
+            } else {
+                activation.run()
+            };
+            if let Err(e) = activated {
+                term::error(&format!("{e:#}"));
+                let what = if critical.interrupted() {
+                    interrupted
+                } else {
+                    "the new generation failed to activate"
+                };
+                if driver_sets_profile {
+                    profile::restore(ctx, &profile, previous, &backup, what)?;
+                } else {
+                    term::error(&format!(
+                        "{what}; this old-style generation manages the profile itself, so check `cargo xtask generations`"
+                    ));
                 }
                 return Err(Reported.into());
             }
+            drop(critical);
             term::info(&format!(
                 "{} {user}'s home to {} (generation {})",
                 term::paint(term::Style::Green, "switched"),
@@ -180,19 +230,7 @@ impl Switch {
                 profile.current_id().map_or("?".into(), |i| i.to_string())
             ));
         }
-        if self.json {
-            let report = Report {
-                user: &user,
-                system: &system,
-                generation: &generation,
-                profile: profile.link(),
-                dry_run: self.dry_run,
-                commands,
-                preflight: &pf,
-            };
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
-        Ok(())
+        report(commands)
     }
 
     fn run_host(&self, ctx: &Ctx, host: &str) -> Result<()> {
@@ -271,28 +309,14 @@ impl Switch {
     }
 }
 
-/// A private directory for the build's out-link, removed when the switch ends.
-struct WorkDir(PathBuf);
-
-impl WorkDir {
-    fn new() -> Result<WorkDir> {
-        let dir = std::env::temp_dir().join(format!("xtask-switch-{}", std::process::id()));
-        // A leftover of a killed run with the same pid holds only a dangling link.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(WorkDir(dir))
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Only the user may switch their own home: `activate` checks `$USER`, writes with the
 /// caller's ownership and uses the caller's profile.
+/// It also checks `user` against the naming rule, since callers build profile paths and
+/// flake attributes from it (`generations ../x`).
 pub fn check_runner(user: &str, env: &UserEnv) -> Result<()> {
+    repo::validate_name(user).map_err(|e| {
+        anyhow::anyhow!("{user} is not a user name a home can have: {e}; name a home in homes/")
+    })?;
     if user == env.user {
         return Ok(());
     }
@@ -366,7 +390,7 @@ fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
         );
     }
     if let Some(h) = &expected.home_directory
-        && Path::new(h) != env.home
+        && !same_directory(Path::new(h), &env.home)
     {
         let mac = if cfg!(target_os = "macos") {
             format!(
@@ -385,44 +409,16 @@ fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
     Ok(())
 }
 
-/// After a failed activation: the profile back to the previous generation, and that
-/// generation activated again so `$HOME` matches it; or, on a first install, no profile.
-fn restore(ctx: &Ctx, profile: &Profile, previous: Option<u64>, backup: &Backup) -> Result<()> {
-    let Some(id) = previous else {
-        // First install: remove the links this switch made, so the next one starts clean.
-        if let Some(new) = profile.current_id() {
-            let _ = fs::remove_file(profile.dir.join(format!("home-manager-{new}-link")));
-        }
-        let _ = fs::remove_file(profile.link());
-        term::error(
-            "the first switch failed; its profile links were removed again. Files linked before the failure stay; fix the error above and switch again",
-        );
-        return Ok(());
-    };
-    let back = ctx
-        .nix()
-        .tool("nix-env")?
-        .arg("--profile")
-        .arg(profile.link())
-        .arg("--switch-generation")
-        .arg(id.to_string());
-    nix::run_step(back, false).context("setting the profile back to the previous generation")?;
-    let script = profile.dir.join(format!("home-manager-{id}-link/activate"));
-    match (Activation {
-        script,
-        backup,
-        verbose: ctx.verbose,
-    })
-    .run()
-    {
-        Ok(()) => term::error(&format!(
-            "the new generation failed to activate; generation {id} is active again (profile and $HOME). Fix the error above and switch again"
-        )),
-        Err(e) => term::error(&format!(
-            "the new generation failed to activate and re-activating generation {id} failed too ({e:#}); the profile is at generation {id}; run `cargo xtask rollback --to {id}` after fixing the cause"
-        )),
+/// Whether `a` and `b` name the same directory, as Home Manager's `checkHomeDirectory`
+/// tests it (`[[ $HOME -ef $expected ]]`: same device and inode), so a `$HOME` reached
+/// through a symlink or a bind mount passes. When one side does not exist the names are
+/// compared, which is all that is left to compare.
+fn same_directory(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
     }
-    Ok(())
 }
 
 /// Prints the journal of a failed `home-manager-<user>.service` of this machine.
@@ -447,5 +443,23 @@ fn show_failed_home_unit(ctx: &Ctx, user: &str) {
         Err(e) => term::warning(&format!(
             "could not read the journal ({e}); run journalctl -u {unit} -n 50"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_directory_is_by_inode_then_by_name() {
+        let t = tempfile::tempdir().unwrap();
+        let (real, link) = (t.path().join("real"), t.path().join("link"));
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(same_directory(&real, &link));
+        assert!(!same_directory(&real, t.path()));
+        let gone = t.path().join("gone");
+        assert!(same_directory(&gone, &gone));
+        assert!(!same_directory(&gone, &real));
     }
 }

@@ -155,10 +155,8 @@ fn preflight_figures(
         std::os::unix::fs::symlink(&src, files.join(&rel))?;
         fs::write(full.join(&rel), format!("line {i}\n"))?;
     }
-    let backup = Backup {
-        ext: Some("bak".into()),
-        ..Backup::default()
-    };
+    // The repo's default (`bak`), as a plain switch uses it.
+    let backup = Backup::new(&crate::repo::Defaults::default(), None, None, false);
     let check = |home: &Path, expect_identical: usize| {
         let pf = profile::preflight(&files, home, &backup)?;
         anyhow::ensure!(

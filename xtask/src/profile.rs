@@ -398,7 +398,7 @@ pub fn restore(
 pub fn preflight_and_lock(
     env: &UserEnv,
     profile: &Profile,
-    home_files: &Path,
+    generation: &Path,
     backup: &Backup,
     what: &str,
     dry_run: bool,
@@ -410,7 +410,7 @@ pub fn preflight_and_lock(
         )
     };
     let before = marker();
-    let pf = preflight(home_files, &env.home, backup)?;
+    let pf = preflight(generation, &env.home, backup)?;
     if dry_run || !pf.blockers.is_empty() {
         return Ok((pf, None));
     }
@@ -418,7 +418,7 @@ pub fn preflight_and_lock(
     if marker() == before {
         return Ok((pf, Some(lock)));
     }
-    Ok((preflight(home_files, &env.home, backup)?, Some(lock)))
+    Ok((preflight(generation, &env.home, backup)?, Some(lock)))
 }
 
 /// How conflicting files are handled, i.e. the HOME_MANAGER_BACKUP_* variables.
@@ -530,38 +530,126 @@ pub struct Preflight {
     pub backups: Vec<(PathBuf, Option<PathBuf>)>,
     /// Existing files with the generation's content: left alone.
     pub identical: Vec<PathBuf>,
+    /// Existing targets of `home.file.<path>.force = true`: replaced without a check or a
+    /// backup, as Home Manager does.
+    pub forced: Vec<PathBuf>,
     pub blockers: Vec<Blocker>,
 }
 
-/// Compares the generation's `home-files/` with `home` by the contract's collision rules,
-/// in one directory walk: one `lstat` per file, contents read only when sizes match.
-pub fn preflight(home_files: &Path, home: &Path, backup: &Backup) -> Result<Preflight> {
+/// The pre-flight of a generation: its `home-files/` against `home`, minus the targets
+/// Home Manager forces (see [`forced_paths`]).
+pub fn preflight(generation: &Path, home: &Path, backup: &Backup) -> Result<Preflight> {
+    let forced = forced_paths(generation);
+    preflight_files(&generation.join("home-files"), &forced, home, backup)
+}
+
+/// Compares `home_files` with `home` by the contract's collision rules, in one directory
+/// walk: one `lstat` per file, contents read only when sizes match. `forced` are
+/// `$HOME`-relative prefixes whose targets are replaced without a check.
+pub fn preflight_files(
+    home_files: &Path,
+    forced: &[String],
+    home: &Path,
+    backup: &Backup,
+) -> Result<Preflight> {
     let mut out = Preflight::default();
     let mut rel = PathBuf::new();
-    walk(home_files, &mut rel, home, backup, &mut out)
+    let ctx = Walk {
+        home,
+        backup,
+        forced,
+    };
+    walk(home_files, &mut rel, &ctx, &mut out)
         .with_context(|| format!("reading the generation's files in {}", home_files.display()))?;
     Ok(out)
 }
 
-fn walk(
-    dir: &Path,
-    rel: &mut PathBuf,
-    home: &Path,
-    backup: &Backup,
-    out: &mut Preflight,
-) -> io::Result<()> {
+struct Walk<'a> {
+    home: &'a Path,
+    backup: &'a Backup,
+    forced: &'a [String],
+}
+
+fn walk(dir: &Path, rel: &mut PathBuf, ctx: &Walk<'_>, out: &mut Preflight) -> io::Result<()> {
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         rel.push(entry.file_name());
         if entry.file_type()?.is_dir() {
-            walk(&entry.path(), rel, home, backup, out)?;
+            walk(&entry.path(), rel, ctx, out)?;
         } else {
             out.files += 1;
-            check_one(&entry.path(), &home.join(&*rel), backup, out);
+            let target = ctx.home.join(&*rel);
+            // Home Manager matches forced paths as string prefixes (`$target == $forced*`).
+            let forced = !ctx.forced.is_empty()
+                && rel
+                    .to_str()
+                    .is_some_and(|r| ctx.forced.iter().any(|f| r.starts_with(f.as_str())));
+            if !forced {
+                check_one(&entry.path(), &target, ctx.backup, out);
+            } else if fs::symlink_metadata(&target).is_ok() {
+                out.forced.push(target);
+            } else {
+                out.new += 1;
+            }
         }
         rel.pop();
     }
     Ok(())
+}
+
+/// The targets (relative to `$HOME`) that Home Manager replaces without a collision check:
+/// `home.file.<path>.force = true`. Activation reads them from its check-link-targets
+/// script, `forcedPaths=("$HOME"/'<path>' …)`, which the `activate` script names; the
+/// pre-flight reads the same line. A generation without one (older Home Manager, other
+/// drivers) forces nothing, so the pre-flight can only be stricter than activation.
+pub fn forced_paths(generation: &Path) -> Vec<String> {
+    let Ok(activate) = fs::read_to_string(generation.join("activate")) else {
+        return Vec::new();
+    };
+    let script = activate
+        .split(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '=' | ';'))
+        .find(|t| t.starts_with('/') && t.ends_with("check-link-targets.sh"));
+    let Some(text) = script.and_then(|p| fs::read_to_string(p).ok()) else {
+        return Vec::new();
+    };
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("forcedPaths=("))
+        .map(|list| {
+            shell_words(list.trim_end().trim_end_matches(')'))
+                .into_iter()
+                .filter_map(|w| w.strip_prefix("$HOME/").map(str::to_string))
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Splits a bash word list as written by Nix's `escapeShellArg` (`'…'` with `'\''` for a
+/// quote) and `"$HOME"`: quotes removed, nothing expanded.
+fn shell_words(s: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                w.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                w.extend(chars.by_ref().take_while(|&c| c != '"'));
+            }
+            '\\' => {
+                let w = word.get_or_insert_with(String::new);
+                w.extend(chars.next());
+            }
+            c if c.is_whitespace() => words.extend(word.take()),
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
 }
 
 fn check_one(source: &Path, target: &Path, backup: &Backup, out: &mut Preflight) {
@@ -708,6 +796,12 @@ impl Preflight {
         }
         for file in &self.identical {
             term::info(&format!("  identical {} (left as it is)", env.tilde(file)));
+        }
+        for file in &self.forced {
+            term::info(&format!(
+                "  replace  {} (force = true: no backup)",
+                env.tilde(file)
+            ));
         }
         for b in &self.blockers {
             term::error(&format!("blocked: {}", b.describe(env)));
@@ -913,7 +1007,7 @@ mod tests {
             ..Backup::default()
         };
 
-        let pf = preflight(&files, &home, &backup).unwrap();
+        let pf = preflight_files(&files, &[], &home, &backup).unwrap();
         assert_eq!(pf.files, 8);
         assert_eq!(pf.new, 2, "{pf:?}"); // .new, .config/x
         assert_eq!(pf.identical, [home.join(".same")]);
@@ -949,11 +1043,14 @@ mod tests {
             ..backup.clone()
         };
         assert_eq!(
-            preflight(&files, &home, &overwrite).unwrap().blockers.len(),
+            preflight_files(&files, &[], &home, &overwrite)
+                .unwrap()
+                .blockers
+                .len(),
             3
         );
         let none = Backup::default();
-        let pf = preflight(&files, &home, &none).unwrap();
+        let pf = preflight_files(&files, &[], &home, &none).unwrap();
         assert!(pf.blockers.contains(&Blocker::Clobber {
             target: home.join(".differs")
         }));
@@ -983,5 +1080,53 @@ mod tests {
         assert_eq!(shell_quote("bak"), "bak");
         assert_eq!(shell_quote("mv -n"), "'mv -n'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn forced_paths_are_read_from_the_check_script() {
+        assert_eq!(
+            shell_words(r#""$HOME"/'.config/a b' "$HOME"/'it'\''s' "$HOME"/'.x'"#),
+            vec!["$HOME/.config/a b", "$HOME/it's", "$HOME/.x"]
+        );
+        let t = tempfile::tempdir().unwrap();
+        let check = t.path().join("abc-check-link-targets.sh");
+        fs::write(&check, "# -*- sh -*-\nforcedPaths=(\"$HOME\"/'.x' \"$HOME\"/'.config/app')\nnewGenFiles=\"$1\"\n").unwrap();
+        let generation = t.path().join("gen");
+        fs::create_dir_all(generation.join("home-files/.config/app")).unwrap();
+        fs::write(
+            generation.join("activate"),
+            format!(
+                "find \"$newGenFiles\" -exec bash {} \"$newGenFiles\" {{}} +\n",
+                check.display()
+            ),
+        )
+        .unwrap();
+        assert_eq!(forced_paths(&generation), vec![".x", ".config/app"]);
+        // Forced targets are replaced, not checked: a differing file is no blocker and gets
+        // no backup, even with one in the way.
+        fs::write(generation.join("home-files/.x"), "new").unwrap();
+        fs::write(generation.join("home-files/.config/app/conf"), "new").unwrap();
+        let home = t.path().join("home");
+        fs::create_dir_all(home.join(".config/app")).unwrap();
+        fs::write(home.join(".x"), "old").unwrap();
+        fs::write(home.join(".x.bak"), "older").unwrap();
+        let backup = Backup {
+            ext: Some("bak".into()),
+            ..Backup::default()
+        };
+        let pf = preflight(&generation, &home, &backup).unwrap();
+        assert!(pf.blockers.is_empty(), "{:?}", pf.blockers);
+        assert_eq!(pf.forced, vec![home.join(".x")]);
+        assert_eq!(pf.new, 1);
+        // No script: nothing is forced, and the same home blocks.
+        fs::write(generation.join("activate"), "#!/bin/sh\n").unwrap();
+        assert!(forced_paths(&generation).is_empty());
+        assert_eq!(
+            preflight(&generation, &home, &backup)
+                .unwrap()
+                .blockers
+                .len(),
+            1
+        );
     }
 }

@@ -710,3 +710,27 @@ fn a_failed_rollback_reactivates_the_current_generation() {
     assert_eq!(current_link(&f), "home-manager-2-link");
     assert_eq!(read(&f.home.join(".bashrc")), "two\n");
 }
+
+/// `home.file.<path>.force = true`: Home Manager replaces the target without a check or a
+/// backup, so the pre-flight must not block it (it reads the generation's
+/// check-link-targets script, as activation does).
+#[test]
+fn forced_files_are_replaced_without_a_blocker() {
+    let f = fixture(&[]);
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}:\n{{\n  home.homeDirectory = {};\n  home.file.\".x\" = {{ text = \"managed\\n\"; force = true; }};\n}}\n",
+            nix_str(&f.home.display().to_string())
+        ),
+    )
+    .commit();
+    fs::write(f.home.join(".x"), "mine\n").unwrap();
+    fs::write(f.home.join(".x.bak"), "an old backup\n").unwrap();
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("replace  ~/.x (force = true");
+    assert!(is_hm_link(&f.home.join(".x")));
+    assert_eq!(read(&f.home.join(".x")), "managed\n");
+    assert_eq!(read(&f.home.join(".x.bak")), "an old backup\n");
+}

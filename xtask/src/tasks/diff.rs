@@ -110,7 +110,7 @@ impl Diff {
 
         // What a plain `switch` would do.
         let backup = Backup::new(&repo.defaults, None, None, false);
-        let pf = profile::preflight(&generation.join("home-files"), &env.home, &backup)?;
+        let pf = profile::preflight(&generation, &env.home, &backup)?;
 
         // Package changes come from nix itself; its output is the familiar one.
         let packages = match &current {

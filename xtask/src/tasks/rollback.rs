@@ -49,7 +49,7 @@ impl Rollback {
         let (pf, _lock) = profile::preflight_and_lock(
             &env,
             &profile,
-            &target.path.join("home-files"),
+            &target.path,
             &backup,
             &format!("{user}'s home"),
             self.dry_run,

@@ -104,7 +104,7 @@ impl Switch {
         let (pf, _lock) = profile::preflight_and_lock(
             &env,
             &profile,
-            &active.join("home-files"),
+            &active,
             &backup,
             &format!("{user}'s home"),
             self.dry_run,

@@ -158,7 +158,7 @@ fn preflight_figures(
     // The repo's default (`bak`), as a plain switch uses it.
     let backup = Backup::new(&crate::repo::Defaults::default(), None, None, false);
     let check = |home: &Path, expect_identical: usize| {
-        let pf = profile::preflight(&files, home, &backup)?;
+        let pf = profile::preflight_files(&files, &[], home, &backup)?;
         anyhow::ensure!(
             pf.files == PREFLIGHT_FILES && pf.identical.len() == expect_identical,
             "unexpected pre-flight result"

@@ -342,6 +342,60 @@ pub fn activation_mismatch(env: &UserEnv, profile: &Profile) -> Option<(PathBuf,
     (!agree).then_some((profiled, active))
 }
 
+/// Moves the profile with `set_profile`, then activates, as one critical section: from the
+/// profile change until a generation is fully active again, Ctrl-C and SIGTERM stop only the
+/// running child, and a failure or an interrupt restores `previous` (profile and `$HOME`).
+/// `set_profile` is None for an old-style generation, which manages the profile itself (so
+/// there is nothing to restore). Messages: `interrupted` when a signal stopped it, `failed`
+/// when activation failed. Details are printed; the error is [`crate::Reported`].
+pub fn set_and_activate(
+    ctx: &crate::Ctx,
+    profile: &Profile,
+    set_profile: Option<xshell::Cmd<'_>>,
+    activation: &Activation<'_>,
+    previous: Option<u64>,
+    interrupted: &str,
+    failed: &str,
+) -> Result<()> {
+    let critical = Critical::enter();
+    let restores = set_profile.is_some();
+    if let Some(set) = set_profile
+        && let Err(e) = crate::nix::run_step(set, false)
+    {
+        if !critical.interrupted() {
+            // nix-env changes the profile atomically: it is still where it was.
+            return Err(e.context("setting the profile to the new generation"));
+        }
+        term::error(&format!("{e:#}"));
+        restore(ctx, profile, previous, activation.backup, interrupted)?;
+        return Err(crate::Reported.into());
+    }
+    // A signal between the two steps: do not start the activation at all.
+    let activated = if critical.interrupted() {
+        Err(anyhow::anyhow!("interrupted before activation started"))
+    } else {
+        activation.run()
+    };
+    if let Err(e) = activated {
+        term::error(&format!("{e:#}"));
+        let what = if critical.interrupted() {
+            interrupted
+        } else {
+            failed
+        };
+        if restores {
+            // A failed activation may have linked part of the files already.
+            restore(ctx, profile, previous, activation.backup, what)?;
+        } else {
+            term::error(&format!(
+                "{what}; this old-style generation manages the profile itself, so check `cargo xtask generations`"
+            ));
+        }
+        return Err(crate::Reported.into());
+    }
+    Ok(())
+}
+
 /// After a failed or interrupted activation: the profile back to the `previous`
 /// generation and that generation activated again, so the profile and `$HOME` agree; on a
 /// first install (no previous generation) the new profile links removed. `what` says what

@@ -6,7 +6,6 @@ use anyhow::{Context, Result, bail};
 use crate::{
     Ctx, Reported,
     cli::Rollback,
-    nix,
     profile::{self, Activation, Backup, UserEnv},
     repo::Defaults,
     term,
@@ -83,40 +82,18 @@ impl Rollback {
             term::info("dry run: nothing was changed");
             return Ok(());
         }
-        // As in switch: from the profile change until a generation is fully active again,
-        // a Ctrl-C stops only the running child, and the current generation is restored.
-        let critical = profile::Critical::enter();
-        let interrupted = format!(
-            "interrupted: the rollback was stopped before generation {} was active",
-            target.id
-        );
-        if let Err(e) = nix::run_step(step, false) {
-            if !critical.interrupted() {
-                // nix-env changes the profile atomically: it is still at `current`.
-                return Err(e);
-            }
-            term::error(&format!("{e:#}"));
-            profile::restore(ctx, &profile, Some(current), &backup, &interrupted)?;
-            return Err(Reported.into());
-        }
-        let activated = if critical.interrupted() {
-            Err(anyhow::anyhow!("interrupted before activation started"))
-        } else {
-            activation.run()
-        };
-        if let Err(e) = activated {
-            term::error(&format!("{e:#}"));
-            let what = if critical.interrupted() {
-                interrupted
-            } else {
-                format!("generation {} failed to activate", target.id)
-            };
-            // The profile back to `current` and `current` activated again: a failed
-            // activation may have linked part of the target's files already.
-            profile::restore(ctx, &profile, Some(current), &backup, &what)?;
-            return Err(Reported.into());
-        }
-        drop(critical);
+        profile::set_and_activate(
+            ctx,
+            &profile,
+            Some(step),
+            &activation,
+            Some(current),
+            &format!(
+                "interrupted: the rollback was stopped before generation {} was active",
+                target.id
+            ),
+            &format!("generation {} failed to activate", target.id),
+        )?;
         term::info(&format!(
             "rolled {user}'s home back to generation {} ({})",
             target.id,

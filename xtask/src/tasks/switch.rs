@@ -186,43 +186,20 @@ impl Switch {
                 })?;
             }
             let previous = profile.current_id();
-            // From here until the new generation (or the previous one again) is active,
-            // Ctrl-C and SIGTERM stop only the child that runs, and we restore.
-            let critical = profile::Critical::enter();
-            let interrupted =
-                "interrupted: the switch was stopped before the new generation was active";
-            if driver_sets_profile && let Err(e) = nix::run_step(set_profile?, false) {
-                if !critical.interrupted() {
-                    // nix-env changes the profile atomically: it is still the old one.
-                    return Err(e.context("setting the profile to the new generation"));
-                }
-                term::error(&format!("{e:#}"));
-                profile::restore(ctx, &profile, previous, &backup, interrupted)?;
-                return Err(Reported.into());
-            }
-            // A signal between the two steps: do not start the activation at all.
-            let activated = if critical.interrupted() {
-                Err(anyhow::anyhow!("interrupted before activation started"))
+            let set = if driver_sets_profile {
+                Some(set_profile?)
             } else {
-                activation.run()
+                None
             };
-            if let Err(e) = activated {
-                term::error(&format!("{e:#}"));
-                let what = if critical.interrupted() {
-                    interrupted
-                } else {
-                    "the new generation failed to activate"
-                };
-                if driver_sets_profile {
-                    profile::restore(ctx, &profile, previous, &backup, what)?;
-                } else {
-                    term::error(&format!(
-                        "{what}; this old-style generation manages the profile itself, so check `cargo xtask generations`"
-                    ));
-                }
-                return Err(Reported.into());
-            }
-            drop(critical);
+            profile::set_and_activate(
+                ctx,
+                &profile,
+                set,
+                &activation,
+                previous,
+                "interrupted: the switch was stopped before the new generation was active",
+                "the new generation failed to activate",
+            )?;
             term::info(&format!(
                 "{} {user}'s home to {} (generation {})",
                 term::paint(term::Style::Green, "switched"),

@@ -243,24 +243,7 @@ in {{
 }}"#,
         root = root.display()
     );
-    let out = Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command flakes",
-            "eval",
-            "--json",
-            "--impure",
-        ])
-        .args(["--expr", &expr])
-        .env("NIX_CONFIG", NIX_CONFIG)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = common::nix_eval_expr(&expr).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v["homes"], json!(["alice", "bob"]));
     assert_eq!(v["hosts"], json!(["workstation"]));
     assert_eq!(v["alicePkgs"], "x86_64-linux");

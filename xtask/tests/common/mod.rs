@@ -241,26 +241,10 @@ impl Fixture {
     /// every home there too, so `ROOT#homeConfigurations.bob` would be this machine's
     /// variant; and `git+file` sees only tracked files, as a flake in git does.
     pub fn nix_eval(&self, apply: &str) -> Result<serde_json::Value, String> {
-        let expr = format!(
+        nix_eval_expr(&format!(
             "({apply}) (builtins.getFlake {})",
             nix_str(&format!("git+file://{}", self.root.display()))
-        );
-        let out = Command::new("nix")
-            .args([
-                "--extra-experimental-features",
-                "nix-command flakes",
-                "eval",
-                "--json",
-                "--impure",
-            ])
-            .args(["--expr", &expr])
-            .env("NIX_CONFIG", NIX_CONFIG)
-            .output()
-            .expect("nix is required for these tests (apt-get install nix-bin)");
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
+        ))
     }
 
     /// A digest of every path, type, target and content under `dir`: equal digests mean
@@ -317,6 +301,27 @@ pub fn path_with_git_only() -> TempDir {
     let bin = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(git, bin.path().join("git")).unwrap();
     bin
+}
+
+/// `nix eval --json --impure --expr EXPR` with the tests' offline settings: Ok(JSON) or
+/// Err(nix's stderr).
+pub fn nix_eval_expr(expr: &str) -> Result<serde_json::Value, String> {
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "eval",
+            "--json",
+            "--impure",
+        ])
+        .args(["--expr", expr])
+        .env("NIX_CONFIG", NIX_CONFIG)
+        .output()
+        .expect("nix is required for these tests (apt-get install nix-bin)");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// A Nix string literal.

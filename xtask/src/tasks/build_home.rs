@@ -13,6 +13,7 @@ use crate::{
     Ctx,
     cli::BuildHome,
     nix,
+    profile::UserEnv,
     repo::{self, Part, Repo},
     term,
 };
@@ -26,11 +27,8 @@ struct Built<'a> {
 
 impl BuildHome {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let env = crate::profile::UserEnv::from_process()?;
-        let user = self.user.unwrap_or_else(|| env.user.clone());
-        let repo = ctx.repo()?;
-        standalone_user(&repo, &user)?;
-        let system = pick_system(self.system.as_deref())?;
+        let HomeTarget { user, system, .. } =
+            HomeTarget::resolve(ctx, self.user, self.system.as_deref(), false)?;
         let foreign = system != nix::current_system();
         if foreign {
             term::warning(&format!(
@@ -64,6 +62,41 @@ impl BuildHome {
             println!("{}", path.display());
         }
         Ok(())
+    }
+}
+
+/// The home a deploying task works on: the user's environment, the user (the argument,
+/// else `$USER`, checked to have a standalone home), the repo model and the system.
+pub struct HomeTarget {
+    pub env: UserEnv,
+    pub user: String,
+    pub repo: Repo,
+    pub system: String,
+}
+
+impl HomeTarget {
+    /// `own`: the task uses the user's own profile or `$HOME` (everything but build-home),
+    /// so only that user may run it.
+    pub fn resolve(
+        ctx: &Ctx,
+        user: Option<String>,
+        system: Option<&str>,
+        own: bool,
+    ) -> Result<HomeTarget> {
+        let env = UserEnv::from_process()?;
+        let user = user.unwrap_or_else(|| env.user.clone());
+        let repo = ctx.repo()?;
+        standalone_user(&repo, &user)?;
+        if own {
+            super::switch::check_runner(&user, &env)?;
+        }
+        let system = pick_system(system)?;
+        Ok(HomeTarget {
+            env,
+            user,
+            repo,
+            system,
+        })
     }
 }
 

@@ -15,14 +15,11 @@ use similar::TextDiff;
 use crate::{
     Ctx,
     cli::Diff,
-    profile::{self, Backup, Preflight, UserEnv},
+    profile::{self, Backup, Preflight},
     term,
 };
 
-use super::{
-    build_home::{OutLinkDir, build_generation, pick_system, standalone_user},
-    switch::check_runner,
-};
+use super::build_home::{HomeTarget, OutLinkDir, build_generation};
 
 #[derive(Debug, Serialize)]
 struct Report<'a> {
@@ -56,12 +53,12 @@ enum Entry {
 
 impl Diff {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let env = UserEnv::from_process()?;
-        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        let repo = ctx.repo()?;
-        standalone_user(&repo, &user)?;
-        check_runner(&user, &env)?;
-        let system = pick_system(self.system.as_deref())?;
+        let HomeTarget {
+            env,
+            user,
+            repo,
+            system,
+        } = HomeTarget::resolve(ctx, self.user.clone(), self.system.as_deref(), true)?;
         // A read-only task leaves nothing in the repo: the GC root lives as long as the diff.
         let work = OutLinkDir::new("diff")?;
         let generation = build_generation(ctx, &user, &system, &work.link())?;

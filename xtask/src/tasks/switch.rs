@@ -20,7 +20,7 @@ use crate::{
     repo, term,
 };
 
-use super::build_home::{OutLinkDir, build_generation, pick_system, standalone_user};
+use super::build_home::{HomeTarget, OutLinkDir, build_generation};
 
 /// Where NixOS puts the units it generates; `XTASK_SYSTEMD_UNIT_DIR` replaces it, for tests
 /// only (they cannot write to /etc).
@@ -42,12 +42,12 @@ impl Switch {
         if let Some(host) = self.host.clone() {
             return self.run_host(ctx, &host);
         }
-        let env = UserEnv::from_process()?;
-        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        let repo = ctx.repo()?;
-        standalone_user(&repo, &user)?;
-        check_runner(&user, &env)?;
-        let system = pick_system(self.system.as_deref())?;
+        let HomeTarget {
+            env,
+            user,
+            repo,
+            system,
+        } = HomeTarget::resolve(ctx, self.user.clone(), self.system.as_deref(), true)?;
         let here = nix::current_system();
         if system != here {
             bail!(

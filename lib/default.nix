@@ -96,12 +96,17 @@ let
 
   readMeta = file: if pathExists file then import file else { };
 
-  homeMeta = user: readMeta (homePath user + "/meta.nix");
-  # Each home's and host's system is read once, not once per supported system.
-  homeSystems = mapToAttrs (user: {
-    name = user;
-    value = checkSystem "homes/${user}/meta.nix" ((homeMeta user).system or defaultSystem);
-  }) users;
+  # name -> system, from <dir>/<name>/meta.nix or the default: each home's and host's
+  # system is read once, not once per supported system.
+  systemsOf =
+    label: dir: names:
+    mapToAttrs (name: {
+      inherit name;
+      value = checkSystem "${label}/${name}/meta.nix" (
+        (readMeta (dir + "/${name}/meta.nix")).system or defaultSystem
+      );
+    }) names;
+  homeSystems = systemsOf "homes" homesDir users;
 
   # Module list of a user's standalone home: base, then @global when present.
   standaloneModules =
@@ -149,10 +154,7 @@ let
       ) names;
 
   hostMeta = host: readMeta (systemsDir + "/${host}/meta.nix");
-  hostSystems = mapToAttrs (host: {
-    name = host;
-    value = checkSystem "systems/${host}/meta.nix" ((hostMeta host).system or defaultSystem);
-  }) hosts;
+  hostSystems = systemsOf "systems" systemsDir hosts;
 
   # A host's users: every user with a homes/<user>@<host> directory, plus meta.nix `users`.
   hostUsers =

@@ -183,14 +183,15 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn error(
+    pub fn new(
+        severity: Severity,
         path: impl Into<String>,
         code: &'static str,
         message: String,
         fix: String,
     ) -> Self {
         Finding {
-            severity: Severity::Error,
+            severity,
             path: path.into(),
             line: None,
             code,
@@ -198,20 +199,21 @@ impl Finding {
             fix,
         }
     }
+    pub fn error(
+        path: impl Into<String>,
+        code: &'static str,
+        message: String,
+        fix: String,
+    ) -> Self {
+        Finding::new(Severity::Error, path, code, message, fix)
+    }
     pub fn warning(
         path: impl Into<String>,
         code: &'static str,
         message: String,
         fix: String,
     ) -> Self {
-        Finding {
-            severity: Severity::Warning,
-            path: path.into(),
-            line: None,
-            code,
-            message,
-            fix,
-        }
+        Finding::new(Severity::Warning, path, code, message, fix)
     }
 }
 

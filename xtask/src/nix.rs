@@ -384,6 +384,26 @@ pub fn current_system() -> String {
     format!("{arch}-{os}")
 }
 
+/// `--system`: a supported system, or this machine's when not given or `auto` (then said,
+/// so a user on another architecture sees which home variant is used).
+pub fn pick_system(flag: Option<&str>) -> Result<String> {
+    let system = match flag {
+        Some(s) if s != "auto" => s.to_string(),
+        _ => {
+            let s = current_system();
+            term::info(&format!("system: {s} (detected; --system overrides)"));
+            s
+        }
+    };
+    if !crate::repo::SYSTEMS.contains(&system.as_str()) {
+        bail!(
+            "system '{system}' is not supported; use one of {} (or auto for this machine's)",
+            crate::repo::SYSTEMS.join(", ")
+        );
+    }
+    Ok(system)
+}
+
 /// The flake reference of an attribute of the repo: `/abs/root#attr`.
 pub fn installable(root: &Path, attr: &str) -> String {
     format!("{}#{attr}", root.display())
@@ -451,5 +471,17 @@ mod tests {
         assert!(!cannot_run(
             "error: undefined variable 'pkgz' at /nix/store/a-source/homes/b/default.nix:3:5:"
         ));
+    }
+
+    #[test]
+    fn systems_are_picked_and_checked() {
+        assert_eq!(pick_system(Some("aarch64-linux")).unwrap(), "aarch64-linux");
+        assert_eq!(pick_system(Some("auto")).unwrap(), current_system());
+        assert_eq!(pick_system(None).unwrap(), current_system());
+        let err = pick_system(Some("riscv64-linux")).unwrap_err().to_string();
+        assert!(
+            err.contains("riscv64-linux") && err.contains("x86_64-linux"),
+            "{err}"
+        );
     }
 }

@@ -90,7 +90,7 @@ impl HomeTarget {
         if own {
             super::switch::check_runner(&user, &env)?;
         }
-        let system = pick_system(system)?;
+        let system = nix::pick_system(system)?;
         Ok(HomeTarget {
             env,
             user,
@@ -98,25 +98,6 @@ impl HomeTarget {
             system,
         })
     }
-}
-
-/// `--system`, or this machine's, checked against the supported systems; says which.
-pub fn pick_system(flag: Option<&str>) -> Result<String> {
-    let system = match flag {
-        Some(s) => s.to_string(),
-        None => {
-            let s = nix::current_system();
-            term::info(&format!("system: {s} (detected; --system overrides)"));
-            s
-        }
-    };
-    if !repo::SYSTEMS.contains(&system.as_str()) {
-        bail!(
-            "system {system} is not supported; use one of {}",
-            repo::SYSTEMS.join(", ")
-        );
-    }
-    Ok(system)
 }
 
 /// Checks that `name` is a user with a standalone home, or says what to run instead:

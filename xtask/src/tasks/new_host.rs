@@ -3,10 +3,11 @@
 
 use anyhow::{Result, anyhow};
 
-use super::scaffold::{self, Evaluation, Scaffold, nix_string_list, render, replace_line};
+use super::scaffold::{Evaluation, Scaffold, nix_string_list, render, replace_line};
 use crate::{
     Ctx,
     cli::NewHost,
+    nix,
     repo::{nix_string, validate_host_name, validate_new_user_name},
     term,
 };
@@ -27,7 +28,7 @@ impl NewHost {
                 users.push(user.clone());
             }
         }
-        let system = scaffold::resolve_system(&self.system)?;
+        let system = nix::pick_system(Some(&self.system))?;
         let repo = ctx.repo()?;
 
         let mut files = Scaffold::default();

@@ -3,10 +3,11 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::scaffold::{self, Evaluation, Scaffold, render, replace_line};
+use super::scaffold::{Evaluation, Scaffold, render, replace_line};
 use crate::{
     Ctx,
     cli::NewUser,
+    nix,
     repo::{self, Part, home_dir_name, nix_string, validate_host_name, validate_new_user_name},
     term,
 };
@@ -32,7 +33,7 @@ impl NewUser {
         let system = self
             .system
             .as_deref()
-            .map(scaffold::resolve_system)
+            .map(|s| nix::pick_system(Some(s)))
             .transpose()?;
         let home = with_git_identity(
             &render(HOME, &[("user", name)]),

@@ -15,8 +15,7 @@ use xshell::cmd;
 use crate::{
     Ctx,
     nix::{self, Nix, NixError},
-    repo::{self, SYSTEMS},
-    term,
+    repo, term,
 };
 
 /// Fills `@key@` placeholders (nixpkgs' substituteAll style). A `@` that does not open a
@@ -81,22 +80,6 @@ pub fn nix_string_list(items: &[String], indent: &str) -> String {
             format!("[\n{lines}{indent}]")
         }
     }
-}
-
-/// `--system`: `auto` is this machine's system; anything else must be a supported one.
-pub fn resolve_system(system: &str) -> Result<String> {
-    let system = if system == "auto" {
-        nix::current_system()
-    } else {
-        system.to_string()
-    };
-    if !SYSTEMS.contains(&system.as_str()) {
-        bail!(
-            "system '{system}' is not supported; use one of {} (or auto for this machine's)",
-            SYSTEMS.join(", ")
-        );
-    }
-    Ok(system)
 }
 
 /// The files a task is about to create, each in a directory that must not exist yet.
@@ -405,17 +388,6 @@ mod tests {
         assert_eq!(
             nix_string_list(&["a".into(), "b".into()], "  "),
             "[\n    \"a\"\n    \"b\"\n  ]"
-        );
-    }
-
-    #[test]
-    fn systems_resolve() {
-        assert_eq!(resolve_system("aarch64-linux").unwrap(), "aarch64-linux");
-        assert!(
-            resolve_system("riscv64-linux")
-                .unwrap_err()
-                .to_string()
-                .contains("x86_64-linux")
         );
     }
 

@@ -302,12 +302,32 @@ pub fn failure(shown: &str, what: &str, stderr: &str) -> anyhow::Error {
             trim_error(stderr)
         );
     }
+    if let Some(fix) = environment_fix(stderr) {
+        return anyhow::anyhow!("{}\n  tried: {shown}\n  {fix}", trim_error(stderr));
+    }
     NixError {
         command: shown.to_string(),
         what: what.to_string(),
         stderr: stderr.to_string(),
     }
     .into()
+}
+
+/// The fix for nix failures that are not about the repo's Nix code, when nix's message
+/// alone would not make it obvious.
+pub fn environment_fix(err: &str) -> Option<&'static str> {
+    if err.contains("is not a valid URL") {
+        // Nix 2.8 (and others) cannot put a path with a space or `#`/`?` into a flake URL.
+        return Some(
+            "this nix cannot use the repository's path in a flake reference (it has a space or another special character); move or clone the repository to a path without one",
+        );
+    }
+    if cannot_run(err) {
+        return Some(
+            "nix could not fetch or lock the flake's inputs (no network?); run `nix flake lock` where the network is reachable and commit flake.lock",
+        );
+    }
+    None
 }
 
 /// Nix failures that say nothing about the files: no network, inputs missing offline, a

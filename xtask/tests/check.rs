@@ -591,3 +591,18 @@ fn one_home_broken_on_every_system_does_not_stop_the_others() {
         "{findings:#?}"
     );
 }
+
+/// Nix (2.8 at least) cannot put a path with a space into a flake reference: the finding
+/// says so and what to do, instead of only nix's "not a valid URL".
+#[test]
+fn a_repository_path_with_a_space_is_explained() {
+    let f = Fixture::named("my repo");
+    f.home_module("alice", "{ }\n").commit();
+    let run = f.xtask(&["check"]);
+    if run.code == 0 {
+        return; // a nix that handles such paths: nothing to explain
+    }
+    run.failure(1)
+        .stderr_has("flake.nix: the flake does not evaluate")
+        .stderr_has("move or clone the repository to a path without one");
+}

@@ -100,8 +100,13 @@ impl Run {
 impl Fixture {
     /// An empty fixture flake (lib/, stub builders, flake.nix) committed in a fresh git repo.
     pub fn new() -> Fixture {
+        Fixture::named("repo")
+    }
+
+    /// The same, with the repository in a directory of this name (e.g. with a space).
+    pub fn named(dir: &str) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("repo");
+        let root = tmp.path().join(dir);
         let home = tmp.path().join("home");
         fs::create_dir_all(root.join("homes")).unwrap();
         fs::create_dir_all(root.join("systems")).unwrap();

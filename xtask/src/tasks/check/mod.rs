@@ -343,8 +343,8 @@ fn evaluate(
                     "the flake does not evaluate, so no home or host could be checked: {}",
                     err.message
                 ),
-                if nix::cannot_run(&err.message) {
-                    "nix could not fetch or lock the flake's inputs (no network?); run `nix flake lock` where the network is reachable and commit flake.lock".to_string()
+                if let Some(fix) = nix::environment_fix(&err.message) {
+                    fix.to_string()
                 } else {
                     // attrNames: reproduce the failure without printing whole configurations.
                     format!(

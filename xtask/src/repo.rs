@@ -573,32 +573,46 @@ impl Repo {
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
-        let expr = self.meta_expr();
-        let eval: MetaEval = match nix.eval_expr_json(&expr) {
+        let eval: MetaEval = match nix.eval_expr_json(&self.meta_expr()) {
             Ok(v) => v,
             // Only a failure of the evaluation itself is a finding; nix missing or
             // without flakes is the caller's error.
             Err(e) => {
-                let Some(nix_error) = e.downcast_ref::<crate::nix::NixError>() else {
+                if e.downcast_ref::<crate::nix::NixError>().is_none() {
                     return Err(e);
+                }
+                // One broken file stops the whole evaluation and nix names only the first
+                // problem: on this failure path only, read each file alone, so every
+                // broken one is reported and the good ones still count.
+                let mut merged = MetaEval {
+                    homes: BTreeMap::new(),
+                    hosts: BTreeMap::new(),
                 };
-                let message = nix_error.message();
-                let (path, line) = locate_nix_error(&self.root, &message);
-                // The location is shown as the finding's path and line; drop it from the text.
-                let message = match message.find(" at /") {
-                    Some(i) if path.is_some() => message[..i].to_string(),
-                    _ => message,
-                };
-                self.findings.push(Finding {
-                    line,
-                    ..Finding::error(
-                        path.unwrap_or_else(|| "meta.nix".to_string()),
-                        "bad-meta",
-                        format!("cannot read meta.nix: {message}"),
-                        "fix the file so that it is an attribute set like { system = \"x86_64-linux\"; }".into(),
-                    )
-                });
-                return Ok(());
+                let files = homes
+                    .iter()
+                    .map(|h| (h, true))
+                    .chain(hosts.iter().map(|h| (h, false)));
+                for (name, is_home) in files {
+                    let (h, s): (&[&str], &[&str]) = if is_home {
+                        (&[name.as_str()], &[])
+                    } else {
+                        (&[], &[name.as_str()])
+                    };
+                    match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s)) {
+                        Ok(one) => {
+                            merged.homes.extend(one.homes);
+                            merged.hosts.extend(one.hosts);
+                        }
+                        Err(e) => match e.downcast_ref::<crate::nix::NixError>() {
+                            Some(ne) => {
+                                let finding = self.meta_finding(ne);
+                                self.findings.push(finding);
+                            }
+                            None => return Err(e),
+                        },
+                    }
+                }
+                merged
             }
         };
         for (name, meta) in eval.homes {
@@ -618,6 +632,27 @@ impl Repo {
             }
         }
         Ok(())
+    }
+
+    /// A meta.nix that nix cannot read, as a finding against the file nix names.
+    fn meta_finding(&self, nix_error: &crate::nix::NixError) -> Finding {
+        let message = nix_error.message();
+        let (path, line) = locate_nix_error(&self.root, &message);
+        // The location is shown as the finding's path and line; drop it from the text.
+        let message = match message.find(" at /") {
+            Some(i) if path.is_some() => message[..i].to_string(),
+            _ => message,
+        };
+        Finding {
+            line,
+            ..Finding::error(
+                path.unwrap_or_else(|| "meta.nix".to_string()),
+                "bad-meta",
+                format!("cannot read meta.nix: {message}"),
+                "fix the file so that it is an attribute set like { system = \"x86_64-linux\"; }"
+                    .into(),
+            )
+        }
     }
 
     fn check_system(&mut self, rel: &str, system: Option<serde_json::Value>) -> Option<String> {

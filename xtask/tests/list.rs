@@ -230,3 +230,22 @@ fn usage_errors_exit_2() {
     f.xtask(&["no-such-task"]).failure(2);
     f.xtask(&["list", "--help"]).success().stdout_has("--json");
 }
+
+/// One broken meta.nix stops nix's evaluation of all of them; every broken one is still
+/// reported, each against its own file.
+#[test]
+fn every_broken_meta_file_is_reported() {
+    let f = Fixture::new();
+    f.home_module("alice", "{ }\n")
+        .host("a", Some("{ system = \"x86_64-linux\" }\n"))
+        .host("b", Some("{ system = nope; }\n"))
+        .host("c", Some("{ system = \"riscv64-linux\"; }\n"))
+        .host("d", Some("{ system = \"aarch64-linux\"; }\n"))
+        .commit();
+    let run = f.xtask(&["list"]);
+    run.failure(1)
+        .stderr_has("systems/a/meta.nix:1: cannot read meta.nix: syntax error")
+        .stderr_has("systems/b/meta.nix:1: cannot read meta.nix: undefined variable 'nope'")
+        .stderr_has("systems/c/meta.nix: system = \"riscv64-linux\" is not a supported system");
+    assert!(!run.stderr.contains("systems/d"), "{}", run.stderr);
+}

@@ -10,7 +10,9 @@
 use std::{
     env,
     ffi::OsStr,
+    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
+    process::Stdio,
 };
 
 use anyhow::{Context, Result, bail};
@@ -89,10 +91,44 @@ impl<'a> Nix<'a> {
     /// not: `check` reads the `trace:` lines and the error of a failed evaluation itself
     /// instead of turning it into one error. `--impure` because `builtins.getFlake` of an
     /// unlocked local flake (a working tree) is refused in pure mode.
-    pub fn eval_expr_output(&self, expr: &str) -> Result<EvalOutput> {
-        let (out, shown) = self.capture(self.eval_expr_cmd(expr)?, self.verbose)?;
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if !out.status.success() {
+    pub fn eval_expr_output(
+        &self,
+        expr: &str,
+        mut on_stderr_line: impl FnMut(&str),
+    ) -> Result<EvalOutput> {
+        let cmd = self.eval_expr_cmd(expr)?;
+        let shown = cmd.to_string();
+        if self.verbose {
+            term::command(&shown);
+        }
+        // Spawned rather than run to completion: stderr is read line by line while nix
+        // works, so the caller can show progress (check reads its trace marks), and stdout
+        // is drained on its own thread so a large result cannot block nix on a full pipe.
+        let mut child = std::process::Command::from(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {shown}"))?;
+        let mut stdout_pipe = child.stdout.take().context("nix's stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            stdout_pipe.read_to_end(&mut buf).map(|_| buf)
+        });
+        let mut stderr = String::new();
+        let stderr_pipe = child.stderr.take().context("nix's stderr")?;
+        for line in BufReader::new(stderr_pipe).lines() {
+            let line = line.with_context(|| format!("reading the output of {shown}"))?;
+            on_stderr_line(&line);
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+        let status = child.wait().with_context(|| format!("running {shown}"))?;
+        let stdout = reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("reading the output of {shown} failed"))?
+            .with_context(|| format!("reading the output of {shown}"))?;
+        if !status.success() {
             // A nix that cannot run flakes at all is not a finding about the repo.
             if stderr.contains("--extra-experimental-features")
                 || (stderr.contains("experimental Nix feature") && stderr.contains("is disabled"))
@@ -101,8 +137,8 @@ impl<'a> Nix<'a> {
             }
         }
         Ok(EvalOutput {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            success: status.success(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr,
             shown,
         })

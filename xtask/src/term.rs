@@ -9,6 +9,26 @@ fn colour() -> bool {
         .get_or_init(|| std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal())
 }
 
+fn stderr_is_terminal() -> bool {
+    static TTY: OnceLock<bool> = OnceLock::new();
+    *TTY.get_or_init(|| std::io::stderr().is_terminal())
+}
+
+/// A progress line rewritten in place on a terminal; elsewhere (CI logs) nothing, since the
+/// task prints what it starts and a summary.
+pub fn progress(msg: &str) {
+    if stderr_is_terminal() {
+        eprint!("\r\x1b[K{msg}");
+    }
+}
+
+/// Clears the progress line.
+pub fn progress_done() {
+    if stderr_is_terminal() {
+        eprint!("\r\x1b[K");
+    }
+}
+
 #[derive(Clone, Copy)]
 pub enum Style {
     Red,

@@ -32,6 +32,7 @@ use anyhow::{Context, Result, bail};
 use crate::{
     nix::{self, Nix},
     repo::{self, nix_string},
+    term,
 };
 
 const MARK: &str = "xtask-check:";
@@ -266,8 +267,21 @@ pub fn evaluate(nix: &Nix, root: &Path, targets: &[Target]) -> Result<Evaluation
     // (message, count) of the uncaught errors in a row.
     let mut streak: (String, Vec<&str>) = (String::new(), Vec::new());
 
+    term::info(&format!(
+        "evaluating {} target(s) in one nix process",
+        targets.len()
+    ));
+    let mut done = 0;
     while !pending.is_empty() {
-        let out = nix.eval_expr_output(&batch_expr(root, targets, &pending))?;
+        // nix's trace marks arrive as it goes: the count of finished targets is the progress.
+        let out = nix.eval_expr_output(&batch_expr(root, targets, &pending), |line| {
+            if line.contains(&format!("{MARK}ok:")) || line.contains(&format!("{MARK}failed:")) {
+                done += 1;
+                term::progress(&format!("evaluated {done}/{}", targets.len()));
+            }
+        });
+        term::progress_done();
+        let out = out?;
         processes += 1;
         let (marks, src) = parse_marks(&out.stderr);
         if src.is_some() {
@@ -334,9 +348,15 @@ pub fn evaluate(nix: &Nix, root: &Path, targets: &[Target]) -> Result<Evaluation
     }
 
     // tryEval does not say why: evaluate each caught target alone to get nix's message.
+    if !caught.is_empty() {
+        term::info(&format!(
+            "evaluating the {} failed target(s) alone for nix's messages",
+            caught.len()
+        ));
+    }
     for i in caught {
         let expr = format!("let {} in {}", prelude(root), targets[i].expr());
-        let out = nix.eval_expr_output(&expr)?;
+        let out = nix.eval_expr_output(&expr, |_| {})?;
         processes += 1;
         outcomes[i] = Some(if out.success {
             // Failed inside the batch but not alone: report it rather than hide it.

@@ -5,7 +5,8 @@
 #   homes/@user@@global/default.nix   merged into the standalone home only (new-user --global)
 #   homes/@user@@<host>/default.nix   merged into that host's integrated home only (--host)
 #   homes/@user@/meta.nix             { system = "aarch64-linux"; } for the standalone home
-# lib/ sets home.username, home.homeDirectory and home.stateVersion; set them here to override.
+# lib/ sets home.username, home.homeDirectory and home.stateVersion. Override the first two
+# in homes/@user@@global (on NixOS hosts they come from users.users and must not be set twice).
 { pkgs, ... }:
 {
   # Packages for this user, from nixpkgs (search.nixos.org lists the names):

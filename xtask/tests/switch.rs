@@ -487,6 +487,19 @@ fn specialisations_activate_as_home_manager_does() {
     // The profile holds the whole generation, as with home-manager.
     let generation = fs::read_link(profiles(&f).join("home-manager-1-link")).unwrap();
     assert!(generation.join("specialisation/work/activate").is_file());
+    // diff compares with what $HOME has (the specialisation), so it sees that a plain
+    // switch would change .bashrc back.
+    let run = f.xtask(&["diff", "--json"]);
+    run.success();
+    let changed = run.json()["changed"].clone();
+    assert_eq!(changed[0]["path"], ".bashrc", "{changed}");
+    assert!(
+        changed[0]["diff"]
+            .as_str()
+            .unwrap()
+            .contains("-work\n+base\n"),
+        "{changed}"
+    );
 }
 
 #[test]

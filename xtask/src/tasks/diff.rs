@@ -63,7 +63,12 @@ impl Diff {
         let work = OutLinkDir::new("diff")?;
         let generation = build_generation(ctx, &user, &system, &work.link())?;
         let profile = env.profile();
-        let current = fs::canonicalize(profile.link()).ok();
+        // The active generation is the one whose files $HOME has: Home Manager's GC root of
+        // it, which after `switch --specialisation` is the specialisation, not the profile's
+        // generation. The profile is the fallback for a machine that never had the root.
+        let current = fs::canonicalize(env.hm_state_dir().join("gcroots/current-home"))
+            .or_else(|_| fs::canonicalize(profile.link()))
+            .ok();
 
         // Both `home-files` are links to `*-home-manager-files` store paths: the same path
         // is the same tree (a change of packages only), with nothing to read.

@@ -371,14 +371,14 @@ fn check_expected(generation: &Path, env: &UserEnv, user: &str) -> Result<()> {
     {
         let mac = if cfg!(target_os = "macos") {
             format!(
-                "; on macOS home directories are /Users/<name> (the repo's default for *-darwin), so if yours differs write home.homeDirectory = \"{}\"; in homes/{user}/default.nix",
+                "; on macOS home directories are /Users/<name> (the repo's default for *-darwin), so if yours differs write home.homeDirectory = \"{}\"; in homes/{user}@global/default.nix (the standalone-only part: on NixOS hosts the home directory comes from users.users)",
                 env.home.display()
             )
         } else {
             String::new()
         };
         bail!(
-            "the home sets home.homeDirectory = \"{h}\" but $HOME is {}; set home.homeDirectory = \"{}\" in homes/{user}/default.nix, or run with the right HOME{mac}",
+            "the home sets home.homeDirectory = \"{h}\" but $HOME is {}; set home.homeDirectory = \"{}\" in homes/{user}@global/default.nix (the standalone-only part: on NixOS hosts Home Manager takes it from users.users and a second definition conflicts), or run with the right HOME{mac}",
             env.home.display(),
             env.home.display()
         );

@@ -87,26 +87,29 @@ let
   hasPart = user: part: elem part (partsOf.${user} or [ ]);
   homePath = dir: homesDir + "/${dir}";
 
+  # NixOS runs on Linux only; a Mac's home is a standalone home.
+  hostSystemsAllowed = filter (system: match ".*-linux" system != null) supportedSystems;
+
   checkSystem =
-    where: system:
-    if elem system supportedSystems then
+    where: allowed: system:
+    if elem system allowed then
       system
     else
-      throw "${where}: system \"${toString system}\" is not supported; use one of ${toString supportedSystems}";
+      throw "${where}: system \"${toString system}\" is not supported here; use one of ${toString allowed}";
 
   readMeta = file: if pathExists file then import file else { };
 
   # name -> system, from <dir>/<name>/meta.nix or the default: each home's and host's
   # system is read once, not once per supported system.
   systemsOf =
-    label: dir: names:
+    label: dir: allowed: names:
     mapToAttrs (name: {
       inherit name;
-      value = checkSystem "${label}/${name}/meta.nix" (
+      value = checkSystem "${label}/${name}/meta.nix" allowed (
         (readMeta (dir + "/${name}/meta.nix")).system or defaultSystem
       );
     }) names;
-  homeSystems = systemsOf "homes" homesDir users;
+  homeSystems = systemsOf "homes" homesDir supportedSystems users;
 
   # Module list of a user's standalone home: base, then @global when present.
   standaloneModules =
@@ -154,7 +157,7 @@ let
       ) names;
 
   hostMeta = host: readMeta (systemsDir + "/${host}/meta.nix");
-  hostSystems = systemsOf "systems" systemsDir hosts;
+  hostSystems = systemsOf "systems" systemsDir hostSystemsAllowed hosts;
 
   # A host's users: every user with a homes/<user>@<host> directory, plus meta.nix `users`.
   hostUsers =

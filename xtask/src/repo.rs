@@ -25,6 +25,10 @@ pub const SYSTEMS: [&str; 4] = [
     "aarch64-darwin",
 ];
 
+/// The systems a NixOS host can have (`systems/<host>`): NixOS runs on Linux only; a Mac
+/// is configured with nix-darwin, which this repo does not manage.
+pub const HOST_SYSTEMS: [&str; 2] = ["x86_64-linux", "aarch64-linux"];
+
 /// `global` names the standalone-only part of a home, so it cannot be a host.
 pub const RESERVED_HOST: &str = "global";
 
@@ -617,14 +621,14 @@ impl Repo {
         };
         for (name, meta) in eval.homes {
             let rel = format!("homes/{name}/meta.nix");
-            let system = self.check_system(&rel, meta.system);
+            let system = self.check_system(&rel, meta.system, &SYSTEMS);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
             }
         }
         for (name, meta) in eval.hosts {
             let rel = format!("systems/{name}/meta.nix");
-            let system = self.check_system(&rel, meta.system);
+            let system = self.check_system(&rel, meta.system, &HOST_SYSTEMS);
             let users = self.check_users(&rel, meta.users);
             if let Some(h) = self.hosts.get_mut(&name) {
                 h.system = system;
@@ -655,16 +659,27 @@ impl Repo {
         }
     }
 
-    fn check_system(&mut self, rel: &str, system: Option<serde_json::Value>) -> Option<String> {
+    fn check_system(
+        &mut self,
+        rel: &str,
+        system: Option<serde_json::Value>,
+        allowed: &[&str],
+    ) -> Option<String> {
         match system {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if SYSTEMS.contains(&s.as_str()) => Some(s),
+            Some(serde_json::Value::String(s)) if allowed.contains(&s.as_str()) => Some(s),
             Some(other) => {
+                let known = other.as_str().is_some_and(|o| SYSTEMS.contains(&o));
+                let what = if known {
+                    "a NixOS host's system (NixOS runs on Linux; a Mac's home goes in homes/)"
+                } else {
+                    "a supported system"
+                };
                 self.findings.push(Finding::error(
                     rel,
                     "unknown-system",
-                    format!("system = {other} is not a supported system"),
-                    format!("use one of {}", SYSTEMS.join(", ")),
+                    format!("system = {other} is not {what}"),
+                    format!("use one of {}", allowed.join(", ")),
                 ));
                 None
             }

@@ -176,6 +176,23 @@ fn unknown_system_in_meta_names_the_file() {
 }
 
 #[test]
+fn hosts_are_linux_only() {
+    let f = Fixture::new();
+    f.host("mac", Some("{ system = \"aarch64-darwin\"; }\n"))
+        .commit();
+    let stderr = nix_eval(
+        &f,
+        "nixosConfigurations.mac",
+        "h: h.config.system.build.toplevel.drvPath",
+    )
+    .unwrap_err();
+    assert!(
+        stderr.contains("systems/mac/meta.nix") && stderr.contains("aarch64-darwin"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn generation_has_the_contract_layout() {
     let f = layout();
     let out = Command::new("nix")

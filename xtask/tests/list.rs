@@ -142,6 +142,14 @@ fn bad_layouts_name_the_path_and_rule() {
             "not a supported system",
         ),
         (
+            "darwin host",
+            &|f| {
+                f.host("ws", Some("{ system = \"aarch64-darwin\"; }\n"));
+            },
+            "systems/ws/meta.nix",
+            "NixOS runs on Linux",
+        ),
+        (
             "meta syntax",
             &|f| {
                 f.host("ws", Some("{ system = \"x86_64-linux\" }\n"));

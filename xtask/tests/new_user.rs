@@ -330,6 +330,16 @@ fn new_host_writes_the_detected_system_and_evaluates() {
     f.xtask(&["new-host", "x", "--user", "root"])
         .failure(1)
         .stderr_has("reserved");
+    f.xtask(&["new-host", "mac", "--system", "aarch64-darwin"])
+        .failure(1)
+        .stderr_has("a NixOS host runs Linux");
+    f.xtask(&["new-host", "global"])
+        .failure(1)
+        .stderr_has("'global' is reserved");
+    f.xtask(&["new-host", "x", "--dry-run"])
+        .success()
+        .stdout_has("--- systems/x/default.nix")
+        .stdout_has("--- systems/x/meta.nix");
     assert_eq!(snapshot(&f), before);
 }
 

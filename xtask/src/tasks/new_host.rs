@@ -8,7 +8,7 @@ use crate::{
     Ctx,
     cli::NewHost,
     nix,
-    repo::{nix_string, validate_host_name, validate_new_user_name},
+    repo::{HOST_SYSTEMS, nix_string, validate_host_name, validate_new_user_name},
     term,
 };
 
@@ -29,6 +29,12 @@ impl NewHost {
             }
         }
         let system = nix::pick_system(Some(&self.system))?;
+        if !HOST_SYSTEMS.contains(&system.as_str()) {
+            anyhow::bail!(
+                "a NixOS host runs Linux, so its system is one of {}, not {system} (a Mac's home goes in homes/ with cargo xtask new-user)",
+                HOST_SYSTEMS.join(", ")
+            );
+        }
         let repo = ctx.repo()?;
 
         let mut files = Scaffold::default();

@@ -458,7 +458,7 @@ fn mismatched_user_or_home_is_caught_before_anything_changes() {
     f.xtask(&["switch"])
         .failure(1)
         .stderr_has("home.homeDirectory = \"/home/elsewhere\" but $HOME is")
-        .stderr_has("homes/alice/default.nix");
+        .stderr_has("homes/alice@global/default.nix");
     assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
 
     let mut as_root = f.command(&["switch", "alice"]);

@@ -747,3 +747,29 @@ fn forced_files_are_replaced_without_a_blocker() {
     assert_eq!(read(&f.home.join(".x")), "managed\n");
     assert_eq!(read(&f.home.join(".x.bak")), "an old backup\n");
 }
+
+/// homes/<user>/meta.nix names the standalone home's system; building on another machine
+/// uses that machine's variant and says so.
+#[test]
+fn a_meta_system_other_than_this_machine_is_said() {
+    let f = fixture(&[(".x", "x\n")]);
+    let other = if cfg!(target_arch = "aarch64") {
+        "x86_64-linux"
+    } else {
+        "aarch64-linux"
+    };
+    f.write(
+        "homes/alice/meta.nix",
+        &format!("{{ system = \"{other}\"; }}\n"),
+    )
+    .commit();
+    f.xtask(&["build-home"])
+        .success()
+        .stderr_has(&format!(
+            "homes/alice/meta.nix says {other}, but this machine is"
+        ))
+        .stderr_has(&format!("--system {other}"));
+    // An explicit --system is taken as given: no warning.
+    let run = f.xtask(&["build-home", "--system", other, "--json"]);
+    assert!(!run.stderr.contains("meta.nix says"), "{}", run.stderr);
+}

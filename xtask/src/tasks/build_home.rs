@@ -85,12 +85,26 @@ impl HomeTarget {
     ) -> Result<HomeTarget> {
         let env = UserEnv::from_process()?;
         let user = user.unwrap_or_else(|| env.user.clone());
-        let repo = ctx.repo()?;
+        let mut repo = ctx.repo()?;
         standalone_user(&repo, &user)?;
         if own {
             super::switch::check_runner(&user, &env)?;
         }
+        let detected = system.is_none_or(|s| s == "auto");
         let system = nix::pick_system(system)?;
+        // homes/<user>/meta.nix names the system of `homeConfigurations.<user>`; the task
+        // builds this machine's variant (`legacyPackages.<system>`), so a different one is
+        // said, not silently ignored. Read only when the file exists (one small nix call).
+        if detected && repo.users.get(&user).is_some_and(|u| u.has_meta) {
+            repo.load_meta(&ctx.nix())?;
+            if let Some(meta) = repo.users.get(&user).and_then(|u| u.system.clone())
+                && meta != system
+            {
+                term::warning(&format!(
+                    "homes/{user}/meta.nix says {meta}, but this machine is {system}: using this machine's variant of the home (pass --system {meta} for the other)"
+                ));
+            }
+        }
         Ok(HomeTarget {
             env,
             user,

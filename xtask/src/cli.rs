@@ -80,7 +80,8 @@ pub struct Check {
     /// Evaluate for every supported system, not only this machine's.
     #[arg(long)]
     pub all_systems: bool,
-    /// Limit evaluation to these homes and hosts (comma separated).
+    /// Limit evaluation to these homes and hosts (comma separated; `homes/NAME` or
+    /// `systems/NAME` when a home and a host share a name).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub only: Vec<String>,
     /// Also run `nix flake check` and build every activation package and system toplevel.

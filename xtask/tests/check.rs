@@ -444,7 +444,20 @@ fn only_limits_evaluation_and_rejects_unknown_names() {
     let run = f.xtask(&["check", "--only", "alice,nosuch"]);
     run.failure(2)
         .stderr_has("--only: nosuch is neither a home (homes/<name>) nor a host (systems/<name>)")
-        .stderr_has("known names: alice, bob, carl, ws");
+        .stderr_has("known names: homes/alice, homes/bob, homes/carl, systems/ws");
+    // A home and a host with one name: homes/NAME and systems/NAME pick one (CI matrix).
+    f.home_module("ws", "{ home.packages = throw \"ws home is broken\"; }\n")
+        .commit();
+    let (run, findings) = check_json(&f, &["--only", "systems/ws"]);
+    run.success();
+    assert!(findings.is_empty(), "{findings:?}");
+    let (run, findings) = check_json(&f, &["--only", "homes/ws"]);
+    run.failure(1);
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/ws/default.nix".into(), "eval-error".into())]
+    );
+    f.xtask(&["check", "--only", "homes/nosuch"]).failure(2);
     // And so are clap's own.
     f.xtask(&["check", "--format", "xml"]).failure(2);
 }

@@ -192,9 +192,17 @@ impl Selection {
             hosts: BTreeSet::new(),
         };
         let mut unknown = Vec::new();
-        for name in only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        for item in only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            // `homes/pi` or `systems/pi` picks one of a home and a host with the same name
+            // (a CI matrix job per target); a bare name means both.
+            let (name, homes, hosts) =
+                match (item.strip_prefix("homes/"), item.strip_prefix("systems/")) {
+                    (Some(n), _) => (n.trim_end_matches('/'), true, false),
+                    (_, Some(n)) => (n.trim_end_matches('/'), false, true),
+                    _ => (item, true, true),
+                };
             let mut found = false;
-            if let Some(u) = repo.users.get(name) {
+            if let Some(u) = repo.users.get(name).filter(|_| homes) {
                 found = true;
                 if u.base {
                     sel.homes.insert(name.to_string());
@@ -203,20 +211,20 @@ impl Selection {
                     sel.hosts.extend(repo.user_hosts(name));
                 }
             }
-            if repo.hosts.contains_key(name) {
+            if hosts && repo.hosts.contains_key(name) {
                 found = true;
                 sel.hosts.insert(name.to_string());
             }
             if !found {
-                unknown.push(name.to_string());
+                unknown.push(item.to_string());
             }
         }
         if !unknown.is_empty() {
             let known: Vec<String> = repo
                 .users
                 .keys()
-                .chain(repo.hosts.keys())
-                .cloned()
+                .map(|u| format!("homes/{u}"))
+                .chain(repo.hosts.keys().map(|h| format!("systems/{h}")))
                 .collect();
             // A flag value naming nothing is a usage error (exit 2), like a bad flag.
             return Err(crate::UsageError(format!(

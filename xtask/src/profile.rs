@@ -208,6 +208,15 @@ pub fn format_utc(t: SystemTime) -> String {
     )
 }
 
+/// The effective user id of this process (std has no API for it; libc is linked anyway).
+pub fn effective_uid() -> u32 {
+    unsafe extern "C" {
+        fn geteuid() -> u32;
+    }
+    // SAFETY: geteuid takes nothing, always succeeds and touches no memory of ours.
+    unsafe { geteuid() }
+}
+
 /// The switch lock: one switch (or rollback) of a profile at a time. The kernel releases
 /// it when the holder exits, however it exits, so a killed switch never blocks the next.
 pub struct Lock {

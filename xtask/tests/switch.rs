@@ -773,3 +773,27 @@ fn a_meta_system_other_than_this_machine_is_said() {
     let run = f.xtask(&["build-home", "--system", other, "--json"]);
     assert!(!run.stderr.contains("meta.nix says"), "{}", run.stderr);
 }
+
+/// `sudo -E cargo xtask switch`: USER and HOME are the user's, the process is root's; the
+/// links and profile entries would belong to root. The owner of $HOME must run it.
+#[test]
+fn a_home_owned_by_someone_else_is_refused() {
+    let f = fixture(&[(".x", "x\n")]);
+    if profile_uid() != 0 {
+        return; // only root can give the home away to test this
+    }
+    std::os::unix::fs::chown(&f.home, Some(12345), None).unwrap();
+    let before = Fixture::tree_digest(&f.home);
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("belongs to uid 12345, but this runs as uid 0 (root, e.g. through sudo -E)")
+        .stderr_has("without sudo");
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+}
+
+fn profile_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of a file this process just created is its effective uid.
+    let t = tempfile::tempfile().unwrap();
+    t.metadata().unwrap().uid()
+}

@@ -295,6 +295,23 @@ pub fn check_runner(user: &str, env: &UserEnv) -> Result<()> {
         anyhow::anyhow!("{user} is not a user name a home can have: {e}; name a home in homes/")
     })?;
     if user == env.user {
+        // `sudo -E` keeps USER and HOME but runs as root: every link and profile entry
+        // would then belong to root inside the user's home. The owner of $HOME is who
+        // must run it.
+        let euid = profile::effective_uid();
+        if let Ok(owner) = fs::metadata(&env.home).map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            && owner != euid
+        {
+            bail!(
+                "$HOME ({}) belongs to uid {owner}, but this runs as uid {euid}{}: the files and profile links it makes would belong to the wrong user; run it as {user} itself (without sudo)",
+                env.home.display(),
+                if euid == 0 {
+                    " (root, e.g. through sudo -E)"
+                } else {
+                    ""
+                }
+            );
+        }
         return Ok(());
     }
     if env.user == "root" {

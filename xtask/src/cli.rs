@@ -60,7 +60,7 @@ pub enum Task {
 
 #[derive(Debug, Args)]
 pub struct List {
-    /// Print JSON on stdout: {"homes":[{"name","parts","hosts","system"}],"hosts":[{"name","system","users"}]}.
+    /// Print JSON on stdout: {"homes":[{"name","parts","standalone","system","hosts"}],"hosts":[{"name","system","users"}]}.
     #[arg(long)]
     pub json: bool,
 }

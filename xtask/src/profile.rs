@@ -402,6 +402,13 @@ pub fn set_and_activate(
         }
         return Err(crate::Reported.into());
     }
+    if critical.interrupted() {
+        // The signal reached only the xtask (not the activation's process group), after or
+        // while the activation ran to its end: nothing to undo, but say it was noticed.
+        term::warning(
+            "a stop signal arrived during activation, which completed anyway: the new generation is active",
+        );
+    }
     Ok(())
 }
 

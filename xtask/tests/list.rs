@@ -36,7 +36,7 @@ fn json_is_a_stable_matrix() {
             "homes": [
                 {"name": "alice", "parts": ["alice", "alice@global", "alice@ws"], "standalone": true, "system": "x86_64-linux", "hosts": ["ws"]},
                 {"name": "bob", "parts": ["bob"], "standalone": true, "system": "x86_64-linux", "hosts": ["ws"]},
-                {"name": "carol", "parts": ["carol@ws"], "standalone": false, "system": "x86_64-linux", "hosts": ["ws"]},
+                {"name": "carol", "parts": ["carol@ws"], "standalone": false, "system": null, "hosts": ["ws"]},
                 {"name": "dave", "parts": ["dave"], "standalone": true, "system": "aarch64-darwin", "hosts": []},
             ],
             "hosts": [

@@ -32,8 +32,8 @@ struct Report<'a> {
     removed: Vec<&'a str>,
     changed: Vec<Changed>,
     preflight: &'a Preflight,
-    /// `nix store diff-closures` output (package versions and sizes).
-    packages: String,
+    /// `nix store diff-closures` output, one line per package (versions and sizes).
+    packages: Vec<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +137,7 @@ impl Diff {
                 removed,
                 changed,
                 preflight: &pf,
-                packages,
+                packages: packages.lines().filter(|l| !l.trim().is_empty()).collect(),
             };
             println!("{}", serde_json::to_string_pretty(&report)?);
             return Ok(());

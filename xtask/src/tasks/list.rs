@@ -24,8 +24,9 @@ pub struct HomeEntry {
     pub parts: Vec<String>,
     /// Whether `homeConfigurations.<name>` exists (it needs homes/<name>).
     pub standalone: bool,
-    /// The system of the standalone home (meta.nix or the repo default).
-    pub system: String,
+    /// The system of the standalone home (meta.nix or the repo default); null for a user
+    /// with integrated homes only.
+    pub system: Option<String>,
     /// Hosts whose integrated home includes this user.
     pub hosts: Vec<String>,
 }
@@ -66,11 +67,7 @@ impl List {
             } else {
                 format!("  integrated on: {}", h.hosts.join(", "))
             };
-            let standalone = if h.standalone {
-                h.system.as_str()
-            } else {
-                "integrated only"
-            };
+            let standalone = h.system.as_deref().unwrap_or("integrated only");
             println!(
                 "  {:<16} {:<16} parts: {}{integrated}",
                 h.name,
@@ -113,7 +110,7 @@ pub fn listing(repo: &Repo) -> Listing {
                 name: u.name.clone(),
                 parts,
                 standalone: u.base,
-                system: repo.home_system(u),
+                system: u.base.then(|| repo.home_system(u)),
                 hosts,
             }
         })

@@ -797,3 +797,16 @@ fn profile_uid() -> u32 {
     let t = tempfile::tempfile().unwrap();
     t.metadata().unwrap().uid()
 }
+
+/// File names with spaces, quotes and `$` are linked as they are named.
+#[test]
+fn odd_file_names_are_linked_verbatim() {
+    let f = fixture(&[("it's $x.txt", "1\n"), ("dir with space/f g", "2\n")]);
+    fs::write(f.home.join("it's $x.txt"), "mine\n").unwrap();
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("back up  ~/it's $x.txt → ~/it's $x.txt.bak");
+    assert_eq!(read(&f.home.join("it's $x.txt")), "1\n");
+    assert_eq!(read(&f.home.join("it's $x.txt.bak")), "mine\n");
+    assert_eq!(read(&f.home.join("dir with space/f g")), "2\n");
+}

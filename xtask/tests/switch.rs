@@ -810,3 +810,41 @@ fn odd_file_names_are_linked_verbatim() {
     assert_eq!(read(&f.home.join("it's $x.txt.bak")), "mine\n");
     assert_eq!(read(&f.home.join("dir with space/f g")), "2\n");
 }
+
+/// nixos-rebuild cannot run here, so stand-ins answer as on a NixOS machine whose Home
+/// Manager unit failed: the unit's journal is shown, not only "the following units failed".
+#[test]
+fn a_failed_home_unit_after_nixos_rebuild_shows_its_journal() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture(&[]);
+    f.host(
+        "ws",
+        Some("{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }\n"),
+    )
+    .commit();
+    let bin = common::path_with_git_only();
+    let nix = common::which("nix");
+    symlink(&nix, bin.path().join("nix")).unwrap();
+    for (tool, script) in [
+        (
+            "nixos-rebuild",
+            "echo 'warning: the following units failed: home-manager-alice.service' >&2; exit 4",
+        ),
+        ("systemctl", "[ \"$3\" = home-manager-alice.service ]"),
+        (
+            "journalctl",
+            "echo \"hm-activate-alice: Existing file '/home/alice/.bashrc' would be clobbered\"",
+        ),
+    ] {
+        let path = bin.path().join(tool);
+        fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut cmd = f.command(&["switch", "--host", "ws"]);
+    cmd.env("PATH", bin.path());
+    common::run(cmd.output().unwrap())
+        .failure(1)
+        .stderr_has("home-manager-alice.service failed; its last journal lines:")
+        .stderr_has("Existing file '/home/alice/.bashrc' would be clobbered")
+        .stderr_has("nixos-rebuild switch of ws failed");
+}

@@ -297,12 +297,17 @@ fn digest_into(base: &Path, dir: &Path, out: &mut String) {
     }
 }
 
+/// Where `tool` is on PATH.
+pub fn which(tool: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{tool} is required for these tests"))
+}
+
 /// A directory holding only a link to git, to use as PATH: a machine without nix.
 pub fn path_with_git_only() -> TempDir {
-    let git = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("git"))
-        .find(|p| p.is_file())
-        .expect("git is required for these tests");
+    let git = which("git");
     let bin = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(git, bin.path().join("git")).unwrap();
     bin

@@ -848,3 +848,24 @@ fn a_failed_home_unit_after_nixos_rebuild_shows_its_journal() {
         .stderr_has("Existing file '/home/alice/.bashrc' would be clobbered")
         .stderr_has("nixos-rebuild switch of ws failed");
 }
+
+/// A generation without gen-version manages the profile itself (the contract): the switch
+/// only activates it and never runs nix-env --set.
+#[test]
+fn an_old_style_generation_is_activated_without_setting_the_profile() {
+    let f = fixture(&[]);
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {};\n  home.file.\".x\".text = \"x\\n\";\n  stub.oldStyle = true;\n}}\n",
+            nix_str(&f.home.display().to_string())
+        ),
+    )
+    .commit();
+    let dry = f.xtask(&["switch", "--dry-run"]);
+    dry.success().stdout_has("activate --driver-version 1");
+    assert!(!dry.stdout.contains("nix-env"), "{}", dry.stdout);
+    f.xtask(&["switch"]).success();
+    assert_eq!(read(&f.home.join(".x")), "x\n");
+    assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
+}

@@ -202,8 +202,15 @@ impl<'a> Nix<'a> {
         term::command(&shown);
         // `read` captures stdout (the JSON) and leaves stderr, nix's progress, on the terminal.
         let stdout = cmd.quiet().read().map_err(|_| {
+            // nix's message went to the terminal; the one cause it words badly is a path
+            // it cannot put into a flake URL ("… is not a valid URL").
+            let fix = if installables.iter().any(|i| i.contains(char::is_whitespace)) {
+                environment_fix("is not a valid URL").unwrap_or_default()
+            } else {
+                "fix the error nix names, or run with -v for the full build log"
+            };
             anyhow::anyhow!(
-                "nix build failed for {} (see nix's message above)\n  tried: {shown}\n  fix the error nix names, or run with -v for the full build log",
+                "nix build failed for {} (see nix's message above)\n  tried: {shown}\n  {fix}",
                 installables.join(" ")
             )
         })?;

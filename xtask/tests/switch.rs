@@ -869,3 +869,18 @@ fn an_old_style_generation_is_activated_without_setting_the_profile() {
     assert_eq!(read(&f.home.join(".x")), "x\n");
     assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
 }
+
+/// The repository in a path with a space (which this nix cannot use in a flake reference):
+/// the error says what to do, not only nix's "not a valid URL".
+#[test]
+fn a_repository_path_with_a_space_says_what_to_do() {
+    let f = common::Fixture::named("my repo");
+    fs::create_dir_all(f.profiles()).unwrap();
+    f.home_with_files(&f.user, &[(".x", "x\n")]).commit();
+    let run = f.xtask(&["switch"]);
+    if run.code == 0 {
+        return; // a nix that handles such paths
+    }
+    run.failure(1)
+        .stderr_has("move or clone the repository to a path without one");
+}

@@ -217,6 +217,21 @@ pub fn effective_uid() -> u32 {
     unsafe { geteuid() }
 }
 
+/// Whether a process with this pid exists (`kill(pid, 0)`: no signal is sent). A process
+/// of another user counts as alive (EPERM), so nothing of theirs is touched.
+pub fn process_alive(pid: i32) -> bool {
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    if pid <= 0 {
+        return true;
+    }
+    // SAFETY: signal 0 only checks that the process exists; no memory is involved.
+    let r = unsafe { kill(pid, 0) };
+    // ESRCH is 3 on Linux and macOS.
+    r == 0 || io::Error::last_os_error().raw_os_error() != Some(3)
+}
+
 /// The switch lock: one switch (or rollback) of a profile at a time. The kernel releases
 /// it when the holder exits, however it exits, so a killed switch never blocks the next.
 pub struct Lock {
@@ -1198,5 +1213,14 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    #[test]
+    fn processes_are_told_alive_or_gone() {
+        assert!(process_alive(std::process::id() as i32));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 }

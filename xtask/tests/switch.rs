@@ -884,3 +884,22 @@ fn a_repository_path_with_a_space_says_what_to_do() {
     run.failure(1)
         .stderr_has("move or clone the repository to a path without one");
 }
+
+/// A switch killed outright leaves its out-link directory; the next one removes it, so the
+/// generation it pinned can be collected.
+#[test]
+fn out_links_of_killed_runs_are_removed() {
+    let f = fixture(&[(".x", "x\n")]);
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let stale = std::env::temp_dir().join(format!("xtask-switch-{pid}"));
+    fs::create_dir_all(&stale).unwrap();
+    symlink(
+        "/nix/store/nonexistent-generation",
+        stale.join("generation"),
+    )
+    .unwrap();
+    f.xtask(&["switch"]).success();
+    assert!(!stale.exists(), "{} was left", stale.display());
+}

@@ -182,7 +182,22 @@ pub struct OutLinkDir(PathBuf);
 
 impl OutLinkDir {
     pub fn new(task: &str) -> Result<OutLinkDir> {
-        let dir = std::env::temp_dir().join(format!("xtask-{task}-{}", std::process::id()));
+        let prefix = format!("xtask-{task}-");
+        let tmp = std::env::temp_dir();
+        // Runs killed outright (SIGKILL) leave their directory, whose out-link would keep a
+        // generation from being collected forever: remove those whose process is gone.
+        if let Ok(entries) = fs::read_dir(&tmp) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let pid = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(&prefix)?.parse::<i32>().ok());
+                if pid.is_some_and(|p| !crate::profile::process_alive(p)) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("{prefix}{}", std::process::id()));
         // A leftover of a killed run with the same pid holds only a dangling link.
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;

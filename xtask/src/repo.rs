@@ -630,6 +630,17 @@ impl Repo {
             let rel = format!("systems/{name}/meta.nix");
             let system = self.check_system(&rel, meta.system, &HOST_SYSTEMS);
             let users = self.check_users(&rel, meta.users);
+            for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
+                // lib/ still gives the user a home on the host, made of nothing.
+                self.findings.push(Finding::warning(
+                    &rel,
+                    "user-without-home",
+                    format!(
+                        "users lists '{user}', who has no homes/{user} or homes/{user}@{name}, so their Home Manager configuration on {name} is empty"
+                    ),
+                    format!("create it with cargo xtask new-user {user} --host {name}, or remove the name"),
+                ));
+            }
             if let Some(h) = self.hosts.get_mut(&name) {
                 h.system = system;
                 h.meta_users = users;

@@ -156,6 +156,28 @@ fn host_without_meta_is_a_warning_unless_denied() {
 }
 
 #[test]
+fn a_host_user_without_any_home_is_a_warning() {
+    let f = clean_fixture();
+    f.host(
+        "web",
+        Some("{\n  system = \"x86_64-linux\";\n  users = [ \"nobody\" ];\n}\n"),
+    )
+    .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.success();
+    let w = only_finding(&findings, "user-without-home");
+    assert_eq!(w["path"], "systems/web/meta.nix");
+    assert_eq!(w["severity"], "warning");
+    assert!(
+        w["fix"]
+            .as_str()
+            .unwrap()
+            .contains("new-user nobody --host web"),
+        "{w}"
+    );
+}
+
+#[test]
 fn untracked_nix_file_is_found_in_a_real_git_repo() {
     let f = clean_fixture();
     // Imported by alice's home but never added: the flake cannot see it.

@@ -65,6 +65,18 @@ pub fn info(msg: &str) {
     eprintln!("{msg}");
 }
 
+/// Names for a message: `a, b, c`, or `none` when there are none.
+pub fn list<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        return "none".to_string();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Announces a command before it runs, so the user sees what happens (and can rerun it).
 pub fn command(shown: &str) {
     eprintln!("{}", paint(Style::Dim, &format!("$ {shown}")));

@@ -146,11 +146,7 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
             bail!(
                 "there is no home for {user} in {} (homes: {}); create one with `cargo xtask new-user {user}`, or name another user",
                 repo.root.join("homes").display(),
-                if homes.is_empty() {
-                    "none".to_string()
-                } else {
-                    homes.join(", ")
-                }
+                term::list(&homes)
             )
         }
     }

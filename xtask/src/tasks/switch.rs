@@ -225,22 +225,14 @@ impl Switch {
             bail!(
                 "there is no host {host} in {} (hosts: {}); create it with `cargo xtask new-host {host}`",
                 repo.root.join("systems").display(),
-                if hosts.is_empty() {
-                    "none".to_string()
-                } else {
-                    hosts.join(", ")
-                }
+                term::list(&hosts)
             );
         };
         let system = repo.host_system(h);
         let users = repo.host_users(host);
         term::info(&format!(
             "host {host}: {system}, homes: {}",
-            if users.is_empty() {
-                "none".into()
-            } else {
-                users.join(", ")
-            }
+            term::list(&users)
         ));
         let here = nix::current_system();
         if system != here && self.build_host.is_none() {
@@ -363,11 +355,7 @@ fn specialisation(generation: &Path, name: &str) -> Result<PathBuf> {
     names.sort();
     bail!(
         "the home has no specialisation {name} (it has: {}); define specialisation.{name}.configuration in the home, or pick one of those",
-        if names.is_empty() {
-            "none".to_string()
-        } else {
-            names.join(", ")
-        }
+        term::list(&names)
     )
 }
 

@@ -54,8 +54,7 @@ impl Check {
             } else {
                 notes.push("meta.nix files were not read: nix is not on PATH".to_string());
             }
-            let untracked = repo::untracked_nix_findings(&repo.root);
-            findings = repo.findings.iter().chain(&untracked).cloned().collect();
+            findings = lint(&repo);
         } else {
             // Stage 2: evaluation. Reading meta.nix (a nix process of its own) and asking
             // git for untracked files run while the batched evaluation runs, so `check`
@@ -231,11 +230,7 @@ impl Selection {
                 "--only: {} {} neither a home (homes/<name>) nor a host (systems/<name>); known names: {} (cargo xtask list shows them)",
                 unknown.join(", "),
                 if unknown.len() == 1 { "is" } else { "are" },
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
+                term::list(&known)
             ))
             .into());
         }

@@ -143,10 +143,12 @@ pub struct Switch {
     /// Move conflicting files to FILE.EXT (default: the repo's backup-extension).
     #[arg(short = 'b', long = "backup-extension", value_name = "EXT")]
     pub backup_extension: Option<String>,
-    /// Back conflicting files up with this command instead (HOME_MANAGER_BACKUP_COMMAND).
-    #[arg(long, value_name = "CMD")]
+    /// Back conflicting files up with this command instead (HOME_MANAGER_BACKUP_COMMAND;
+    /// needs a generation from Home Manager release-25.11 or later).
+    #[arg(short = 'B', long, value_name = "CMD")]
     pub backup_command: Option<String>,
-    /// Allow replacing an existing backup file (HOME_MANAGER_BACKUP_OVERWRITE).
+    /// Allow replacing an existing backup file inside $HOME (HOME_MANAGER_BACKUP_OVERWRITE;
+    /// never a symlink or a directory; needs Home Manager release-25.11 or later).
     #[arg(long)]
     pub overwrite_backup: bool,
     /// Activate this specialisation of the generation.

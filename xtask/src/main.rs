@@ -2,12 +2,13 @@
 //!
 //! Layout (rust-analyzer's xtask style): `cli` declares the whole command line, each task
 //! is a module in `tasks/` with one `run`, and the shared pieces are named for what they
-//! are: `repo` (the repo model), `nix` (the nix runner), `profile` (a home's profile and
-//! generations), `term` (human output).
+//! are: `repo` (the repo model), `nix` (the nix runner), `home` (a home's profile,
+//! pre-flight, lock and activation), `term` (human output). Layers point down only:
+//! tasks → home → repo → nix → term; a task never imports another task.
 
 mod cli;
+mod home;
 mod nix;
-mod profile;
 mod repo;
 mod tasks;
 mod term;

@@ -178,7 +178,7 @@ impl<'a> Nix<'a> {
             return Err(failure(&shown, what, &stderr));
         }
         if self.verbose && !stderr.trim().is_empty() {
-            eprint!("{stderr}");
+            term::raw(&stderr);
         }
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("nix printed JSON the xtask did not expect (tried: {shown})"))
@@ -285,7 +285,7 @@ pub struct EvalOutput {
 pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
     let shown = cmd.to_string();
     if dry_run {
-        println!("{shown}");
+        term::out(&shown);
         return Ok(());
     }
     term::command(&shown);

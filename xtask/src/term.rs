@@ -1,7 +1,54 @@
 //! Human output on stderr: colour only when stderr is a terminal and NO_COLOR is unset,
-//! so logs and CI output stay plain. Machine output (`--json`) goes to stdout elsewhere.
+//! so logs and CI output stay plain. Machine output (`--json`) goes to stdout through
+//! [`out`].
+//!
+//! Nothing here can panic: `println!`/`eprintln!` panic when the reader of a pipe is gone
+//! (`cargo xtask switch 2>&1 | sed '/nix-env/q'`), and a panic inside a switch's critical
+//! section would leave the profile and `$HOME` apart. A failed write is noted instead
+//! ([`output_lost`]), so children started later get no dead pipe to die on.
 
-use std::{io::IsTerminal, sync::OnceLock};
+use std::{
+    io::{IsTerminal, Write},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+static OUTPUT_LOST: AtomicBool = AtomicBool::new(false);
+
+/// Whether a write to stdout or stderr failed (closed pipe, hung-up terminal).
+pub fn output_lost() -> bool {
+    OUTPUT_LOST.load(Ordering::SeqCst)
+}
+
+/// Marks the output as gone (e.g. after SIGHUP: the terminal hung up).
+pub fn lose_output() {
+    OUTPUT_LOST.store(true, Ordering::SeqCst);
+}
+
+fn write_err(text: &str) {
+    if std::io::stderr().lock().write_all(text.as_bytes()).is_err() {
+        lose_output();
+    }
+}
+
+/// A line of machine or primary output on stdout (JSON, a built path, a listing).
+pub fn out(line: &str) {
+    let mut o = std::io::stdout().lock();
+    if o.write_all(line.as_bytes())
+        .and_then(|()| o.write_all(b"\n"))
+        .and_then(|()| o.flush())
+        .is_err()
+    {
+        lose_output();
+    }
+}
+
+/// Text on stderr as it is (no newline added): nix's log, a diff.
+pub fn raw(text: &str) {
+    write_err(text);
+}
 
 fn colour() -> bool {
     static COLOUR: OnceLock<bool> = OnceLock::new();
@@ -18,14 +65,14 @@ fn stderr_is_terminal() -> bool {
 /// task prints what it starts and a summary.
 pub fn progress(msg: &str) {
     if stderr_is_terminal() {
-        eprint!("\r\x1b[K{msg}");
+        write_err(&format!("\r\x1b[K{msg}"));
     }
 }
 
 /// Clears the progress line.
 pub fn progress_done() {
     if stderr_is_terminal() {
-        eprint!("\r\x1b[K");
+        write_err("\r\x1b[K");
     }
 }
 
@@ -54,15 +101,15 @@ pub fn paint(style: Style, text: &str) -> String {
 }
 
 pub fn error(msg: &str) {
-    eprintln!("{} {msg}", paint(Style::Red, "error:"));
+    write_err(&format!("{} {msg}\n", paint(Style::Red, "error:")));
 }
 
 pub fn warning(msg: &str) {
-    eprintln!("{} {msg}", paint(Style::Yellow, "warning:"));
+    write_err(&format!("{} {msg}\n", paint(Style::Yellow, "warning:")));
 }
 
 pub fn info(msg: &str) {
-    eprintln!("{msg}");
+    write_err(&format!("{msg}\n"));
 }
 
 /// Names for a message: `a, b, c`, or `none` when there are none.
@@ -79,5 +126,5 @@ pub fn list<S: AsRef<str>>(items: &[S]) -> String {
 
 /// Announces a command before it runs, so the user sees what happens (and can rerun it).
 pub fn command(shown: &str) {
-    eprintln!("{}", paint(Style::Dim, &format!("$ {shown}")));
+    write_err(&format!("{}\n", paint(Style::Dim, &format!("$ {shown}"))));
 }

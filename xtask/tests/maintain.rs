@@ -58,8 +58,15 @@ fn diff_shows_what_a_switch_would_change_and_changes_nothing() {
     );
     assert_ne!(v["current"], v["generation"]);
     // The pre-flight of the new generation: .new does not exist yet, nothing blocks.
-    assert_eq!(v["preflight"]["new"], 1);
-    assert_eq!(v["preflight"]["blockers"], serde_json::json!([]));
+    assert_eq!(v["preflight"]["summary"]["link"], 1);
+    assert!(v["preflight"]["summary"].get("block").is_none());
+    let new = v["preflight"]["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == f.home.join(".new").display().to_string())
+        .unwrap();
+    assert_eq!(new["action"], "link");
 
     let human = f.xtask(&["diff"]);
     human
@@ -107,7 +114,7 @@ fn diff_before_the_first_switch_lists_every_file_as_new() {
         .stdout_has("+ .bashrc")
         .stdout_has("+ .profile")
         // The pre-flight says what would happen to the existing file.
-        .stderr_has("back up  ~/.bashrc → ~/.bashrc.bak");
+        .stderr_has("backup   ~/.bashrc → ~/.bashrc.bak");
     assert_eq!(
         fs::read_to_string(f.home.join(".bashrc")).unwrap(),
         "mine\n"
@@ -151,7 +158,7 @@ fn gc_refuses_to_keep_nothing() {
     let f = Fixture::with_home_files(&[(".v", "1\n")]);
     f.xtask(&["switch"]).success();
     f.xtask(&["gc", "--keep", "0"])
-        .failure(1)
+        .failure(2)
         .stderr_has("keep at least 1");
     assert_eq!(generation_ids(&f), vec![1]);
 }

@@ -15,11 +15,9 @@ use similar::TextDiff;
 use crate::{
     Ctx,
     cli::Diff,
-    profile::{self, Backup, Preflight},
+    home::{self, Backup, GenerationInfo, HomeTarget, OutLinkDir, Preflight},
     term,
 };
-
-use super::build_home::{HomeTarget, OutLinkDir, build_generation};
 
 #[derive(Debug, Serialize)]
 struct Report<'a> {
@@ -53,20 +51,22 @@ enum Entry {
 
 impl Diff {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let target =
+            HomeTarget::resolve(ctx, self.user.clone(), self.system.as_deref(), true, false)?;
+        // A read-only task leaves nothing in the repo: the GC root lives as long as the diff.
+        let work = OutLinkDir::new()?;
+        let generation = target.build(ctx, &work.link())?;
         let HomeTarget {
             env,
             user,
             repo,
             system,
-        } = HomeTarget::resolve(ctx, self.user.clone(), self.system.as_deref(), true)?;
-        // A read-only task leaves nothing in the repo: the GC root lives as long as the diff.
-        let work = OutLinkDir::new("diff")?;
-        let generation = build_generation(ctx, &user, &system, &work.link())?;
+        } = target;
         let profile = env.profile();
         // The active generation is the one whose files $HOME has: Home Manager's GC root of
         // it, which after `switch --specialisation` is the specialisation, not the profile's
         // generation. The profile is the fallback for a machine that never had the root.
-        let current = fs::canonicalize(env.hm_state_dir().join("gcroots/current-home"))
+        let current = fs::canonicalize(env.current_home_root())
             .or_else(|_| fs::canonicalize(profile.link()))
             .ok();
 
@@ -112,7 +112,7 @@ impl Diff {
 
         // What a plain `switch` would do.
         let backup = Backup::new(&repo.defaults, None, None, false);
-        let pf = profile::preflight(&generation, &env.home, &backup)?;
+        let pf = home::preflight(&GenerationInfo::read(&generation)?, &env, &backup)?;
 
         // Package changes come from nix itself; its output is the familiar one.
         let packages = match &current {
@@ -139,7 +139,7 @@ impl Diff {
                 preflight: &pf,
                 packages: packages.lines().filter(|l| !l.trim().is_empty()).collect(),
             };
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            term::out(&serde_json::to_string_pretty(&report)?);
             return Ok(());
         }
         match &current {
@@ -158,20 +158,24 @@ impl Diff {
             return Ok(());
         }
         for a in &added {
-            println!("{} {a}", term::paint(term::Style::Green, "+"));
+            term::out(&format!("{} {a}", term::paint(term::Style::Green, "+")));
         }
         for r in &removed {
-            println!("{} {r}", term::paint(term::Style::Red, "-"));
+            term::out(&format!("{} {r}", term::paint(term::Style::Red, "-")));
         }
         for c in &changed {
-            println!("{} {}", term::paint(term::Style::Yellow, "~"), c.path);
-            print!("{}", c.diff);
+            term::out(&format!(
+                "{} {}",
+                term::paint(term::Style::Yellow, "~"),
+                c.path
+            ));
+            term::out(c.diff.trim_end_matches('\n'));
         }
         if added.is_empty() && removed.is_empty() && changed.is_empty() {
-            println!("no file changes");
+            term::out("no file changes");
         }
         if !packages.trim().is_empty() {
-            println!("packages:\n{packages}");
+            term::out(&format!("packages:\n{}", packages.trim_end()));
         }
         pf.print(&env);
         Ok(())

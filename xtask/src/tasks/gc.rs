@@ -1,33 +1,37 @@
-//! `cargo xtask gc [USER]`: deletes home generations beyond the newest `keep-generations`
-//! (never the current one), then collects garbage, like `home-manager expire-generations`
-//! followed by `nix-collect-garbage`.
+//! `cargo xtask gc [USER]`: deletes home generations beyond the newest `keep-generations`,
+//! then collects garbage, like `home-manager expire-generations` followed by
+//! `nix-collect-garbage`. Never deleted, whatever the flags and whatever state a killed
+//! switch left: the profile's current generation, the one `$HOME` has
+//! (`gcroots/current-home`, or the generation it is a specialisation of), and one an
+//! activation is using (the lock is shared with every running activation).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::{
     Ctx,
     cli::Gc,
-    nix,
-    profile::{Lock, UserEnv},
-    term,
+    home::{self, Lock, UserEnv},
+    nix, term,
 };
-
-use super::switch::check_runner;
 
 impl Gc {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
         let env = UserEnv::from_process()?;
         let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        check_runner(&user, &env)?;
+        home::check_runner(&user, &env, !self.dry_run)?;
         let keep = match self.keep {
             Some(k) => k,
             None => ctx.repo()?.defaults.keep_generations,
         };
         if keep == 0 {
-            bail!("--keep 0 would leave no generation to roll back to; keep at least 1");
+            return Err(crate::UsageError(
+                "--keep 0 would leave no generation to roll back to; keep at least 1".into(),
+            )
+            .into());
         }
         let profile = env.profile();
-        // Not while a switch of this profile runs: it may be about to activate one of them.
+        // Not while a switch, rollback or activation of this profile runs: it may be about
+        // to activate one of them.
         let _lock = if self.dry_run {
             None
         } else {
@@ -38,12 +42,28 @@ impl Gc {
         };
         let gens = profile.generations()?;
         let current = profile.current_id();
-        // Newest first: the first `keep` stay, and the current one stays wherever it is
-        // (after a rollback it may be older than the ones kept).
+        let in_home = std::fs::read_link(env.current_home_root()).ok();
+        let protected = |g: &home::Generation| {
+            Some(g.id) == current
+                || in_home
+                    .as_ref()
+                    .is_some_and(|a| home::is_or_specialises(&g.path, a))
+        };
+        if let Some(a) = &in_home
+            && !gens.iter().any(|g| home::is_or_specialises(&g.path, a))
+            && !gens.is_empty()
+        {
+            term::warning(&format!(
+                "$HOME has the files of {}, which is no generation of the profile (a switch was killed?); `cargo xtask switch` repairs that",
+                a.display()
+            ));
+        }
+        // Newest first: the first `keep` stay, and the protected ones stay wherever they
+        // are (after a rollback the current one may be older than the ones kept).
         let doomed: Vec<String> = gens
             .iter()
             .skip(keep as usize)
-            .filter(|g| Some(g.id) != current)
+            .filter(|g| !protected(g))
             .map(|g| g.id.to_string())
             .collect();
         if doomed.is_empty() {
@@ -53,7 +73,7 @@ impl Gc {
             ));
         } else {
             term::info(&format!(
-                "deleting {} of {} home generations of {user} (keeping the newest {keep} and the current one): {}",
+                "deleting {} of {} home generations of {user} (keeping the newest {keep}, the current one and the one $HOME has): {}",
                 doomed.len(),
                 gens.len(),
                 doomed.join(", ")

@@ -7,11 +7,9 @@ use serde::Serialize;
 use crate::{
     Ctx,
     cli::Generations,
-    profile::{Generation, UserEnv},
+    home::{self, Generation, UserEnv},
     term,
 };
-
-use super::switch::check_runner;
 
 #[derive(Debug, Serialize)]
 struct Entry<'a> {
@@ -25,7 +23,7 @@ impl Generations {
         let env = UserEnv::from_process()?;
         let user = self.user.unwrap_or_else(|| env.user.clone());
         // The profile directory is found through the user's own $HOME and $XDG_STATE_HOME.
-        check_runner(&user, &env)?;
+        home::check_runner(&user, &env, false)?;
         let profile = env.profile();
         let gens = profile.generations()?;
         if gens.is_empty() {
@@ -44,7 +42,7 @@ impl Generations {
             })
             .collect();
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&entries)?);
+            term::out(&serde_json::to_string_pretty(&entries)?);
             return Ok(());
         }
         for e in &entries {
@@ -53,12 +51,12 @@ impl Generations {
                 .closure_size
                 .map_or_else(String::new, |s| format!(" ({})", human_size(s)));
             let current = if g.current { " (current)" } else { "" };
-            println!(
+            term::out(&format!(
                 "{} : id {} -> {}{size}{current}",
                 g.date,
                 g.id,
                 g.path.display()
-            );
+            ));
         }
         Ok(())
     }

@@ -1,24 +1,34 @@
 //! `cargo xtask rollback [--to ID]`: the profile back to the previous (or given)
-//! generation, then that generation's `activate`, as `home-manager` does it.
+//! generation, then that generation's `activate`, as `home-manager` does it — but to an
+//! explicit generation id read under the lock, never "whatever is previous by the time
+//! nix-env runs".
 
 use anyhow::{Context, Result, bail};
 
 use crate::{
     Ctx, Reported,
     cli::Rollback,
-    profile::{self, Activation, Backup, UserEnv},
+    home::{self, Backup, GenerationInfo, SetProfile, Transition, UserEnv},
     repo::Defaults,
     term,
 };
-
-use super::switch::check_runner;
 
 impl Rollback {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
         let env = UserEnv::from_process()?;
         let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        check_runner(&user, &env)?;
+        home::check_runner(&user, &env, !self.dry_run)?;
+        // Only the repo defaults (Cargo.toml), not the whole layout: rollback builds nothing.
+        let backup = Backup::new(&Defaults::load(&ctx.root)?, None, None, false);
         let profile = env.profile();
+        let what = format!("{user}'s home");
+        // The lock first: what is current, and so what "previous" means, must not change
+        // between reading it and moving the profile.
+        let lock = if self.dry_run {
+            None
+        } else {
+            Some(home::Lock::acquire(&env.hm_state_dir(), &what)?)
+        };
         let gens = profile.generations()?;
         let Some(current) = profile.current_id() else {
             bail!(
@@ -42,52 +52,41 @@ impl Rollback {
                 format!("nothing to roll back to: generation {current} is the oldest one left (generations: {})", ids())
             })?,
         };
-        // Only the repo defaults (Cargo.toml), not the whole layout: rollback builds nothing.
-        let backup = Backup::new(&Defaults::load(&ctx.root)?, None, None, false);
+        let info = GenerationInfo::read(&target.path)?;
         // Activation would refuse the same files; checking first keeps the profile unchanged.
-        let (pf, _lock) = profile::preflight_and_lock(
-            &env,
-            &profile,
-            &target.path,
-            &backup,
-            &format!("{user}'s home"),
-            self.dry_run,
-        )?;
+        let pf = home::preflight(&info, &env, &backup)?;
         pf.print(&env);
-        if !pf.blockers.is_empty() {
+        if pf.is_blocked() {
             term::error("nothing was changed; resolve the files above and roll back again");
             return Err(Reported.into());
         }
-
-        let nix_env = |args: &[String]| -> Result<xshell::Cmd<'_>> {
-            Ok(ctx
-                .nix()
-                .tool("nix-env")?
-                .arg("--profile")
-                .arg(profile.link())
-                .args(args))
-        };
-        let step = match self.to {
-            None => nix_env(&["--rollback".into()])?,
-            Some(id) => nix_env(&["--switch-generation".into(), id.to_string()])?,
-        };
-        let activation = Activation {
+        let activation = home::Activation {
             script: target.path.join("activate"),
             backup: &backup,
             verbose: ctx.verbose,
         };
-        if self.dry_run {
-            println!("{step}");
-            println!("{}", activation.shown());
+        let Some(lock) = lock else {
+            term::out(&format!(
+                "nix-env --profile {} --switch-generation {}",
+                home::shell_quote(&profile.link().display().to_string()),
+                target.id
+            ));
+            term::out(&activation.shown());
             term::info("dry run: nothing was changed");
             return Ok(());
+        };
+        Transition {
+            nix: ctx.nix(),
+            env: &env,
+            profile: &profile,
+            lock: &lock,
+            backup: &backup,
+            verbose: ctx.verbose,
         }
-        profile::set_and_activate(
-            ctx,
-            &profile,
-            Some(step),
-            &activation,
-            Some(current),
+        .run(
+            &SetProfile::SwitchTo(target.id),
+            &target.path,
+            &pf,
             &format!(
                 "interrupted: the rollback was stopped before generation {} was active",
                 target.id

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use std::time::Instant;
 
 use super::{Bencher, Figure, Scratch, median};
-use crate::profile::{self, Backup};
+use crate::home::{self, Action, Backup, UserEnv};
 
 const USER: &str = "benchuser";
 const FILES: usize = 50;
@@ -34,11 +34,7 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
     let profiles = home.join(".local/state/nix/profiles");
     fs::create_dir_all(&profiles)?;
     let system = crate::nix::current_system();
-    let attr = format!(
-        "{}#{}",
-        root.display(),
-        super::super::build_home::home_attr(USER, &system)
-    );
+    let attr = format!("{}#{}", root.display(), home::home_attr(USER, &system));
     let work = tmp.join("work");
     fs::create_dir_all(&work)?;
 
@@ -157,10 +153,14 @@ fn preflight_figures(
     }
     // The repo's default (`bak`), as a plain switch uses it.
     let backup = Backup::new(&crate::repo::Defaults::default(), None, None, false);
-    let check = |home: &Path, expect_identical: usize| {
-        let pf = profile::preflight_files(&files, &[], home, &backup)?;
+    // Identical files with a backup extension are moved to FILE.bak, as Home Manager
+    // does: every file is compared, the worst case for the pre-flight.
+    let check = |home: &Path, expect_backups: usize| {
+        let env = UserEnv::new(USER, home);
+        let pf = home::preflight_files(&files, &[], &env, &backup)?;
         anyhow::ensure!(
-            pf.files == PREFLIGHT_FILES && pf.identical.len() == expect_identical,
+            pf.files == PREFLIGHT_FILES
+                && pf.summary.get(&Action::Backup).copied().unwrap_or(0) == expect_backups,
             "unexpected pre-flight result"
         );
         Ok(())

@@ -1,0 +1,53 @@
+//! The home: everything about deploying a standalone Home Manager home on this machine,
+//! exactly as ../shared/hm-contract.md and the `home-manager` script define it, so a
+//! machine switched with the xtask and one switched with `home-manager` stay
+//! interchangeable. One module per concern:
+//!
+//! - `env`: whose home (`$USER`, `$HOME`, state directories) and who may deploy it;
+//! - `build`: which home a name means, and its one build with an out-link;
+//! - `profile`: where the profile lives, its generations, the legacy-profile migration;
+//! - `generation`: what a generation says about itself (checks, check script, features);
+//! - `plan` (+ `glob`): the pre-flight, Home Manager's collision rules;
+//! - `lock`: one switch, rollback or gc of a profile at a time, activation included;
+//! - `activate`: the critical section, activation and restore.
+//!
+//! Tasks use this module; it uses `repo`, `nix` and `term`, never a task.
+
+mod activate;
+mod build;
+mod env;
+mod generation;
+mod glob;
+mod lock;
+mod plan;
+mod profile;
+
+pub use activate::{Activation, SetProfile, Transition, activation_mismatch, is_or_specialises};
+pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr};
+pub use env::{UserEnv, check_runner};
+pub use generation::{GenerationInfo, specialisation};
+pub use lock::Lock;
+pub use plan::{Action, Backup, Preflight, preflight, preflight_files, preflight_locked};
+pub use profile::Generation;
+
+/// Single-quotes `s` for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoting() {
+        use super::shell_quote;
+        assert_eq!(shell_quote("bak"), "bak");
+        assert_eq!(shell_quote("mv -n"), "'mv -n'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+}

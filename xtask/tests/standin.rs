@@ -482,6 +482,32 @@ fn a_home_manager_link_is_not_a_collision() {
 }
 
 #[test]
+fn a_link_is_home_managers_only_by_its_own_text_under_the_store() {
+    // A look-alike `*-home-manager-files` outside the store is foreign, and so is a link
+    // to a Home Manager link (its own text does not match, whatever it resolves to).
+    let mut s = Stand::new(&text(".x", "one\n"));
+    s.activate(&[]).success();
+    let fake = s.f.root.parent().unwrap().join("abc-home-manager-files");
+    fs::create_dir(&fake).unwrap();
+    fs::write(fake.join(".x"), "fake\n").unwrap();
+    s.rebuild(&format!("{}{}", text(".x", "two\n"), text(".y", "one\n")));
+    fs::remove_file(s.home(".x")).unwrap();
+    symlink(fake.join(".x"), s.home(".x")).unwrap();
+    s.check(&[".x"], &[]).failure(1).stderr_has(&format!(
+        "Existing file '{}' would be clobbered",
+        s.home(".x").display()
+    ));
+    // .y: a link to a link into the store whose content differs.
+    let first = s.home("first");
+    symlink(s.home_files().join(".x"), &first).unwrap();
+    symlink(&first, s.home(".y")).unwrap();
+    s.check(&[".y"], &[]).failure(1).stderr_has(&format!(
+        "Existing file '{}' would be clobbered",
+        s.home(".y").display()
+    ));
+}
+
+#[test]
 fn a_dangling_link_is_not_checked_and_is_replaced() {
     let s = Stand::new(&text(".x", "managed\n"));
     symlink("/nonexistent/target", s.home(".x")).unwrap();
@@ -684,6 +710,7 @@ fn a_directory_in_the_way_with_ext_is_moved_then_linked() {
     fs::create_dir(s.home(".x")).unwrap();
     fs::write(s.home(".x/inner"), "i\n").unwrap();
     s.activate(&[EXT]).success();
+    assert!(is_dir(&s.home(".x.bak")));
     assert_eq!(read(&s.home(".x.bak/inner")), "i\n");
     assert!(is_hm_link(&s.home(".x")));
 }
@@ -735,7 +762,10 @@ fn a_forced_directory_without_ext_fails_the_link_step_midway() {
     s.rebuild(&forced(".d", "managed\n"));
     fs::create_dir(s.home(".d")).unwrap();
     fs::write(s.home(".d/inner"), "i\n").unwrap();
-    s.activate(&[]).failure(1);
+    s.activate(&[])
+        .failure(1)
+        .stderr_has("cannot overwrite directory");
+    assert!(is_dir(&s.home(".d")));
     // Cleanup of the first generation already happened, the directory is still there, and
     // activation stopped before it recorded the new generation.
     assert!(fs::symlink_metadata(s.home(".old")).is_err());
@@ -869,6 +899,22 @@ fn cleanup_removes_only_home_manager_links_and_then_empty_parents() {
     assert_eq!(read(&s.home(".k/mine")), "m\n");
     assert_eq!(read(&s.home(".user")), "mine\n");
     assert!(is_hm_link(&s.home(".stay")));
+}
+
+#[test]
+fn cleanup_keeps_a_link_into_a_look_alike_outside_the_store() {
+    let mut s = Stand::new(&text(".x", "x\n"));
+    s.activate(&[]).success();
+    let fake = s.f.root.parent().unwrap().join("abc-home-manager-files");
+    fs::create_dir(&fake).unwrap();
+    fs::write(fake.join(".x"), "x\n").unwrap();
+    fs::remove_file(s.home(".x")).unwrap();
+    symlink(fake.join(".x"), s.home(".x")).unwrap();
+    s.rebuild(&text(".z", "z\n"));
+    s.activate(&[])
+        .success()
+        .stderr_has("does not link into a Home Manager generation. Skipping delete.");
+    assert_eq!(fs::read_link(s.home(".x")).unwrap(), fake.join(".x"));
 }
 
 #[test]

@@ -533,12 +533,13 @@ fn an_identical_foreign_link_is_replaced() {
 }
 
 #[test]
-fn a_differing_foreign_link_is_an_error_even_with_ext_and_nothing_changes() {
+fn a_differing_foreign_link_is_an_error_even_with_ext_or_command_and_nothing_changes() {
     let s = Stand::new(&format!("{}{}", text(".x", "managed\n"), text(".y", "y\n")));
     let mine = s.outside("mine", "my own\n");
     symlink(&mine, s.home(".x")).unwrap();
     let before = s.digest();
-    for vars in [&[][..], &[EXT, OVERWRITE][..]] {
+    let command = ("HOME_MANAGER_BACKUP_COMMAND", "true");
+    for vars in [&[][..], &[EXT, OVERWRITE][..], &[command][..]] {
         s.activate(vars).failure(1).stderr_has(&format!(
             "Existing file '{}' would be clobbered",
             s.home(".x").display()

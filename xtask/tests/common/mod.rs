@@ -117,7 +117,12 @@ impl Fixture {
             root.join("lib/default.nix"),
         )
         .unwrap();
-        for f in ["stub-builders.nix", "activate.sh", "flake.nix"] {
+        for f in [
+            "stub-builders.nix",
+            "activate.sh",
+            "check-link-targets.sh",
+            "flake.nix",
+        ] {
             fs::copy(fixtures_dir().join(f), root.join(f)).unwrap();
         }
         let f = Fixture {

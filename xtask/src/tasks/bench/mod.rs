@@ -98,6 +98,10 @@ impl Bencher {
             ("lib/default.nix", self.root.join("lib/default.nix")),
             ("stub-builders.nix", fixtures.join("stub-builders.nix")),
             ("activate.sh", fixtures.join("activate.sh")),
+            (
+                "check-link-targets.sh",
+                fixtures.join("check-link-targets.sh"),
+            ),
             ("flake.nix", fixtures.join("flake.nix")),
         ];
         let mut all = Vec::new();

@@ -2,7 +2,9 @@
 #
 # No nixpkgs is needed to evaluate this file: the builders come in as arguments, so tests
 # evaluate it with stub builders and the real flake passes Home Manager's and NixOS'.
-# The naming and merge rules are stated once here (and once in xtask/src/repo.rs):
+# The naming rules, supported systems and defaults are data, stated once in Cargo.toml's
+# [workspace.metadata.xtask] (flake.nix passes that table as `settings`; the xtask reads the
+# same table). The merge rules are stated here (and in xtask/src/repo.rs):
 #   homes/<user>            base home, used everywhere
 #   homes/<user>@global     merged into the standalone home only
 #   homes/<user>@<host>     merged into <host>'s integrated home only (never standalone)
@@ -17,17 +19,26 @@
   mkSystem,
   # The Home Manager NixOS module, imported into every host.
   homeManagerModule ? { },
-  defaultSystem ? "x86_64-linux",
-  backupExtension ? "bak",
-  stateVersion ? "24.11",
-  supportedSystems ? [
-    "x86_64-linux"
-    "aarch64-linux"
-    "x86_64-darwin"
-    "aarch64-darwin"
-  ],
+  # Cargo.toml's [workspace.metadata.xtask], as builtins.fromTOML reads it.
+  settings,
 }:
 let
+  setting =
+    key:
+    settings.${key}
+      or (throw "Cargo.toml: [workspace.metadata.xtask] has no ${key}; add it (the repository's Cargo.toml states every key)");
+  defaultSystem = setting "default-system";
+  backupExtension = setting "backup-extension";
+  stateVersion = setting "state-version";
+  supportedSystems = setting "supported-systems";
+  # NixOS runs on Linux only; a Mac's home is a standalone home.
+  hostSystemsAllowed = setting "host-systems";
+  namePattern = setting "name-pattern";
+  reservedHost = setting "reserved-host";
+  # The longest user name Linux accepts (useradd) and the longest host name (RFC 1123).
+  maxUserLength = setting "max-user-length";
+  maxHostLength = setting "max-host-length";
+
   inherit (builtins)
     attrNames
     elem
@@ -38,9 +49,6 @@ let
     pathExists
     readDir
     ;
-
-  namePattern = "[a-z_][a-z0-9_-]*";
-  reservedHost = "global";
 
   mapToAttrs = f: names: listToAttrs (map f names);
   unique = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
@@ -56,9 +64,6 @@ let
     else
       [ ];
 
-  # The longest user name Linux accepts (useradd) and the longest host name (RFC 1123).
-  maxUserLength = 32;
-  maxHostLength = 63;
   validName =
     max: name: name != null && match namePattern name != null && builtins.stringLength name <= max;
 
@@ -86,9 +91,6 @@ let
   users = filter (user: hasPart user null) (attrNames partsOf);
   hasPart = user: part: elem part (partsOf.${user} or [ ]);
   homePath = dir: homesDir + "/${dir}";
-
-  # NixOS runs on Linux only; a Mac's home is a standalone home.
-  hostSystemsAllowed = filter (system: match ".*-linux" system != null) supportedSystems;
 
   checkSystem =
     where: allowed: system:

@@ -108,7 +108,7 @@ fn outputs_and_merge_lists() {
     assert_eq!(v["homeDirs"]["alice"], "/home/alice");
     assert_eq!(v["homeDirs"]["dave"], "/srv/dave");
     assert_eq!(v["darwinDir"], "/Users/alice");
-    assert_eq!(v["stateVersion"], "24.11");
+    assert_eq!(v["stateVersion"], "26.05");
     assert_eq!(
         v["hostNames"],
         json!({"nometa": "nometa", "pi": "pi", "ws": "ws"})

@@ -7,7 +7,6 @@ use super::scaffold::{Evaluation, Scaffold, render, replace_line};
 use crate::{
     Ctx,
     cli::NewUser,
-    nix,
     repo::{self, Part, home_dir_name, nix_string, validate_host_name, validate_new_user_name},
     term,
 };
@@ -33,7 +32,7 @@ impl NewUser {
         let system = self
             .system
             .as_deref()
-            .map(|s| nix::pick_system(Some(s)))
+            .map(|s| repo::pick_system(Some(s)))
             .transpose()?;
         let home = with_git_identity(
             &render(HOME, &[("user", name)]),
@@ -104,7 +103,7 @@ impl NewUser {
 
 /// `--host` must name an existing host; `global` has its own flag.
 fn check_host(repo: &repo::Repo, host: &str) -> Result<()> {
-    if host == repo::RESERVED_HOST {
+    if host == repo::rules().reserved_host {
         bail!(
             "--host global: use --global for homes/<user>@global (the standalone-only part); nothing was written"
         );

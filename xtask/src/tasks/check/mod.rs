@@ -145,10 +145,10 @@ impl Check {
     /// machine's is not a supported one), or all with --all-systems.
     fn home_systems(&self, repo: &Repo) -> Vec<String> {
         if self.all_systems {
-            return repo::SYSTEMS.iter().map(|s| s.to_string()).collect();
+            return repo::rules().supported_systems.clone();
         }
         let current = nix::current_system();
-        if repo::SYSTEMS.contains(&current.as_str()) {
+        if repo::rules().is_supported(&current) {
             vec![current]
         } else {
             vec![repo.defaults.default_system.clone()]

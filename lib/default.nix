@@ -99,7 +99,17 @@ let
     else
       throw "${where}: system \"${toString system}\" is not supported here; use one of ${toString allowed}";
 
-  readMeta = file: if pathExists file then import file else { };
+  # meta.nix must be an attribute set: `[ ].system or default` is the default in Nix, so a
+  # wrong shape would otherwise pass unnoticed.
+  readMeta =
+    label: file:
+    let
+      meta = if pathExists file then import file else { };
+    in
+    if builtins.isAttrs meta then
+      meta
+    else
+      throw "${label}: meta.nix is a ${builtins.typeOf meta}, not an attribute set; write it like { system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
 
   # name -> system, from <dir>/<name>/meta.nix or the default: each home's and host's
   # system is read once, not once per supported system.
@@ -108,7 +118,7 @@ let
     mapToAttrs (name: {
       inherit name;
       value = checkSystem "${label}/${name}/meta.nix" allowed (
-        (readMeta (dir + "/${name}/meta.nix")).system or defaultSystem
+        (readMeta "${label}/${name}/meta.nix" (dir + "/${name}/meta.nix")).system or defaultSystem
       );
     }) names;
   homeSystems = systemsOf "homes" homesDir supportedSystems users;
@@ -158,13 +168,19 @@ let
           true
       ) names;
 
-  hostMeta = host: readMeta (systemsDir + "/${host}/meta.nix");
+  hostMeta = host: readMeta "systems/${host}/meta.nix" (systemsDir + "/${host}/meta.nix");
   hostSystems = systemsOf "systems" systemsDir hostSystemsAllowed hosts;
 
   # A host's users: every user with a homes/<user>@<host> directory, plus meta.nix `users`.
   hostUsers =
     host:
-    unique ((hostPartUsers.${host} or [ ]) ++ ((hostMeta host).users or [ ]));
+    let
+      listed = (hostMeta host).users or [ ];
+    in
+    if builtins.isList listed && builtins.all (u: builtins.isString u && validName maxUserLength u) listed then
+      unique ((hostPartUsers.${host} or [ ]) ++ listed)
+    else
+      throw "systems/${host}/meta.nix: users must be a list of user names matching ${namePattern}, like users = [ \"alice\" ];";
 
   mkHost =
     host:

@@ -124,7 +124,10 @@ impl Rules {
         if !self.name_regex.is_match(name) {
             // The name may be hostile (control characters, a whole paragraph): escaped, cut.
             let shown: String = name.escape_default().to_string().chars().take(40).collect();
-            return Err(format!("'{shown}' does not follow the rule: {}", self.name_rule()));
+            return Err(format!(
+                "'{shown}' does not follow the rule: {}",
+                self.name_rule()
+            ));
         }
         Ok(())
     }
@@ -405,8 +408,8 @@ impl Defaults {
         struct Metadata {
             xtask: Option<Defaults>,
         }
-        let manifest: Manifest = toml::from_str(cargo_toml)
-            .with_context(|| format!("the keys are {KEYS}"))?;
+        let manifest: Manifest =
+            toml::from_str(cargo_toml).with_context(|| format!("the keys are {KEYS}"))?;
         let defaults = manifest
             .workspace
             .and_then(|w| w.metadata)
@@ -479,6 +482,9 @@ pub struct Host {
     pub meta_users: Vec<String>,
 }
 
+/// What a host's meta.nix looks like, for messages about one that does not.
+pub const HOST_META_SHAPE: &str = "{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
+
 /// What meta.nix files say, read in one nix evaluation.
 #[derive(Debug, Deserialize)]
 struct MetaEval {
@@ -488,6 +494,9 @@ struct MetaEval {
 
 #[derive(Debug, Deserialize)]
 struct MetaFile {
+    /// Set (to nix's `builtins.typeOf`) when the file is not an attribute set.
+    #[serde(default)]
+    not_attrs: Option<String>,
     system: Option<serde_json::Value>,
     #[serde(default)]
     users: serde_json::Value,
@@ -735,6 +744,9 @@ impl Repo {
         };
         for (name, meta) in eval.homes {
             let rel = format!("homes/{name}/meta.nix");
+            if self.check_shape(&rel, &meta, "{ system = \"x86_64-linux\"; }") {
+                continue;
+            }
             let system = self.check_system(&rel, meta.system, &rules().supported_systems);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
@@ -742,6 +754,9 @@ impl Repo {
         }
         for (name, meta) in eval.hosts {
             let rel = format!("systems/{name}/meta.nix");
+            if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
+                continue;
+            }
             let system = self.check_system(&rel, meta.system, &rules().host_systems);
             let users = self.check_users(&rel, meta.users);
             for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
@@ -778,10 +793,25 @@ impl Repo {
                 path.unwrap_or_else(|| "meta.nix".to_string()),
                 "bad-meta",
                 format!("cannot read meta.nix: {message}"),
-                "fix the file so that it is an attribute set like { system = \"x86_64-linux\"; }"
-                    .into(),
+                format!("fix the file so that it is an attribute set like {HOST_META_SHAPE}"),
             )
         }
+    }
+
+    /// A meta.nix that is not an attribute set (`[ ]`, a function, a string) is an error:
+    /// nix's `m.system or default` would read it as "no system" and so would lib/ before it
+    /// checked. True when it was one (then nothing else of it is read).
+    fn check_shape(&mut self, rel: &str, meta: &MetaFile, shape: &str) -> bool {
+        let Some(kind) = &meta.not_attrs else {
+            return false;
+        };
+        self.findings.push(Finding::error(
+            rel,
+            "bad-meta",
+            format!("meta.nix is a {kind}, not an attribute set"),
+            format!("write it like {shape}"),
+        ));
+        true
     }
 
     fn check_system(
@@ -820,7 +850,7 @@ impl Repo {
                     rel,
                     "bad-meta",
                     format!("users = {other} is not a list of user names"),
-                    "write users = [ \"alice\" \"bob\" ];".into(),
+                    format!("write it like {HOST_META_SHAPE}"),
                 ));
                 return Vec::new();
             }
@@ -979,7 +1009,7 @@ fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
     // Only the fields the xtask uses leave nix, so a meta.nix may hold anything else
     // (functions included) without breaking --json.
     format!(
-        "let pick = m: {{ system = m.system or null; users = m.users or null; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; }}"
+        "let pick = m: if builtins.isAttrs m then {{ system = m.system or null; users = m.users or null; }} else {{ not_attrs = builtins.typeOf m; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; }}"
     )
 }
 
@@ -1225,7 +1255,10 @@ mod tests {
             "{:#}",
             Defaults::parse("[workspace.metadata.xtask]\nbackup-extention = 'x'\n").unwrap_err()
         );
-        assert!(unknown.contains("backup-extention") && unknown.contains("name-pattern"), "{unknown}");
+        assert!(
+            unknown.contains("backup-extention") && unknown.contains("name-pattern"),
+            "{unknown}"
+        );
         let bad = |toml: &str| {
             format!(
                 "{:#}",
@@ -1233,17 +1266,35 @@ mod tests {
             )
         };
         let err = bad("default-system = 'riscv'");
-        assert!(err.contains("riscv") && err.contains("aarch64-linux"), "{err}");
+        assert!(
+            err.contains("riscv") && err.contains("aarch64-linux"),
+            "{err}"
+        );
         let err = bad("name-pattern = '[a-z'");
-        assert!(err.contains("name-pattern") && err.contains("not a valid regular expression"), "{err}");
+        assert!(
+            err.contains("name-pattern") && err.contains("not a valid regular expression"),
+            "{err}"
+        );
         let err = bad("name-pattern = '.*'");
-        assert!(err.contains("accepts") && err.contains("narrow it"), "{err}");
+        assert!(
+            err.contains("accepts") && err.contains("narrow it"),
+            "{err}"
+        );
         let err = bad("host-systems = ['x86_64-windows']");
-        assert!(err.contains("x86_64-windows") && err.contains("supported-systems"), "{err}");
+        assert!(
+            err.contains("x86_64-windows") && err.contains("supported-systems"),
+            "{err}"
+        );
         let err = bad("max-user-length = 0");
-        assert!(err.contains("max-user-length") && err.contains("positive"), "{err}");
+        assert!(
+            err.contains("max-user-length") && err.contains("positive"),
+            "{err}"
+        );
         let err = bad("reserved-host = 'Global'");
-        assert!(err.contains("reserved-host") && err.contains("name-pattern"), "{err}");
+        assert!(
+            err.contains("reserved-host") && err.contains("name-pattern"),
+            "{err}"
+        );
     }
 
     /// The compiled-in fallback is the repository's Cargo.toml, key for key: the rules are
@@ -1253,7 +1304,12 @@ mod tests {
         let text = include_str!("../../Cargo.toml");
         let manifest: toml::Table = toml::from_str(text).unwrap();
         let table = &manifest["workspace"]["metadata"]["xtask"];
-        let stated: Vec<&str> = table.as_table().unwrap().keys().map(String::as_str).collect();
+        let stated: Vec<&str> = table
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         let mut all: Vec<&str> = KEYS.split(", ").collect();
         all.sort();
         let mut stated_sorted = stated.clone();

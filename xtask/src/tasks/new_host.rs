@@ -41,7 +41,10 @@ impl NewHost {
             format!("systems/{host}/default.nix"),
             render(
                 HOST,
-                &[("host", host), ("stateVersion", &repo.defaults.state_version)],
+                &[
+                    ("host", host),
+                    ("stateVersion", &repo.defaults.state_version),
+                ],
             ),
         );
         let mut meta = render(HOST_META, &[("host", host), ("system", &system)]);

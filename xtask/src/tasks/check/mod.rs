@@ -190,8 +190,20 @@ impl Selection {
             homes: BTreeSet::new(),
             hosts: BTreeSet::new(),
         };
+        let items: Vec<&str> = only
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if items.is_empty() {
+            // `--only ""` (an empty CI matrix variable) would otherwise check nothing and pass.
+            return Err(crate::UsageError(
+                "--only names nothing; pass home or host names (--only alice,workstation), or leave --only out to check everything".into(),
+            )
+            .into());
+        }
         let mut unknown = Vec::new();
-        for item in only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        for item in items {
             // `homes/pi` or `systems/pi` picks one of a home and a host with the same name
             // (a CI matrix job per target); a bare name means both.
             let (name, homes, hosts) =

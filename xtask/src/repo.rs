@@ -557,6 +557,15 @@ impl Repo {
             repo.add_home_dir(&name);
         }
         repo.cross_check();
+        for tmp in leftover_scaffolds(root) {
+            // What it moved into place may look like a half home; say where it came from.
+            repo.findings.push(Finding::warning(
+                &tmp,
+                "interrupted-scaffold",
+                format!("{tmp} is left by an interrupted new-user or new-host (or one still running); directories it lists in its xtask-scaffold-set may be half in place"),
+                "run the new-user or new-host command again: it removes what the interrupted run left, then writes the whole set".into(),
+            ));
+        }
         Ok(repo)
     }
 
@@ -1077,6 +1086,25 @@ fn split_location(rest: &str) -> (Option<String>, Option<u32>) {
     let path = pieces.next().filter(|p| !p.is_empty()).map(str::to_string);
     let line = pieces.next().and_then(|l| l.parse().ok());
     (path, line)
+}
+
+/// The prefix of a scaffold's temporary directory in the repo root (tasks::scaffold).
+pub const SCAFFOLD_TEMP_PREFIX: &str = ".xtask-new-";
+
+/// Temporary directories of `new-user` / `new-host` runs in the repo root (a killed run's,
+/// or a running one's), by name. They are never homes or hosts: the scan ignores them.
+pub fn leftover_scaffolds(root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(SCAFFOLD_TEMP_PREFIX))
+        .collect();
+    names.sort();
+    names
 }
 
 /// The directories whose `.nix` files the flake reads.

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, anyhow};
 
-use super::scaffold::{Evaluation, Scaffold, nix_string_list, render, replace_line};
+use super::scaffold::{Evaluation, Scaffold, ensure_sound, nix_string_list, render, replace_line};
 use crate::{
     Ctx,
     cli::NewHost,
@@ -34,7 +34,8 @@ impl NewHost {
                 repo::rules().host_systems.join(", ")
             );
         }
-        let repo = ctx.repo()?;
+        let mut repo = ctx.repo()?;
+        ensure_sound(ctx, &mut repo)?;
 
         let mut files = Scaffold::default();
         files.file(

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::scaffold::{Evaluation, Scaffold, render, replace_line};
+use super::scaffold::{Evaluation, Scaffold, ensure_sound, render, replace_line};
 use crate::{
     Ctx,
     cli::NewUser,
@@ -21,7 +21,7 @@ impl NewUser {
         let name = self.name.as_str();
         validate_new_user_name(name, self.allow_root)
             .map_err(|e| anyhow!("{e}; nothing was written"))?;
-        let repo = ctx.repo()?;
+        let mut repo = ctx.repo()?;
         let mut hosts: Vec<&str> = Vec::new();
         for host in &self.hosts {
             check_host(&repo, host)?;
@@ -29,6 +29,7 @@ impl NewUser {
                 hosts.push(host);
             }
         }
+        ensure_sound(ctx, &mut repo)?;
         let system = self
             .system
             .as_deref()

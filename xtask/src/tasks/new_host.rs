@@ -3,7 +3,9 @@
 
 use anyhow::{Result, anyhow};
 
-use super::scaffold::{Evaluation, Scaffold, ensure_sound, nix_string_list, render, replace_line};
+use super::scaffold::{
+    Evaluation, Scaffold, ensure_sound, nix_string_list, prepare, render, replace_line,
+};
 use crate::{
     Ctx,
     cli::NewHost,
@@ -34,6 +36,7 @@ impl NewHost {
                 repo::rules().host_systems.join(", ")
             );
         }
+        let _lock = prepare(ctx, self.dry_run)?;
         let mut repo = ctx.repo()?;
         ensure_sound(ctx, &mut repo)?;
 

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::scaffold::{Evaluation, Scaffold, ensure_sound, render, replace_line};
+use super::scaffold::{Evaluation, Scaffold, ensure_sound, prepare, render, replace_line};
 use crate::{
     Ctx,
     cli::NewUser,
@@ -21,6 +21,7 @@ impl NewUser {
         let name = self.name.as_str();
         validate_new_user_name(name, self.allow_root)
             .map_err(|e| anyhow!("{e}; nothing was written"))?;
+        let _lock = prepare(ctx, self.dry_run)?;
         let mut repo = ctx.repo()?;
         let mut hosts: Vec<&str> = Vec::new();
         for host in &self.hosts {

@@ -287,10 +287,6 @@ impl Scaffold {
             term::info("dry run: nothing was written");
             return Ok(());
         }
-        let _lock = lock_repo(&ctx.root)?;
-        recover(ctx)?;
-        // Again under the lock: the check above may have raced another scaffold.
-        self.check_free(&ctx.root)?;
         let staged = self.write(&ctx.root, |paths| stage(ctx, paths))?;
         for rel in self.paths() {
             term::info(&format!("created {rel}"));
@@ -377,6 +373,19 @@ fn write_new(path: &Path, content: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// What a task calls first, before it reads the repository: takes the lock (one scaffold
+/// at a time) and rolls back what killed runs left, so validation sees the repository as
+/// it was before them. Hold the returned lock until the task ends. A dry run changes
+/// nothing, so it neither locks nor rolls back.
+pub fn prepare(ctx: &Ctx, dry_run: bool) -> Result<Option<fs::File>> {
+    if dry_run {
+        return Ok(None);
+    }
+    let lock = lock_repo(&ctx.root)?;
+    recover(ctx)?;
+    Ok(Some(lock))
+}
+
 /// One scaffold at a time per repository: an exclusive lock on the repo directory itself
 /// (no lock file to leave behind), held until the returned handle is dropped and released
 /// by the kernel if the process dies.
@@ -398,7 +407,7 @@ fn lock_repo(root: &Path) -> Result<fs::File> {
 /// directory, the listed files that were moved into place are removed (and unstaged), their
 /// directories removed when empty, then the temporary directory. Called under the lock, so
 /// no live run owns these directories.
-pub fn recover(ctx: &Ctx) -> Result<()> {
+fn recover(ctx: &Ctx) -> Result<()> {
     let root = &ctx.root;
     for tmp in repo::leftover_scaffolds(root) {
         let tmp_path = root.join(&tmp);

@@ -872,13 +872,13 @@ impl Repo {
                     rel,
                     "bad-name",
                     format!("users: {e}"),
-                    "fix the user name in meta.nix".into(),
+                    format!("rename it in meta.nix to a valid user name; the file looks like {HOST_META_SHAPE}"),
                 )),
                 None => self.findings.push(Finding::error(
                     rel,
                     "bad-meta",
                     format!("users: {item} is not a string"),
-                    "write users = [ \"alice\" \"bob\" ];".into(),
+                    format!("write it like {HOST_META_SHAPE}"),
                 )),
             }
         }

@@ -1,5 +1,6 @@
 //! The repo model: what homes/ and systems/ contain, the naming rules and what merges into
-//! what. Stated once here for Rust, as lib/default.nix states it once for Nix; every task
+//! what. The rules themselves (name pattern, lengths, reserved host, systems) are data in
+//! Cargo.toml's `[workspace.metadata.xtask]`, which lib/default.nix receives too; every task
 //! asks this module instead of re-reading directories.
 //!
 //! Scanning never stops at the first problem: it records every one as a [`Finding`] so

@@ -3,9 +3,9 @@
 
   # flake.lock is created by the first `nix flake lock` on a machine with network; commit it.
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.11";
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
     home-manager = {
-      url = "github:nix-community/home-manager/release-24.11";
+      url = "github:nix-community/home-manager/release-26.05";
       inputs.nixpkgs.follows = "nixpkgs";
     };
   };
@@ -17,14 +17,14 @@
       ...
     }:
     let
-      # The repo defaults live once, in Cargo.toml, for the xtask and for Nix alike.
-      defaults = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).workspace.metadata.xtask;
+      # The repo defaults and naming rules live once, in Cargo.toml, for the xtask and for
+      # Nix alike.
+      settings = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).workspace.metadata.xtask;
     in
     import ./lib {
       homesDir = ./homes;
       systemsDir = ./systems;
-      defaultSystem = defaults.default-system;
-      backupExtension = defaults.backup-extension;
+      inherit settings;
       homeManagerModule = home-manager.nixosModules.home-manager;
       mkHome =
         { system, modules, ... }:

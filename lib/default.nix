@@ -2,7 +2,9 @@
 #
 # No nixpkgs is needed to evaluate this file: the builders come in as arguments, so tests
 # evaluate it with stub builders and the real flake passes Home Manager's and NixOS'.
-# The naming and merge rules are stated once here (and once in xtask/src/repo.rs):
+# The naming rules, supported systems and defaults are data, stated once in Cargo.toml's
+# [workspace.metadata.xtask] (flake.nix passes that table as `settings`; the xtask reads the
+# same table). The merge rules are stated here (and in xtask/src/repo.rs):
 #   homes/<user>            base home, used everywhere
 #   homes/<user>@global     merged into the standalone home only
 #   homes/<user>@<host>     merged into <host>'s integrated home only (never standalone)
@@ -17,17 +19,26 @@
   mkSystem,
   # The Home Manager NixOS module, imported into every host.
   homeManagerModule ? { },
-  defaultSystem ? "x86_64-linux",
-  backupExtension ? "bak",
-  stateVersion ? "24.11",
-  supportedSystems ? [
-    "x86_64-linux"
-    "aarch64-linux"
-    "x86_64-darwin"
-    "aarch64-darwin"
-  ],
+  # Cargo.toml's [workspace.metadata.xtask], as builtins.fromTOML reads it.
+  settings,
 }:
 let
+  setting =
+    key:
+    settings.${key}
+      or (throw "Cargo.toml: [workspace.metadata.xtask] has no ${key}; add it (the repository's Cargo.toml states every key)");
+  defaultSystem = setting "default-system";
+  backupExtension = setting "backup-extension";
+  stateVersion = setting "state-version";
+  supportedSystems = setting "supported-systems";
+  # NixOS runs on Linux only; a Mac's home is a standalone home.
+  hostSystemsAllowed = setting "host-systems";
+  namePattern = setting "name-pattern";
+  reservedHost = setting "reserved-host";
+  # The longest user name Linux accepts (useradd) and the longest host name (RFC 1123).
+  maxUserLength = setting "max-user-length";
+  maxHostLength = setting "max-host-length";
+
   inherit (builtins)
     attrNames
     elem
@@ -38,9 +49,6 @@ let
     pathExists
     readDir
     ;
-
-  namePattern = "[a-z_][a-z0-9_-]*";
-  reservedHost = "global";
 
   mapToAttrs = f: names: listToAttrs (map f names);
   unique = foldl' (acc: x: if elem x acc then acc else acc ++ [ x ]) [ ];
@@ -56,9 +64,6 @@ let
     else
       [ ];
 
-  # The longest user name Linux accepts (useradd) and the longest host name (RFC 1123).
-  maxUserLength = 32;
-  maxHostLength = 63;
   validName =
     max: name: name != null && match namePattern name != null && builtins.stringLength name <= max;
 
@@ -87,9 +92,6 @@ let
   hasPart = user: part: elem part (partsOf.${user} or [ ]);
   homePath = dir: homesDir + "/${dir}";
 
-  # NixOS runs on Linux only; a Mac's home is a standalone home.
-  hostSystemsAllowed = filter (system: match ".*-linux" system != null) supportedSystems;
-
   checkSystem =
     where: allowed: system:
     if elem system allowed then
@@ -97,7 +99,17 @@ let
     else
       throw "${where}: system \"${toString system}\" is not supported here; use one of ${toString allowed}";
 
-  readMeta = file: if pathExists file then import file else { };
+  # meta.nix must be an attribute set: `[ ].system or default` is the default in Nix, so a
+  # wrong shape would otherwise pass unnoticed.
+  readMeta =
+    label: file:
+    let
+      meta = if pathExists file then import file else { };
+    in
+    if builtins.isAttrs meta then
+      meta
+    else
+      throw "${label}: meta.nix is a ${builtins.typeOf meta}, not an attribute set; write it like { system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
 
   # name -> system, from <dir>/<name>/meta.nix or the default: each home's and host's
   # system is read once, not once per supported system.
@@ -106,7 +118,7 @@ let
     mapToAttrs (name: {
       inherit name;
       value = checkSystem "${label}/${name}/meta.nix" allowed (
-        (readMeta (dir + "/${name}/meta.nix")).system or defaultSystem
+        (readMeta "${label}/${name}/meta.nix" (dir + "/${name}/meta.nix")).system or defaultSystem
       );
     }) names;
   homeSystems = systemsOf "homes" homesDir supportedSystems users;
@@ -156,13 +168,19 @@ let
           true
       ) names;
 
-  hostMeta = host: readMeta (systemsDir + "/${host}/meta.nix");
+  hostMeta = host: readMeta "systems/${host}/meta.nix" (systemsDir + "/${host}/meta.nix");
   hostSystems = systemsOf "systems" systemsDir hostSystemsAllowed hosts;
 
   # A host's users: every user with a homes/<user>@<host> directory, plus meta.nix `users`.
   hostUsers =
     host:
-    unique ((hostPartUsers.${host} or [ ]) ++ ((hostMeta host).users or [ ]));
+    let
+      listed = (hostMeta host).users or [ ];
+    in
+    if builtins.isList listed && builtins.all (u: builtins.isString u && validName maxUserLength u) listed then
+      unique ((hostPartUsers.${host} or [ ]) ++ listed)
+    else
+      throw "systems/${host}/meta.nix: users must be a list of user names matching ${namePattern}, like users = [ \"alice\" ];";
 
   mkHost =
     host:

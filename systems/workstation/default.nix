@@ -30,5 +30,5 @@
     "flakes"
   ];
 
-  system.stateVersion = "24.11";
+  system.stateVersion = "26.05";
 }

@@ -87,6 +87,9 @@ fn run(cli: cli::Cli) -> Result<()> {
     let sh = Shell::new().context("creating a shell")?;
     let cwd = sh.current_dir();
     let root = Repo::find_root(cli.flake.as_deref(), &cwd)?;
+    // The naming rules and supported systems of this repository (Cargo.toml), for every
+    // layer, before any task looks at a name.
+    repo::Defaults::load(&root)?.install()?;
     sh.change_dir(&root);
     let ctx = Ctx {
         sh,

@@ -1,5 +1,6 @@
 //! The repo model: what homes/ and systems/ contain, the naming rules and what merges into
-//! what. Stated once here for Rust, as lib/default.nix states it once for Nix; every task
+//! what. The rules themselves (name pattern, lengths, reserved host, systems) are data in
+//! Cargo.toml's `[workspace.metadata.xtask]`, which lib/default.nix receives too; every task
 //! asks this module instead of re-reading directories.
 //!
 //! Scanning never stops at the first problem: it records every one as a [`Finding`] so
@@ -12,52 +13,133 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::nix::Nix;
 
-/// The systems every home is exposed for under `legacyPackages.<system>`.
-pub const SYSTEMS: [&str; 4] = [
-    "x86_64-linux",
-    "aarch64-linux",
-    "x86_64-darwin",
-    "aarch64-darwin",
-];
+/// The naming rules and supported systems, compiled from [`Defaults`] (Cargo.toml's
+/// `[workspace.metadata.xtask]`, which flake.nix passes to lib/ too, so Nix and Rust
+/// apply one statement of them).
+#[derive(Debug)]
+pub struct Rules {
+    name_pattern: String,
+    /// `^(?:name-pattern)$`: Nix's `builtins.match` matches the whole string.
+    name_regex: regex_lite::Regex,
+    max_user_length: usize,
+    max_host_length: usize,
+    pub reserved_host: String,
+    pub supported_systems: Vec<String>,
+    pub host_systems: Vec<String>,
+}
 
-/// The systems a NixOS host can have (`systems/<host>`): NixOS runs on Linux only; a Mac
-/// is configured with nix-darwin, which this repo does not manage.
-pub const HOST_SYSTEMS: [&str; 2] = ["x86_64-linux", "aarch64-linux"];
+/// The rules of this run: those of the repo's Cargo.toml once `main` has installed them
+/// ([`Defaults::install`]), else the built-in ones (unit tests, a flake without Cargo.toml).
+/// Process-wide so that the free functions below (`validate_name`, …) keep their simple
+/// signatures for every caller.
+static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
 
-/// `global` names the standalone-only part of a home, so it cannot be a host.
-pub const RESERVED_HOST: &str = "global";
+pub fn rules() -> &'static Rules {
+    RULES.get_or_init(|| Rules::new(&Defaults::default()).expect("the built-in rules are valid"))
+}
 
-pub const NAME_RULE: &str = "a name must match [a-z_][a-z0-9_-]* (lowercase letters, digits, '_' and '-', not starting with a digit or '-')";
-
-/// The longest user name Linux accepts (useradd's 32 bytes) and the longest host name
-/// (an RFC 1123 label, 63). lib/default.nix states the same limits.
-pub const MAX_USER_LEN: usize = 32;
-pub const MAX_HOST_LEN: usize = 63;
-
-/// The pattern every user and host name follows: `[a-z_][a-z0-9_-]*`.
-fn validate_pattern(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let Some(first) = chars.next() else {
-        return Err(format!("the name is empty; {NAME_RULE}"));
-    };
-    if !(first.is_ascii_lowercase() || first == '_') {
-        return Err(format!("'{name}' starts with '{first}'; {NAME_RULE}"));
+impl Rules {
+    fn new(d: &Defaults) -> Result<Rules> {
+        let name_regex = regex_lite::Regex::new(&format!("^(?:{})$", d.name_pattern))
+            .map_err(|e| {
+                anyhow!(
+                    "name-pattern = \"{}\" is not a valid regular expression ({e}); write one like \"{}\"",
+                    d.name_pattern,
+                    BUILTIN_NAME_PATTERN
+                )
+            })?;
+        // Names become directory names and flake attributes, and '@' separates a user from
+        // its part: a pattern admitting these would let a name escape homes/ or split wrongly.
+        for probe in ["", ".", "..", "a/b", "a@b", "a b"] {
+            if name_regex.is_match(probe) {
+                bail!(
+                    "name-pattern = \"{}\" accepts {probe:?}, which cannot be a user or host name (names are directory names, and '@' separates user and host); narrow it, e.g. \"{}\"",
+                    d.name_pattern,
+                    BUILTIN_NAME_PATTERN
+                );
+            }
+        }
+        for (key, value) in [
+            ("max-user-length", d.max_user_length),
+            ("max-host-length", d.max_host_length),
+        ] {
+            if value == 0 {
+                bail!("{key} = 0 allows no name at all; use a positive length such as 32");
+            }
+        }
+        if !name_regex.is_match(&d.reserved_host) {
+            bail!(
+                "reserved-host = \"{}\" does not match name-pattern \"{}\"; use a name that does (\"global\")",
+                d.reserved_host,
+                d.name_pattern
+            );
+        }
+        if d.supported_systems.is_empty() {
+            bail!("supported-systems is empty; list at least one, e.g. [\"x86_64-linux\"]");
+        }
+        if let Some(bad) = d
+            .host_systems
+            .iter()
+            .find(|s| !d.supported_systems.contains(s))
+        {
+            bail!(
+                "host-systems lists \"{bad}\", which is not in supported-systems ({}); add it there or remove it",
+                d.supported_systems.join(", ")
+            );
+        }
+        if !d.supported_systems.contains(&d.default_system) {
+            bail!(
+                "default-system = \"{}\" is not supported; use one of {}",
+                d.default_system,
+                d.supported_systems.join(", ")
+            );
+        }
+        Ok(Rules {
+            name_pattern: d.name_pattern.clone(),
+            name_regex,
+            max_user_length: d.max_user_length,
+            max_host_length: d.max_host_length,
+            reserved_host: d.reserved_host.clone(),
+            supported_systems: d.supported_systems.clone(),
+            host_systems: d.host_systems.clone(),
+        })
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-'))
-    {
-        return Err(format!(
-            "'{name}' contains '{}'; {NAME_RULE}",
-            bad.escape_default()
-        ));
+
+    /// What messages say a name must look like.
+    pub fn name_rule(&self) -> String {
+        format!(
+            "a name must match {} (name-pattern in Cargo.toml's [workspace.metadata.xtask])",
+            self.name_pattern
+        )
     }
-    Ok(())
+
+    fn validate_pattern(&self, name: &str) -> Result<(), String> {
+        if name.is_empty() {
+            return Err(format!("the name is empty; {}", self.name_rule()));
+        }
+        if !self.name_regex.is_match(name) {
+            // The name may be hostile (control characters, a whole paragraph): escaped, cut.
+            let shown: String = name.escape_default().to_string().chars().take(40).collect();
+            return Err(format!(
+                "'{shown}' does not follow the rule: {}",
+                self.name_rule()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn is_supported(&self, system: &str) -> bool {
+        self.supported_systems.iter().any(|s| s == system)
+    }
+
+    pub fn is_host_system(&self, system: &str) -> bool {
+        self.host_systems.iter().any(|s| s == system)
+    }
 }
 
 fn validate_len(name: &str, max: usize, what: &str) -> Result<(), String> {
@@ -72,22 +154,29 @@ fn validate_len(name: &str, max: usize, what: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks a user name: the pattern, at most 32 characters (the Linux user name limit).
+/// Checks a user name: the pattern and the user length limit (32: Linux's).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    validate_pattern(name)?;
-    validate_len(name, MAX_USER_LEN, "user")
+    let r = rules();
+    r.validate_pattern(name)?;
+    validate_len(name, r.max_user_length, "user")
 }
 
-/// Checks a host name: the pattern, at most 63 characters, and not the reserved `global`.
+/// Checks a host name: the pattern, the host length limit (63), not the reserved `global`.
 pub fn validate_host_name(name: &str) -> Result<(), String> {
-    validate_pattern(name)?;
-    validate_len(name, MAX_HOST_LEN, "host")?;
-    if name == RESERVED_HOST {
+    let r = rules();
+    r.validate_pattern(name)?;
+    validate_len(name, r.max_host_length, "host")?;
+    if name == r.reserved_host {
         return Err(format!(
-            "'{RESERVED_HOST}' is reserved: homes/<user>@{RESERVED_HOST} is the standalone-only part of a home, so no host may be called that"
+            "'{name}' is reserved: homes/<user>@{name} is the standalone-only part of a home, so no host may be called that"
         ));
     }
     Ok(())
+}
+
+/// `--system`: a supported system, or this machine's when not given or `auto`.
+pub fn pick_system(flag: Option<&str>) -> Result<String> {
+    crate::nix::pick_system_in(flag, &rules().supported_systems)
 }
 
 /// The superuser's home belongs to the system (NixOS configures it in systems/<host>), so a
@@ -99,9 +188,9 @@ pub const RESERVED_USER: &str = "root";
 /// Existing directories are not held to the reserved names: lib/ accepts them.
 pub fn validate_new_user_name(name: &str, allow_root: bool) -> Result<(), String> {
     validate_name(name)?;
-    if name == RESERVED_HOST {
+    if name == rules().reserved_host {
         return Err(format!(
-            "'{RESERVED_HOST}' is reserved: homes/<user>@{RESERVED_HOST} is the standalone-only part of a home, so no user may be called that"
+            "'{name}' is reserved: homes/<user>@{name} is the standalone-only part of a home, so no user may be called that"
         ));
     }
     if name == RESERVED_USER && !allow_root {
@@ -142,7 +231,7 @@ pub fn parse_home_dir(dir: &str) -> Result<(String, Part), String> {
     validate_name(user).map_err(|e| format!("user part: {e}"))?;
     let part = match suffix {
         None => Part::Base,
-        Some(RESERVED_HOST) => Part::Global,
+        Some(h) if h == rules().reserved_host => Part::Global,
         Some(host) if host.contains('@') => {
             return Err(format!(
                 "'{dir}' has more than one '@'; use <user>, <user>@global or <user>@<host>"
@@ -160,7 +249,7 @@ pub fn parse_home_dir(dir: &str) -> Result<(String, Part), String> {
 pub fn home_dir_name(user: &str, part: &Part) -> String {
     match part {
         Part::Base => user.to_string(),
-        Part::Global => format!("{user}@{RESERVED_HOST}"),
+        Part::Global => format!("{user}@{}", rules().reserved_host),
         Part::Host(h) => format!("{user}@{h}"),
     }
 }
@@ -239,37 +328,53 @@ impl fmt::Display for Finding {
     }
 }
 
-/// `[workspace.metadata.xtask]` of the root Cargo.toml.
+/// `[workspace.metadata.xtask]` of the root Cargo.toml: the repo defaults and rules, which
+/// flake.nix passes to lib/ as they are. The built-in values below are only the fallback
+/// for a Cargo.toml without a key (or a flake without Cargo.toml); a test keeps them equal
+/// to the repository's Cargo.toml.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Defaults {
-    #[serde(default = "default_backup_extension")]
     pub backup_extension: String,
-    #[serde(default = "default_system")]
     pub default_system: String,
-    #[serde(default = "default_keep_generations")]
     pub keep_generations: u32,
+    /// `home.stateVersion` of homes that set none; `system.stateVersion` of new hosts.
+    pub state_version: String,
+    pub name_pattern: String,
+    pub max_user_length: usize,
+    pub max_host_length: usize,
+    pub reserved_host: String,
+    pub supported_systems: Vec<String>,
+    pub host_systems: Vec<String>,
 }
 
-fn default_backup_extension() -> String {
-    "bak".into()
-}
-fn default_system() -> String {
-    "x86_64-linux".into()
-}
-fn default_keep_generations() -> u32 {
-    5
-}
+const BUILTIN_NAME_PATTERN: &str = "[a-z_][a-z0-9_-]*";
 
 impl Default for Defaults {
     fn default() -> Self {
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
         Defaults {
-            backup_extension: default_backup_extension(),
-            default_system: default_system(),
-            keep_generations: default_keep_generations(),
+            backup_extension: "bak".into(),
+            default_system: "x86_64-linux".into(),
+            keep_generations: 5,
+            state_version: "26.05".into(),
+            name_pattern: BUILTIN_NAME_PATTERN.into(),
+            max_user_length: 32,
+            max_host_length: 63,
+            reserved_host: "global".into(),
+            supported_systems: strings(&[
+                "x86_64-linux",
+                "aarch64-linux",
+                "x86_64-darwin",
+                "aarch64-darwin",
+            ]),
+            host_systems: strings(&["x86_64-linux", "aarch64-linux"]),
         }
     }
 }
+
+/// The keys, for the message about an unknown one.
+const KEYS: &str = "backup-extension, default-system, keep-generations, state-version, name-pattern, max-user-length, max-host-length, reserved-host, supported-systems, host-systems";
 
 impl Defaults {
     /// Reads the defaults from `<root>/Cargo.toml`; a flake without one (a fixture, a user's
@@ -281,9 +386,16 @@ impl Defaults {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Defaults::default()),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+        Self::parse(&text).with_context(|| {
+            format!(
+                "{} [workspace.metadata.xtask] is not valid; fix the key named",
+                path.display()
+            )
+        })
     }
 
+    /// Parses and validates (the pattern compiles, the systems agree, …), so a mistake in
+    /// Cargo.toml is one clear error at start-up rather than odd verdicts later.
     pub fn parse(cargo_toml: &str) -> Result<Defaults> {
         #[derive(Deserialize)]
         struct Manifest {
@@ -297,21 +409,27 @@ impl Defaults {
         struct Metadata {
             xtask: Option<Defaults>,
         }
-        let manifest: Manifest = toml::from_str(cargo_toml)
-            .context("[workspace.metadata.xtask] is not valid; keys are backup-extension, default-system, keep-generations")?;
+        let manifest: Manifest =
+            toml::from_str(cargo_toml).with_context(|| format!("the keys are {KEYS}"))?;
         let defaults = manifest
             .workspace
             .and_then(|w| w.metadata)
             .and_then(|m| m.xtask)
             .unwrap_or_default();
-        if !SYSTEMS.contains(&defaults.default_system.as_str()) {
-            bail!(
-                "default-system = \"{}\" is not supported; use one of {}",
-                defaults.default_system,
-                SYSTEMS.join(", ")
-            );
-        }
+        Rules::new(&defaults)?;
         Ok(defaults)
+    }
+
+    /// Makes these the rules of this process ([`rules`]); `main` calls it once, before any
+    /// task runs. Returns false when rules were already in use (then those stay).
+    pub fn install(&self) -> Result<bool> {
+        let rules = Rules::new(self)?;
+        crate::nix::set_supported_systems(self.supported_systems.clone());
+        Ok(RULES.set(rules).is_ok())
+    }
+
+    pub fn rules(&self) -> Result<Rules> {
+        Rules::new(self)
     }
 }
 
@@ -365,6 +483,9 @@ pub struct Host {
     pub meta_users: Vec<String>,
 }
 
+/// What a host's meta.nix looks like, for messages about one that does not.
+pub const HOST_META_SHAPE: &str = "{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
+
 /// What meta.nix files say, read in one nix evaluation.
 #[derive(Debug, Deserialize)]
 struct MetaEval {
@@ -374,6 +495,9 @@ struct MetaEval {
 
 #[derive(Debug, Deserialize)]
 struct MetaFile {
+    /// Set (to nix's `builtins.typeOf`) when the file is not an attribute set.
+    #[serde(default)]
+    not_attrs: Option<String>,
     system: Option<serde_json::Value>,
     #[serde(default)]
     users: serde_json::Value,
@@ -434,6 +558,15 @@ impl Repo {
             repo.add_home_dir(&name);
         }
         repo.cross_check();
+        for tmp in leftover_scaffolds(root) {
+            // What it moved into place may look like a half home; say where it came from.
+            repo.findings.push(Finding::warning(
+                &tmp,
+                "interrupted-scaffold",
+                format!("{tmp} is left by an interrupted new-user or new-host (or one still running); directories it lists in its xtask-scaffold-set may be half in place"),
+                "run the new-user or new-host command again: it removes what the interrupted run left, then writes the whole set".into(),
+            ));
+        }
         Ok(repo)
     }
 
@@ -621,14 +754,20 @@ impl Repo {
         };
         for (name, meta) in eval.homes {
             let rel = format!("homes/{name}/meta.nix");
-            let system = self.check_system(&rel, meta.system, &SYSTEMS);
+            if self.check_shape(&rel, &meta, "{ system = \"x86_64-linux\"; }") {
+                continue;
+            }
+            let system = self.check_system(&rel, meta.system, &rules().supported_systems);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
             }
         }
         for (name, meta) in eval.hosts {
             let rel = format!("systems/{name}/meta.nix");
-            let system = self.check_system(&rel, meta.system, &HOST_SYSTEMS);
+            if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
+                continue;
+            }
+            let system = self.check_system(&rel, meta.system, &rules().host_systems);
             let users = self.check_users(&rel, meta.users);
             for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
                 // lib/ still gives the user a home on the host, made of nothing.
@@ -664,23 +803,38 @@ impl Repo {
                 path.unwrap_or_else(|| "meta.nix".to_string()),
                 "bad-meta",
                 format!("cannot read meta.nix: {message}"),
-                "fix the file so that it is an attribute set like { system = \"x86_64-linux\"; }"
-                    .into(),
+                format!("fix the file so that it is an attribute set like {HOST_META_SHAPE}"),
             )
         }
+    }
+
+    /// A meta.nix that is not an attribute set (`[ ]`, a function, a string) is an error:
+    /// nix's `m.system or default` would read it as "no system" and so would lib/ before it
+    /// checked. True when it was one (then nothing else of it is read).
+    fn check_shape(&mut self, rel: &str, meta: &MetaFile, shape: &str) -> bool {
+        let Some(kind) = &meta.not_attrs else {
+            return false;
+        };
+        self.findings.push(Finding::error(
+            rel,
+            "bad-meta",
+            format!("meta.nix is a {kind}, not an attribute set"),
+            format!("write it like {shape}"),
+        ));
+        true
     }
 
     fn check_system(
         &mut self,
         rel: &str,
         system: Option<serde_json::Value>,
-        allowed: &[&str],
+        allowed: &[String],
     ) -> Option<String> {
         match system {
             None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) if allowed.contains(&s.as_str()) => Some(s),
+            Some(serde_json::Value::String(s)) if allowed.contains(&s) => Some(s),
             Some(other) => {
-                let known = other.as_str().is_some_and(|o| SYSTEMS.contains(&o));
+                let known = other.as_str().is_some_and(|o| rules().is_supported(o));
                 let what = if known {
                     "a NixOS host's system (NixOS runs on Linux; a Mac's home goes in homes/)"
                 } else {
@@ -706,7 +860,7 @@ impl Repo {
                     rel,
                     "bad-meta",
                     format!("users = {other} is not a list of user names"),
-                    "write users = [ \"alice\" \"bob\" ];".into(),
+                    format!("write it like {HOST_META_SHAPE}"),
                 ));
                 return Vec::new();
             }
@@ -719,13 +873,13 @@ impl Repo {
                     rel,
                     "bad-name",
                     format!("users: {e}"),
-                    "fix the user name in meta.nix".into(),
+                    format!("rename it in meta.nix to a valid user name; the file looks like {HOST_META_SHAPE}"),
                 )),
                 None => self.findings.push(Finding::error(
                     rel,
                     "bad-meta",
                     format!("users: {item} is not a string"),
-                    "write users = [ \"alice\" \"bob\" ];".into(),
+                    format!("write it like {HOST_META_SHAPE}"),
                 )),
             }
         }
@@ -865,7 +1019,7 @@ fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
     // Only the fields the xtask uses leave nix, so a meta.nix may hold anything else
     // (functions included) without breaking --json.
     format!(
-        "let pick = m: {{ system = m.system or null; users = m.users or null; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; }}"
+        "let pick = m: if builtins.isAttrs m then {{ system = m.system or null; users = m.users or null; }} else {{ not_attrs = builtins.typeOf m; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; }}"
     )
 }
 
@@ -933,6 +1087,25 @@ fn split_location(rest: &str) -> (Option<String>, Option<u32>) {
     let path = pieces.next().filter(|p| !p.is_empty()).map(str::to_string);
     let line = pieces.next().and_then(|l| l.parse().ok());
     (path, line)
+}
+
+/// The prefix of a scaffold's temporary directory in the repo root (tasks::scaffold).
+pub const SCAFFOLD_TEMP_PREFIX: &str = ".xtask-new-";
+
+/// Temporary directories of `new-user` / `new-host` runs in the repo root (a killed run's,
+/// or a running one's), by name. They are never homes or hosts: the scan ignores them.
+pub fn leftover_scaffolds(root: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(SCAFFOLD_TEMP_PREFIX))
+        .collect();
+    names.sort();
+    names
 }
 
 /// The directories whose `.nix` files the flake reads.
@@ -1107,14 +1280,71 @@ mod tests {
             Defaults::parse("[package]\nname='x'\n").unwrap(),
             Defaults::default()
         );
-        assert!(Defaults::parse("[workspace.metadata.xtask]\nbackup-extention = 'x'\n").is_err());
-        let err = Defaults::parse("[workspace.metadata.xtask]\ndefault-system = 'riscv'\n")
-            .unwrap_err()
-            .to_string();
+        let unknown = format!(
+            "{:#}",
+            Defaults::parse("[workspace.metadata.xtask]\nbackup-extention = 'x'\n").unwrap_err()
+        );
+        assert!(
+            unknown.contains("backup-extention") && unknown.contains("name-pattern"),
+            "{unknown}"
+        );
+        let bad = |toml: &str| {
+            format!(
+                "{:#}",
+                Defaults::parse(&format!("[workspace.metadata.xtask]\n{toml}\n")).unwrap_err()
+            )
+        };
+        let err = bad("default-system = 'riscv'");
         assert!(
             err.contains("riscv") && err.contains("aarch64-linux"),
             "{err}"
         );
+        let err = bad("name-pattern = '[a-z'");
+        assert!(
+            err.contains("name-pattern") && err.contains("not a valid regular expression"),
+            "{err}"
+        );
+        let err = bad("name-pattern = '.*'");
+        assert!(
+            err.contains("accepts") && err.contains("narrow it"),
+            "{err}"
+        );
+        let err = bad("host-systems = ['x86_64-windows']");
+        assert!(
+            err.contains("x86_64-windows") && err.contains("supported-systems"),
+            "{err}"
+        );
+        let err = bad("max-user-length = 0");
+        assert!(
+            err.contains("max-user-length") && err.contains("positive"),
+            "{err}"
+        );
+        let err = bad("reserved-host = 'Global'");
+        assert!(
+            err.contains("reserved-host") && err.contains("name-pattern"),
+            "{err}"
+        );
+    }
+
+    /// The compiled-in fallback is the repository's Cargo.toml, key for key: the rules are
+    /// stated in Cargo.toml, and a missing key must not silently change them.
+    #[test]
+    fn the_builtin_defaults_are_cargo_toml() {
+        let text = include_str!("../../Cargo.toml");
+        let manifest: toml::Table = toml::from_str(text).unwrap();
+        let table = &manifest["workspace"]["metadata"]["xtask"];
+        let stated: Vec<&str> = table
+            .as_table()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut all: Vec<&str> = KEYS.split(", ").collect();
+        all.sort();
+        let mut stated_sorted = stated.clone();
+        stated_sorted.sort();
+        assert_eq!(stated_sorted, all, "Cargo.toml must state every key");
+        assert_eq!(Defaults::parse(text).unwrap(), Defaults::default());
     }
 
     fn tree(dirs: &[&str], files: &[&str]) -> tempfile::TempDir {

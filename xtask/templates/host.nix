@@ -26,5 +26,5 @@
   ];
 
   # The NixOS release this host was first installed with; do not change it later.
-  system.stateVersion = "24.11";
+  system.stateVersion = "@stateVersion@";
 }

@@ -641,3 +641,78 @@ fn a_repository_path_with_a_space_is_explained() {
         .stderr_has("flake.nix: the flake does not evaluate")
         .stderr_has("move or clone the repository to a path without one");
 }
+
+/// meta.nix of the wrong shape is an error naming the file and the expected shape, in
+/// `check --lint-only` as in a full check.
+#[test]
+fn meta_nix_of_the_wrong_shape_is_an_error() {
+    let cases = [
+        (
+            "systems/box/meta.nix",
+            "[ ]\n",
+            "meta.nix is a list, not an attribute set",
+            "{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }",
+        ),
+        (
+            "systems/box/meta.nix",
+            "{ system = \"x86_64-windows\"; }\n",
+            "x86_64-windows",
+            "use one of x86_64-linux, aarch64-linux",
+        ),
+        (
+            "systems/box/meta.nix",
+            "{ users = [ \"Bad\" ]; }\n",
+            "[a-z_][a-z0-9_-]*",
+            "users = [ \"alice\" ]",
+        ),
+        (
+            "systems/box/meta.nix",
+            "{ users = \"alice\"; }\n",
+            "not a list of user names",
+            "users = [ \"alice\" ]",
+        ),
+        (
+            "homes/alice/meta.nix",
+            "x: x\n",
+            "meta.nix is a lambda, not an attribute set",
+            "{ system = \"x86_64-linux\"; }",
+        ),
+        (
+            "homes/alice/meta.nix",
+            "{ system = \"x86_64-windows\"; }\n",
+            "x86_64-windows",
+            "aarch64-darwin",
+        ),
+    ];
+    for (file, meta, message, fix) in cases {
+        let f = clean_fixture();
+        f.host("box", Some("{ }\n")).write(file, meta).commit();
+        for extra in [&["--lint-only"][..], &[][..]] {
+            let (run, findings) = check_json(&f, extra);
+            run.failure(1);
+            let found = findings
+                .iter()
+                .find(|x| x["path"] == file)
+                .unwrap_or_else(|| {
+                    panic!("{file} = {meta:?} {extra:?}: no finding: {findings:#?}")
+                });
+            assert_eq!(found["severity"], "error", "{found}");
+            assert!(
+                found["message"].as_str().unwrap().contains(message),
+                "{found}"
+            );
+            assert!(found["fix"].as_str().unwrap().contains(fix), "{found}");
+        }
+    }
+}
+
+#[test]
+fn only_naming_nothing_is_a_usage_error() {
+    let f = clean_fixture();
+    for only in ["", " ", ","] {
+        f.xtask(&["check", "--only", only])
+            .failure(2)
+            .stderr_has("--only names nothing")
+            .stderr_has("leave --only out");
+    }
+}

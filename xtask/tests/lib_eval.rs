@@ -108,7 +108,7 @@ fn outputs_and_merge_lists() {
     assert_eq!(v["homeDirs"]["alice"], "/home/alice");
     assert_eq!(v["homeDirs"]["dave"], "/srv/dave");
     assert_eq!(v["darwinDir"], "/Users/alice");
-    assert_eq!(v["stateVersion"], "24.11");
+    assert_eq!(v["stateVersion"], "26.05");
     assert_eq!(
         v["hostNames"],
         json!({"nometa": "nometa", "pi": "pi", "ws": "ws"})
@@ -269,4 +269,84 @@ in {{
     assert_eq!(v["wsSystem"], "x86_64-linux");
     assert_eq!(v["wsHasHm"], true);
     assert_eq!(v["inputs"], json!(["home-manager", "nixpkgs"]));
+}
+
+/// lib/ takes the naming rules and systems from Cargo.toml's [workspace.metadata.xtask]
+/// (which the fixture flake passes, as flake.nix does), and so does the xtask: one change
+/// there changes both.
+#[test]
+fn rules_come_from_cargo_toml_for_nix_and_the_xtask() {
+    let f = Fixture::new();
+    let cargo = std::fs::read_to_string(f.root.join("Cargo.toml")).unwrap();
+    f.write(
+        "Cargo.toml",
+        &cargo.replace("max-user-length = 32", "max-user-length = 4"),
+    )
+    .home_module("alice", "{ }\n")
+    .commit();
+    let stderr = nix_eval(&f, "homeConfigurations", "builtins.attrNames").unwrap_err();
+    assert!(
+        stderr.contains("homes/alice") && stderr.contains("at most 4"),
+        "{stderr}"
+    );
+    f.xtask(&["list"])
+        .failure(1)
+        .stderr_has("homes/alice")
+        .stderr_has("user names are at most 4");
+
+    // A key missing from the table is named by lib/ (the xtask falls back to its built-in
+    // values, which a unit test keeps equal to the repository's Cargo.toml).
+    let f = Fixture::new();
+    let cargo = std::fs::read_to_string(f.root.join("Cargo.toml")).unwrap();
+    let without: String = cargo
+        .lines()
+        .filter(|l| !l.starts_with("reserved-host"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    f.write("Cargo.toml", &without)
+        .home_module("alice", "{ }\n")
+        .commit();
+    let stderr = nix_eval(&f, "homeConfigurations.alice", "h: h.parts").unwrap_err();
+    assert!(stderr.contains("has no reserved-host; add it"), "{stderr}");
+
+    // A broken rule is one clear error from the xtask, naming the key and the fix.
+    let f = Fixture::new();
+    let cargo = std::fs::read_to_string(f.root.join("Cargo.toml")).unwrap();
+    f.write(
+        "Cargo.toml",
+        &cargo.replace(
+            "name-pattern = \"[a-z_][a-z0-9_-]*\"",
+            "name-pattern = \"[a-z\"",
+        ),
+    )
+    .commit();
+    f.xtask(&["list"])
+        .failure(1)
+        .stderr_has("Cargo.toml")
+        .stderr_has("name-pattern = \"[a-z\" is not a valid regular expression");
+}
+
+#[test]
+fn meta_nix_of_the_wrong_shape_fails_evaluation_with_the_path() {
+    let f = Fixture::new();
+    f.host("box", Some("[ ]\n")).commit();
+    let stderr = nix_eval(
+        &f,
+        "nixosConfigurations.box",
+        "h: h.config.system.build.toplevel.drvPath",
+    )
+    .unwrap_err();
+    assert!(
+        stderr.contains("systems/box/meta.nix") && stderr.contains("not an attribute set"),
+        "{stderr}"
+    );
+    let f = Fixture::new();
+    f.host("box", Some("{ users = \"alice\"; }\n")).commit();
+    let stderr = nix_eval(
+        &f,
+        "nixosConfigurations.box",
+        "h: builtins.attrNames h.config.home-manager.users",
+    )
+    .unwrap_err();
+    assert!(stderr.contains("users must be a list"), "{stderr}");
 }

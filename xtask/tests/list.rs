@@ -99,7 +99,7 @@ fn bad_layouts_name_the_path_and_rule() {
                 f.home_module("a b", "{ }\n");
             },
             "homes/a b",
-            "contains ' '",
+            "'a b' does not follow the rule",
         ),
         (
             "no user",

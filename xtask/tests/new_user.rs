@@ -409,3 +409,204 @@ fn unfetchable_inputs_are_a_warning() {
         .stderr_has("cargo xtask check --only bob");
     assert!(f.root.join("homes/bob/default.nix").is_file());
 }
+
+/// What a scaffold changes, comparable across fixtures (whose .git differ): git's view
+/// and every byte under homes/ and systems/, with the scaffold's temporary directories
+/// (`.xtask-new-*`, which nothing reads) left out.
+fn scaffold_view(f: &Fixture) -> (String, String, String) {
+    let status = f.git(&["status", "--porcelain", "--untracked-files=all"]);
+    let status: Vec<&str> = status
+        .lines()
+        .filter(|l| !l.contains(".xtask-new-"))
+        .collect();
+    (
+        status.join("\n"),
+        Fixture::tree_digest(&f.root.join("homes")),
+        Fixture::tree_digest(&f.root.join("systems")),
+    )
+}
+
+/// The kill hook (`XTASK_TEST_ABORT_AT=N`) stops new-user after each of its writes,
+/// renames and removals in turn. After every kill, the new set is either wholly absent or
+/// wholly present (a leftover temporary directory aside, which nothing reads), and a run
+/// without the hook then removes the leftovers and writes the complete, staged scaffold.
+#[test]
+fn a_kill_at_any_write_leaves_nothing_half_and_the_rerun_completes() {
+    let args = [
+        "new-user",
+        "zed",
+        "--global",
+        "--host",
+        "ws",
+        "--system",
+        "x86_64-linux",
+    ];
+    let set = [
+        "homes/zed/default.nix",
+        "homes/zed/meta.nix",
+        "homes/zed@global/default.nix",
+        "homes/zed@ws/default.nix",
+    ];
+    // The complete result, from a run that is not interrupted.
+    let done = with_host("ws");
+    done.xtask(&args).success();
+    let complete = scaffold_view(&done);
+    let mut n = 1;
+    loop {
+        let f = with_host("ws");
+        let before = scaffold_view(&f);
+        let mut cmd = f.command(&args);
+        cmd.env("XTASK_TEST_ABORT_AT", n.to_string());
+        let run = common::run(cmd.output().unwrap());
+        if run.code == 0 {
+            // n is past the last step: the whole protocol has been interrupted at each one.
+            assert!(n > 8, "only {n} steps for {} files", set.len());
+            break;
+        }
+        let after = scaffold_view(&f);
+        let present: Vec<&str> = set
+            .iter()
+            .copied()
+            .filter(|rel| f.root.join(rel).exists())
+            .collect();
+        let leftovers = fs::read_dir(&f.root)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".xtask-new-")
+            })
+            .count();
+        if leftovers == 0 {
+            // Without a temporary directory, the kill came after the commit point.
+            assert!(
+                after == before || after == complete,
+                "kill at step {n}: neither unchanged nor complete: {present:?}"
+            );
+        }
+        // Whatever the kill left, `check` names it rather than failing on a half home.
+        if !present.is_empty() && present.len() < set.len() {
+            f.xtask(&["check", "--lint-only"])
+                .stderr_has("interrupted new-user or new-host");
+        }
+        // A file in place is whole: never empty, never cut.
+        for rel in &present {
+            assert_eq!(read(&f, rel), read(&done, rel), "kill at step {n}: {rel}");
+        }
+        if present.len() == set.len() && leftovers == 0 {
+            // Complete already: the re-run refuses and changes nothing.
+            let snap = snapshot(&f);
+            f.xtask(&args).failure(1).stderr_has("already exists");
+            assert_eq!(snapshot(&f), snap);
+        } else {
+            f.xtask(&args).success();
+            assert_eq!(
+                scaffold_view(&f),
+                complete,
+                "re-run after a kill at step {n}"
+            );
+            assert!(
+                !f.root.join(".xtask-new-").exists()
+                    && fs::read_dir(&f.root).unwrap().all(|e| !e
+                        .unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(".xtask-new-")),
+                "the re-run removes the leftovers"
+            );
+        }
+        n += 1;
+        assert!(n < 40, "the hook never let the run finish");
+    }
+}
+
+/// A broken meta.nix of the host (or anywhere) is refused before anything is written:
+/// the message names the file and the fix, and the repository stays byte-identical.
+#[test]
+fn a_broken_meta_nix_is_refused_before_anything_is_written() {
+    let cases = [
+        (
+            "{ system = \"x86_64-linux\"; ",
+            "systems/box/meta.nix",
+            "cannot read meta.nix",
+        ),
+        ("[ ]\n", "systems/box/meta.nix", "not an attribute set"),
+        (
+            "{ system = \"x86_64-windows\"; }\n",
+            "systems/box/meta.nix",
+            "use one of x86_64-linux, aarch64-linux",
+        ),
+        (
+            "{ users = \"alice\"; }\n",
+            "systems/box/meta.nix",
+            "users = [ \\\"alice\\\" ]",
+        ),
+    ];
+    for (meta, file, fix) in cases {
+        let f = Fixture::new();
+        f.host("box", Some(meta)).commit();
+        let before = snapshot(&f);
+        for args in [
+            &["new-user", "zed", "--host", "box"][..],
+            &["new-user", "zed"][..],
+            &["new-host", "web"][..],
+        ] {
+            let run = f.xtask(args);
+            run.failure(1)
+                .stderr_has(file)
+                .stderr_has("nothing was written")
+                .stderr_has("fix them first");
+            assert!(
+                run.stderr.contains(fix) || run.stderr.contains(&fix.replace("\\\"", "\"")),
+                "{meta:?}: {args:?}: stderr lacks {fix:?}:\n{}",
+                run.stderr
+            );
+            assert_eq!(
+                snapshot(&f),
+                before,
+                "{args:?} with {meta:?} changed the repository"
+            );
+        }
+    }
+    // The shape is shown for a home's meta.nix too.
+    let f = Fixture::new();
+    f.home_module("alice", "{ }\n")
+        .write("homes/alice/meta.nix", "\"x86_64-linux\"\n")
+        .commit();
+    let before = snapshot(&f);
+    f.xtask(&["new-user", "zed"])
+        .failure(1)
+        .stderr_has("homes/alice/meta.nix: meta.nix is a string, not an attribute set")
+        .stderr_has("{ system = \"x86_64-linux\"; }");
+    assert_eq!(snapshot(&f), before);
+}
+
+/// What a run killed between its renames left (its temporary directory with the marker,
+/// part of the set in place and staged) is named by `check` and rolled back by the next
+/// run, which then writes the whole set.
+#[test]
+fn leftover_temporary_directories_are_removed_by_the_next_run() {
+    let f = with_host("ws");
+    // What a run killed between its renames leaves: one directory in place, one not.
+    let tmp = f.root.join(".xtask-new-AbC123");
+    fs::create_dir_all(tmp.join("homes/zed@ws")).unwrap();
+    fs::write(tmp.join("homes/zed@ws/default.nix"), "{ }\n").unwrap();
+    fs::write(
+        tmp.join("xtask-scaffold-set"),
+        "homes/zed/default.nix\nhomes/zed@ws/default.nix\n",
+    )
+    .unwrap();
+    f.write("homes/zed/default.nix", "{ }\n");
+    f.git(&["add", "--intent-to-add", "homes/zed/default.nix"]);
+    f.xtask(&["check", "--lint-only"])
+        .stderr_has(".xtask-new-AbC123")
+        .stderr_has("run the new-user or new-host command again");
+    f.xtask(&["new-user", "zed", "--host", "ws"])
+        .success()
+        .stderr_has("left by an interrupted new-user or new-host");
+    assert!(!tmp.exists());
+    assert!(read(&f, "homes/zed/default.nix").contains("zed"));
+    assert!(f.root.join("homes/zed@ws/default.nix").exists());
+}

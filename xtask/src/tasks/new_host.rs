@@ -3,12 +3,13 @@
 
 use anyhow::{Result, anyhow};
 
-use super::scaffold::{Evaluation, Scaffold, nix_string_list, render, replace_line};
+use super::scaffold::{
+    Evaluation, Scaffold, ensure_sound, nix_string_list, prepare, render, replace_line,
+};
 use crate::{
     Ctx,
     cli::NewHost,
-    nix,
-    repo::{HOST_SYSTEMS, nix_string, validate_host_name, validate_new_user_name},
+    repo::{self, nix_string, validate_host_name, validate_new_user_name},
     term,
 };
 
@@ -28,19 +29,27 @@ impl NewHost {
                 users.push(user.clone());
             }
         }
-        let system = nix::pick_system(Some(&self.system))?;
-        if !HOST_SYSTEMS.contains(&system.as_str()) {
+        let system = repo::pick_system(Some(&self.system))?;
+        if !repo::rules().is_host_system(&system) {
             anyhow::bail!(
                 "a NixOS host runs Linux, so its system is one of {}, not {system} (a Mac's home goes in homes/ with cargo xtask new-user)",
-                HOST_SYSTEMS.join(", ")
+                repo::rules().host_systems.join(", ")
             );
         }
-        let repo = ctx.repo()?;
+        let _lock = prepare(ctx, self.dry_run)?;
+        let mut repo = ctx.repo()?;
+        ensure_sound(ctx, &mut repo)?;
 
         let mut files = Scaffold::default();
         files.file(
             format!("systems/{host}/default.nix"),
-            render(HOST, &[("host", host)]),
+            render(
+                HOST,
+                &[
+                    ("host", host),
+                    ("stateVersion", &repo.defaults.state_version),
+                ],
+            ),
         );
         let mut meta = render(HOST_META, &[("host", host), ("system", &system)]);
         if !users.is_empty() {

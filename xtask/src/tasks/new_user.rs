@@ -3,11 +3,10 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::scaffold::{Evaluation, Scaffold, render, replace_line};
+use super::scaffold::{Evaluation, Scaffold, ensure_sound, prepare, render, replace_line};
 use crate::{
     Ctx,
     cli::NewUser,
-    nix,
     repo::{self, Part, home_dir_name, nix_string, validate_host_name, validate_new_user_name},
     term,
 };
@@ -22,7 +21,8 @@ impl NewUser {
         let name = self.name.as_str();
         validate_new_user_name(name, self.allow_root)
             .map_err(|e| anyhow!("{e}; nothing was written"))?;
-        let repo = ctx.repo()?;
+        let _lock = prepare(ctx, self.dry_run)?;
+        let mut repo = ctx.repo()?;
         let mut hosts: Vec<&str> = Vec::new();
         for host in &self.hosts {
             check_host(&repo, host)?;
@@ -30,10 +30,11 @@ impl NewUser {
                 hosts.push(host);
             }
         }
+        ensure_sound(ctx, &mut repo)?;
         let system = self
             .system
             .as_deref()
-            .map(|s| nix::pick_system(Some(s)))
+            .map(|s| repo::pick_system(Some(s)))
             .transpose()?;
         let home = with_git_identity(
             &render(HOME, &[("user", name)]),
@@ -104,7 +105,7 @@ impl NewUser {
 
 /// `--host` must name an existing host; `global` has its own flag.
 fn check_host(repo: &repo::Repo, host: &str) -> Result<()> {
-    if host == repo::RESERVED_HOST {
+    if host == repo::rules().reserved_host {
         bail!(
             "--host global: use --global for homes/<user>@global (the standalone-only part); nothing was written"
         );

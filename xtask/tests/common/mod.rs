@@ -117,6 +117,8 @@ impl Fixture {
             root.join("lib/default.nix"),
         )
         .unwrap();
+        // The rules and defaults, read by the fixture flake and by the xtask alike.
+        fs::copy(repo_root().join("Cargo.toml"), root.join("Cargo.toml")).unwrap();
         for f in [
             "stub-builders.nix",
             "activate.sh",
@@ -190,7 +192,7 @@ impl Fixture {
     pub fn host(&self, host: &str, meta: Option<&str>) -> &Self {
         self.write(
             &format!("systems/{host}/default.nix"),
-            "{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n",
+            "{ ... }:\n{\n  system.stateVersion = \"26.05\";\n}\n",
         );
         if let Some(meta) = meta {
             self.write(&format!("systems/{host}/meta.nix"), meta);

@@ -17,7 +17,7 @@ fn fixture(b: &Bencher, tag: &str, homes: usize, hosts: usize) -> Result<Scratch
     for h in 0..hosts {
         files.push((
             format!("systems/h{h}/default.nix"),
-            "{ ... }:\n{\n  system.stateVersion = \"24.11\";\n}\n".to_string(),
+            "{ ... }:\n{\n  system.stateVersion = \"26.05\";\n}\n".to_string(),
         ));
         files.push((
             format!("systems/h{h}/meta.nix"),

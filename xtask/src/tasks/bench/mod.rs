@@ -96,6 +96,8 @@ impl Bencher {
         let fixtures = self.root.join("xtask/tests/fixtures");
         let copies = [
             ("lib/default.nix", self.root.join("lib/default.nix")),
+            // The rules and defaults the fixture flake passes to lib/.
+            ("Cargo.toml", self.root.join("Cargo.toml")),
             ("stub-builders.nix", fixtures.join("stub-builders.nix")),
             ("activate.sh", fixtures.join("activate.sh")),
             (

@@ -145,10 +145,10 @@ impl Check {
     /// machine's is not a supported one), or all with --all-systems.
     fn home_systems(&self, repo: &Repo) -> Vec<String> {
         if self.all_systems {
-            return repo::SYSTEMS.iter().map(|s| s.to_string()).collect();
+            return repo::rules().supported_systems.clone();
         }
         let current = nix::current_system();
-        if repo::SYSTEMS.contains(&current.as_str()) {
+        if repo::rules().is_supported(&current) {
             vec![current]
         } else {
             vec![repo.defaults.default_system.clone()]
@@ -190,8 +190,20 @@ impl Selection {
             homes: BTreeSet::new(),
             hosts: BTreeSet::new(),
         };
+        let items: Vec<&str> = only
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if items.is_empty() {
+            // `--only ""` (an empty CI matrix variable) would otherwise check nothing and pass.
+            return Err(crate::UsageError(
+                "--only names nothing; pass home or host names (--only alice,workstation), or leave --only out to check everything".into(),
+            )
+            .into());
+        }
         let mut unknown = Vec::new();
-        for item in only.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        for item in items {
             // `homes/pi` or `systems/pi` picks one of a home and a host with the same name
             // (a CI matrix job per target); a bare name means both.
             let (name, homes, hosts) =

@@ -106,7 +106,7 @@ fn existing_bashrc_is_backed_up_byte_for_byte() {
     fs::write(f.home.join(".bashrc"), original).unwrap();
     f.xtask(&["switch"])
         .success()
-        .stderr_has("back up  ~/.bashrc → ~/.bashrc.bak");
+        .stderr_has("backup   ~/.bashrc → ~/.bashrc.bak");
     assert_eq!(fs::read(f.home.join(".bashrc.bak")).unwrap(), original);
     assert!(is_hm_link(&f.home.join(".bashrc")));
     assert_eq!(read(&f.home.join(".bashrc")), "managed\n");
@@ -120,22 +120,30 @@ fn an_existing_backup_blocks_and_nothing_changes() {
     let before = Fixture::tree_digest(&f.home);
     f.xtask(&["switch"])
         .failure(1)
-        .stderr_has("~/.bashrc is blocked by ~/.bashrc.bak")
+        .stderr_has("blocked: ~/.bashrc: its backup ~/.bashrc.bak exists")
         .stderr_has("--overwrite-backup")
         .stderr_has("nothing was changed");
     assert_eq!(Fixture::tree_digest(&f.home), before);
 
-    // --json: the report with its blockers on stdout, still exit 1, still nothing changed.
+    // --json: the plan on stdout, still exit 1, still nothing changed.
     let run = f.xtask(&["switch", "--json"]);
     run.failure(1);
     let v = run.json();
-    let blockers = v["preflight"]["blockers"].as_array().unwrap();
-    assert_eq!(blockers.len(), 1, "{v}");
-    assert_eq!(blockers[0]["kind"], "backup-exists");
+    let plan = v["preflight"]["plan"].as_array().unwrap();
+    let blocked: Vec<_> = plan.iter().filter(|s| s["action"] == "block").collect();
+    assert_eq!(blocked.len(), 1, "{v}");
     assert_eq!(
-        blockers[0]["backup"],
-        f.home.join(".bashrc.bak").display().to_string()
+        blocked[0]["path"],
+        f.home.join(".bashrc").display().to_string()
     );
+    assert!(
+        blocked[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("~/.bashrc.bak exists")
+    );
+    let other = plan.iter().find(|s| s["action"] == "link").unwrap();
+    assert_eq!(other["path"], f.home.join(".other").display().to_string());
     assert_eq!(v["commands"], serde_json::json!([]));
     assert_eq!(Fixture::tree_digest(&f.home), before);
 
@@ -154,7 +162,7 @@ fn a_foreign_symlink_blocks_and_nothing_changes() {
     let before = Fixture::tree_digest(&f.home);
     f.xtask(&["switch"])
         .failure(1)
-        .stderr_has("~/.bashrc is a symlink to")
+        .stderr_has("blocked: ~/.bashrc: a symlink to")
         .stderr_has("Home Manager did not make");
     assert_eq!(Fixture::tree_digest(&f.home), before);
     assert!(
@@ -164,35 +172,59 @@ fn a_foreign_symlink_blocks_and_nothing_changes() {
 }
 
 #[test]
-fn a_directory_where_a_file_goes_blocks() {
+fn a_directory_where_a_file_goes_is_backed_up_or_blocks_without_an_extension() {
     let f = fixture(&[(".bashrc", "managed\n")]);
     fs::create_dir(f.home.join(".bashrc")).unwrap();
+    fs::write(f.home.join(".bashrc/inside"), "mine\n").unwrap();
+    // Without a backup extension Home Manager's check refuses it.
     let before = Fixture::tree_digest(&f.home);
-    f.xtask(&["switch"])
+    f.xtask(&["switch", "-b", ""])
         .failure(1)
-        .stderr_has("~/.bashrc is a directory where Home Manager puts a file");
+        .stderr_has("blocked: ~/.bashrc: it exists (a directory) and would be clobbered")
+        .stderr_has("-b EXT");
     assert_eq!(Fixture::tree_digest(&f.home), before);
+    // With one, the directory is moved aside whole, as Home Manager does.
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("backup   ~/.bashrc → ~/.bashrc.bak");
+    assert_eq!(read(&f.home.join(".bashrc.bak/inside")), "mine\n");
+    assert!(is_hm_link(&f.home.join(".bashrc")));
 }
 
 #[test]
-fn an_identical_file_is_skipped() {
+fn an_identical_file_is_kept_without_an_extension_and_backed_up_with_one() {
     let f = fixture(&[(".bashrc", "same\n"), (".other", "o\n")]);
     fs::write(f.home.join(".bashrc"), "same\n").unwrap();
-    // --json: stdout is only the report (activation's own output goes to stderr).
+    // No extension, no command: left in place (Home Manager only warns).
     let v = f
-        .xtask(&["switch", "--json"])
+        .xtask(&["switch", "--json", "-b", ""])
         .success()
-        .stderr_has("identical ~/.bashrc (left as it is)")
+        .stderr_has("keep     ~/.bashrc (identical, left in place)")
         .json();
-    assert_eq!(
-        v["preflight"]["identical"][0],
-        f.home.join(".bashrc").display().to_string()
-    );
+    let step = |v: &serde_json::Value, name: &str| {
+        v["preflight"]["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["path"] == f.home.join(name).display().to_string())
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(step(&v, ".bashrc")["action"], "keep");
     assert_eq!(v["dry_run"], false);
     let meta = fs::symlink_metadata(f.home.join(".bashrc")).unwrap();
     assert!(meta.is_file(), "the identical file must stay a plain file");
     assert!(!f.home.join(".bashrc.bak").exists());
     assert!(is_hm_link(&f.home.join(".other")));
+
+    // With the repo's extension Home Manager moves even an identical file aside.
+    let g = fixture(&[(".bashrc", "same\n")]);
+    fs::write(g.home.join(".bashrc"), "same\n").unwrap();
+    g.xtask(&["switch"])
+        .success()
+        .stderr_has("backup   ~/.bashrc → ~/.bashrc.bak");
+    assert_eq!(read(&g.home.join(".bashrc.bak")), "same\n");
+    assert!(is_hm_link(&g.home.join(".bashrc")));
 }
 
 #[test]
@@ -211,7 +243,7 @@ fn a_concurrent_switch_is_refused_naming_the_holder() {
     lock.try_lock().unwrap();
     f.xtask(&["switch"])
         .failure(1)
-        .stderr_has("another switch of")
+        .stderr_has("another switch, rollback or gc of alice's home is running")
         .stderr_has("pid 4242");
     assert!(!f.home.join(".bashrc").exists());
     assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
@@ -235,8 +267,9 @@ fn rollback_restores_the_previous_files_and_profile() {
     f.xtask(&["switch"]).success();
 
     let dry = f.xtask(&["rollback", "--dry-run"]);
+    // An explicit id, never `--rollback` ("whatever is previous when nix-env runs").
     dry.success()
-        .stdout_has("--rollback")
+        .stdout_has("--switch-generation 1")
         .stdout_has("activate --driver-version 1");
     assert_eq!(current_link(&f), "home-manager-2-link");
 
@@ -380,7 +413,7 @@ fn dry_run_prints_the_commands_and_changes_nothing() {
         .stdout_has("home-manager --set /nix/store/")
         .stdout_has("HOME_MANAGER_BACKUP_EXT=bak /nix/store/")
         .stdout_has("activate --driver-version 1")
-        .stderr_has("back up  ~/.bashrc → ~/.bashrc.bak");
+        .stderr_has("backup   ~/.bashrc → ~/.bashrc.bak");
     assert_eq!(Fixture::tree_digest(&f.home), before);
 
     let v = f
@@ -564,7 +597,7 @@ fn a_backup_command_replaces_the_extension() {
     let script = script.display().to_string();
     f.xtask(&["switch", "--backup-command", &script])
         .success()
-        .stderr_has("back up  ~/.bashrc (with the backup command)");
+        .stderr_has("command  ~/.bashrc (the backup command runs on it)");
     assert_eq!(read(&f.home.join(".bashrc.saved")), "mine\n");
     assert_eq!(read(&f.home.join(".bashrc.bak")), "older\n");
     assert!(is_hm_link(&f.home.join(".bashrc")));
@@ -650,8 +683,10 @@ fn an_interrupted_first_switch_removes_its_profile_links() {
     switch_stopped_by(&f, "-INT", &marker)
         .failure(1)
         .stderr_has("interrupted:")
-        .stderr_has("profile links were removed");
+        .stderr_has("its profile links and the links it made were removed");
     assert!(fs::symlink_metadata(profiles(&f).join("home-manager")).is_err());
+    // Exact restore: the link the stopped activation made is gone too.
+    assert!(fs::symlink_metadata(f.home.join(".bashrc")).is_err());
     assert!(fs::symlink_metadata(profiles(&f).join("home-manager-1-link")).is_err());
 
     f.home_with_files(&f.user, &[(".bashrc", "two\n")]).commit();
@@ -728,7 +763,7 @@ fn a_failed_rollback_reactivates_the_current_generation() {
 /// backup, so the pre-flight must not block it (it reads the generation's
 /// check-link-targets script, as activation does).
 #[test]
-fn forced_files_are_replaced_without_a_blocker() {
+fn forced_files_are_backed_up_replaced_or_blocked_as_home_manager_would() {
     let f = fixture(&[]);
     f.home_module(
         &f.user,
@@ -740,12 +775,39 @@ fn forced_files_are_replaced_without_a_blocker() {
     .commit();
     fs::write(f.home.join(".x"), "mine\n").unwrap();
     fs::write(f.home.join(".x.bak"), "an old backup\n").unwrap();
+    // Forcing skips Home Manager's check, but its link step would still move .x over
+    // .x.bak: that loses the old backup, so the pre-flight blocks.
+    let before = Fixture::tree_digest(&f.home);
     f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("blocked: ~/.x: its backup ~/.x.bak exists")
+        .stderr_has("even for identical and forced files");
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+
+    // Without an extension a forced file is deleted: allowed, and said loudly.
+    f.xtask(&["switch", "-b", ""])
         .success()
-        .stderr_has("replace  ~/.x (force = true");
+        .stderr_has("replace ~/.x is DELETED and replaced");
     assert!(is_hm_link(&f.home.join(".x")));
     assert_eq!(read(&f.home.join(".x")), "managed\n");
     assert_eq!(read(&f.home.join(".x.bak")), "an old backup\n");
+
+    // With an extension and no old backup, the forced file is moved aside (Home Manager
+    // backs up forced files too).
+    let g = fixture(&[]);
+    g.home_module(
+        &g.user,
+        &format!(
+            "{{ ... }}:\n{{\n  home.homeDirectory = {};\n  home.file.\".x\" = {{ text = \"managed\\n\"; force = true; }};\n}}\n",
+            nix_str(&g.home.display().to_string())
+        ),
+    )
+    .commit();
+    fs::write(g.home.join(".x"), "mine\n").unwrap();
+    g.xtask(&["switch"])
+        .success()
+        .stderr_has("backup   ~/.x → ~/.x.bak");
+    assert_eq!(read(&g.home.join(".x.bak")), "mine\n");
 }
 
 /// homes/<user>/meta.nix names the standalone home's system; building on another machine
@@ -805,7 +867,7 @@ fn odd_file_names_are_linked_verbatim() {
     fs::write(f.home.join("it's $x.txt"), "mine\n").unwrap();
     f.xtask(&["switch"])
         .success()
-        .stderr_has("back up  ~/it's $x.txt → ~/it's $x.txt.bak");
+        .stderr_has("backup   ~/it's $x.txt → ~/it's $x.txt.bak");
     assert_eq!(read(&f.home.join("it's $x.txt")), "1\n");
     assert_eq!(read(&f.home.join("it's $x.txt.bak")), "mine\n");
     assert_eq!(read(&f.home.join("dir with space/f g")), "2\n");
@@ -890,16 +952,26 @@ fn a_repository_path_with_a_space_says_what_to_do() {
 #[test]
 fn out_links_of_killed_runs_are_removed() {
     let f = fixture(&[(".x", "x\n")]);
-    let mut gone = std::process::Command::new("true").spawn().unwrap();
-    let pid = gone.id();
-    gone.wait().unwrap();
-    let stale = std::env::temp_dir().join(format!("xtask-switch-{pid}"));
-    fs::create_dir_all(&stale).unwrap();
+    // A run killed outright leaves its directory with an unlocked `alive` file (the lock
+    // died with the process); a live run's directory keeps its lock and stays.
+    let stale = tempfile::Builder::new()
+        .prefix("xtask-out-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    fs::write(stale.join("alive"), "").unwrap();
     symlink(
         "/nix/store/nonexistent-generation",
         stale.join("generation"),
     )
     .unwrap();
+    let live = tempfile::Builder::new()
+        .prefix("xtask-out-")
+        .tempdir()
+        .unwrap();
+    let held = fs::File::create(live.path().join("alive")).unwrap();
+    held.lock().unwrap();
     f.xtask(&["switch"]).success();
     assert!(!stale.exists(), "{} was left", stale.display());
+    assert!(live.path().exists(), "a live run's directory was removed");
 }

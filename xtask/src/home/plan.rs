@@ -672,11 +672,21 @@ fn term_strip(s: &str) -> String {
 }
 
 /// The targets a check script's messages refuse: `Existing file 'T' would be clobbered`
-/// and `Existing file 'B' would be clobbered by backing up 'T'`.
+/// and `Existing file 'B' would be clobbered by backing up 'T'`; before 2025 the first
+/// read `Existing file 'T' is in the way of 'S'` (the warnings of that form go on:
+/// `…, will be skipped …`, `…, will be moved …`, `… and 'B' exists. …`).
 fn refused_targets(output: &str) -> HashSet<PathBuf> {
     let mut out = HashSet::new();
     for line in term_strip(output).lines() {
-        if let Some((_, t)) = line.split_once("' would be clobbered by backing up '") {
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("Existing file '")
+            && let Some((t, source)) = rest.split_once("' is in the way of '")
+            && source.ends_with('\'')
+            && !source.contains("', will be ")
+            && !source.contains("' and '")
+        {
+            out.insert(PathBuf::from(t));
+        } else if let Some((_, t)) = line.split_once("' would be clobbered by backing up '") {
             if let Some(t) = t.trim_end().strip_suffix('\'') {
                 out.insert(PathBuf::from(t));
             }
@@ -735,9 +745,12 @@ mod tests {
 
     #[test]
     fn reads_the_check_scripts_refusals() {
-        let out = "\x1b[1;31mExisting file '/h/a b' would be clobbered\x1b[0m\nExisting file '/h/x.bak' would be clobbered by backing up '/h/x'\nExisting file '/h/s' is in the way of '/n/s', will be skipped since they are the same\n";
+        let out = "\x1b[1;31mExisting file '/h/a b' would be clobbered\x1b[0m\nExisting file '/h/x.bak' would be clobbered by backing up '/h/x'\nExisting file '/h/s' is in the way of '/n/s', will be skipped since they are the same\nExisting file '/h/m' is in the way of '/n/m', will be moved to '/h/m.bak'\nExisting file '/h/o' is in the way of '/n/o' and '/h/o.bak' exists. Backup will be clobbered due to HOME_MANAGER_BACKUP_OVERWRITE=1\n";
         let r = refused_targets(out);
-        assert_eq!(r.len(), 2);
+        assert_eq!(r.len(), 2, "{r:?}");
+        // Home Manager before 2025 words the refusal differently.
+        let old = refused_targets("Existing file '/h/it's' is in the way of '/n/it's'\n");
+        assert!(old.contains(Path::new("/h/it's")), "{old:?}");
         assert!(r.contains(Path::new("/h/a b")));
         assert!(r.contains(Path::new("/h/x")));
     }

@@ -10,6 +10,7 @@ mod cli;
 mod home;
 mod nix;
 mod repo;
+mod scaffold;
 mod tasks;
 mod term;
 

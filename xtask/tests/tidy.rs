@@ -187,3 +187,91 @@ fn every_task_has_help() {
         assert!(out.status.success(), "{task} --help failed");
     }
 }
+
+fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            rust_sources(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `println!` and friends panic when the reader of a pipe is gone; a panic inside a
+/// switch's critical section would leave the profile and `$HOME` apart. Output goes
+/// through `term`, whose writes cannot panic.
+#[test]
+fn no_panicking_output_outside_term() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_sources(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in files.iter().filter(|f| !f.ends_with("term.rs")) {
+        let text = fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if ["println!(", "eprintln!(", "print!(", "eprint!(", "dbg!("]
+                .iter()
+                .any(|m| code.contains(m))
+            {
+                bad.push(format!("{}:{}", f.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "use term::out / term::info instead: {bad:?}"
+    );
+}
+
+/// The layers point down (tasks → home → repo → nix → term): a task never imports
+/// another task, and the shared modules never import a task.
+#[test]
+fn layers_point_down() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_sources(&src, &mut files);
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = fs::read_to_string(f).unwrap();
+        let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+        let in_tasks = rel.starts_with("tasks/");
+        // The benchmarks measure other tasks' internals on purpose.
+        if rel.starts_with("tasks/bench/") {
+            continue;
+        }
+        for (n, line) in text.lines().enumerate() {
+            let l = line.trim();
+            // `use super::*;` is a unit-test module importing its own file.
+            let sibling = in_tasks && l.starts_with("use super::") && l != "use super::*;" && {
+                // A task's own submodules (check/eval.rs) may use their parent.
+                rel.matches('/').count() == 1
+            };
+            if l.contains("crate::tasks::") || sibling {
+                bad.push(format!("{rel}:{}: {l}", n + 1));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "tasks must not import each other: {bad:?}");
+}
+
+/// The only unsafe code is the lock's pre-exec hook (sharing the lock with `activate`).
+#[test]
+fn unsafe_only_where_documented() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_sources(&src, &mut files);
+    let with_unsafe: Vec<_> = files
+        .iter()
+        .filter(|f| {
+            fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .any(|l| l.split("//").next().unwrap_or("").contains("unsafe "))
+        })
+        .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+        .collect();
+    assert_eq!(with_unsafe, vec!["home/lock.rs".to_string()]);
+}

@@ -57,10 +57,10 @@ impl List {
         repo.ensure_valid()?;
         let listing = listing(&repo);
         if self.json {
-            println!("{}", serde_json::to_string_pretty(&listing)?);
+            term::out(&serde_json::to_string_pretty(&listing)?);
             return Ok(());
         }
-        println!("homes:");
+        term::out("homes:");
         for h in &listing.homes {
             let integrated = if h.hosts.is_empty() {
                 String::new()
@@ -68,21 +68,21 @@ impl List {
                 format!("  integrated on: {}", h.hosts.join(", "))
             };
             let standalone = h.system.as_deref().unwrap_or("integrated only");
-            println!(
+            term::out(&format!(
                 "  {:<16} {:<16} parts: {}{integrated}",
                 h.name,
                 standalone,
                 h.parts.join(" ")
-            );
+            ));
         }
-        println!("hosts:");
+        term::out("hosts:");
         for h in &listing.hosts {
-            println!(
+            term::out(&format!(
                 "  {:<16} {:<16} users: {}",
                 h.name,
                 h.system,
                 h.users.join(" ")
-            );
+            ));
         }
         Ok(())
     }

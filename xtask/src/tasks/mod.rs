@@ -10,6 +10,5 @@ mod list;
 mod new_host;
 mod new_user;
 mod rollback;
-mod scaffold;
 mod switch;
 mod test;

@@ -3,7 +3,7 @@
 
 use anyhow::{Result, anyhow};
 
-use super::scaffold::{
+use crate::scaffold::{
     Evaluation, Scaffold, ensure_sound, nix_string_list, prepare, render, replace_line,
 };
 use crate::{

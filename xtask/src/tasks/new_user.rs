@@ -3,7 +3,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::scaffold::{Evaluation, Scaffold, ensure_sound, prepare, render, replace_line};
+use crate::scaffold::{Evaluation, Scaffold, ensure_sound, prepare, render, replace_line};
 use crate::{
     Ctx,
     cli::NewUser,

@@ -171,10 +171,10 @@ impl Bench {
             xtask: std::env::current_exe().context("locating the xtask binary")?,
             root: ctx.root.clone(),
         };
-        println!(
+        crate::term::out(&format!(
             "{:<48} {:>10} {:>10} {:>7}  bound (issue)",
             "figure", "xtask", "baseline", "ratio"
-        );
+        ));
         for (name, f) in BENCHES {
             if self
                 .filter
@@ -192,16 +192,16 @@ impl Bench {
                     ),
                     None => ("-".into(), "-".into()),
                 };
-                println!(
+                crate::term::out(&format!(
                     "{:<48} {:>10} {:>10} {:>7}  {}",
                     fig.name,
                     ms(fig.ours),
                     base,
                     ratio,
                     fig.bound
-                );
+                ));
                 if let Some((what, _)) = &fig.baseline {
-                    println!("    baseline: {what}");
+                    crate::term::out(&format!("    baseline: {what}"));
                 }
             }
         }

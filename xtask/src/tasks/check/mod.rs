@@ -499,13 +499,13 @@ fn print_findings(findings: &[Finding], format: CheckFormat) -> Result<()> {
                     Severity::Warning => ("warning:", Style::Yellow),
                 };
                 let rest = text.strip_prefix(sev).unwrap_or(&text);
-                eprintln!("{}{rest}", term::paint(style, sev));
+                term::info(&format!("{}{rest}", term::paint(style, sev)));
             }
         }
-        CheckFormat::Json => println!("{}", serde_json::to_string_pretty(findings)?),
+        CheckFormat::Json => term::out(&serde_json::to_string_pretty(findings)?),
         CheckFormat::Github => {
             for f in findings {
-                println!("{}", github_annotation(f));
+                term::out(&github_annotation(f));
             }
         }
     }

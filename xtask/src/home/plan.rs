@@ -370,7 +370,8 @@ impl Walk<'_> {
     /// One target in a usable directory.
     fn file(&mut self, source: &Path, target: &Path, index: usize) -> Step {
         let forced = self.forced(target);
-        let t = self.env.tilde(target);
+        // Only messages need the `~` form: built when one is written.
+        let t = || self.env.tilde(target);
         let meta = match fs::symlink_metadata(target) {
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => return step(target, Action::Link),
@@ -408,50 +409,52 @@ impl Walk<'_> {
             return block(
                 target,
                 format!(
-                    "a symlink to {} that Home Manager did not make, with other content; Home Manager refuses to clobber it (symlinks are never backed up): remove it (rm {t}) and switch again",
-                    points_to.display()
+                    "a symlink to {} that Home Manager did not make, with other content; Home Manager refuses to clobber it (symlinks are never backed up): remove it (rm {}) and switch again",
+                    points_to.display(),
+                    t()
                 ),
             );
         }
         let is_dir = meta.is_dir();
-        let identical = !is_dir && same_content(source, target, Some(meta.len()));
         let b = self.backup;
-        if !forced && !identical {
-            // The check step (4b–4d), Home Manager's order.
-            let refusal = if b.command.is_some() {
-                None
-            } else if let Some(ext) = &b.ext {
-                let bak = with_ext(target, ext);
-                (bak.exists() && !b.overwrite).then(|| {
-                    format!(
-                        "its backup {} exists and would be clobbered; move {} away, or pass --overwrite-backup (or -b EXT for another extension)",
-                        self.env.tilde(&bak),
-                        self.env.tilde(&bak)
-                    )
-                })
-            } else {
-                Some(format!(
+        // Contents are compared only where the outcome depends on them: with an extension
+        // or a command every existing file is moved or handed over, identical or not, so
+        // the common switch reads no file at all.
+        let mut same: Option<bool> = None;
+        let mut identical = || {
+            *same.get_or_insert_with(|| !is_dir && same_content(source, target, Some(meta.len())))
+        };
+        // The check step (4a–4d, Home Manager's order), as if the target were not forced.
+        let refusal = if b.command.is_some() {
+            None
+        } else if let Some(ext) = &b.ext {
+            let bak = with_ext(target, ext);
+            (bak.exists() && !b.overwrite && !identical()).then(|| {
+                format!(
+                    "its backup {bt} exists and would be clobbered; move {bt} away, or pass --overwrite-backup (or -b EXT for another extension)",
+                    bt = self.env.tilde(&bak)
+                )
+            })
+        } else {
+            (!identical()).then(|| {
+                format!(
                     "it exists{} and would be clobbered; pass -b EXT to back it up, or move it away",
                     if is_dir { " (a directory)" } else { "" }
-                ))
-            };
+                )
+            })
+        };
+        if let Some(r) = refusal {
+            // Home Manager's own script confirms the refusal — or, for a forced target,
+            // that it skips it (a glob the matcher here reads differently would show).
             self.candidates.push(Candidate {
                 source: source.to_path_buf(),
                 target: target.to_path_buf(),
                 index,
-                refused: refusal.is_some(),
+                refused: !forced,
             });
-            if let Some(r) = refusal {
+            if !forced {
                 return block(target, r);
             }
-        } else if forced && !identical {
-            // The script must agree that it is forced (a glob mismatch would show here).
-            self.candidates.push(Candidate {
-                source: source.to_path_buf(),
-                target: target.to_path_buf(),
-                index,
-                refused: false,
-            });
         }
         // The link step's slow path: T exists and is not a symlink.
         if b.command.is_some() {
@@ -460,7 +463,7 @@ impl Walk<'_> {
         if let Some(ext) = &b.ext {
             return self.backup_step(target, &with_ext(target, ext), is_dir);
         }
-        if identical {
+        if identical() {
             return step(target, Action::Keep);
         }
         if is_dir {
@@ -468,7 +471,8 @@ impl Walk<'_> {
             return block(
                 target,
                 format!(
-                    "a directory where a forced file goes (home.file force = true, no backup extension): activation would fail midway; move it away (mv {t} {t}.old) or pass -b EXT"
+                    "a directory where a forced file goes (home.file force = true, no backup extension): activation would fail midway; move it away (mv {t} {t}.old) or pass -b EXT",
+                    t = t()
                 ),
             );
         }
@@ -482,35 +486,46 @@ impl Walk<'_> {
     /// nothing. Plain `mv` silently replaces a file or a dangling link and moves T *into* a
     /// directory; an overwrite never follows a symlinked backup or recurses into one.
     fn backup_step(&self, target: &Path, bak: &Path, is_dir: bool) -> Step {
-        let (t, bt) = (self.env.tilde(target), self.env.tilde(bak));
         let what = if is_dir { "the directory" } else { "it" };
+        // Only messages need the `~` forms: built when one is written.
+        let (t, bt) = (|| self.env.tilde(target), || self.env.tilde(bak));
         match fs::symlink_metadata(bak) {
             Err(e) if e.kind() == ErrorKind::NotFound => Step {
                 backup: Some(bak.to_path_buf()),
                 ..step(target, Action::Backup)
             },
-            Err(e) => block(target, format!("its backup path {bt} cannot be read ({e})")),
+            Err(e) => block(
+                target,
+                format!("its backup path {} cannot be read ({e})", bt()),
+            ),
             Ok(m) if m.file_type().is_symlink() => block(
                 target,
                 format!(
-                    "its backup path {bt} is a symlink: moving {what} there would destroy that link (and --overwrite-backup never follows one); move {bt} away and switch again"
+                    "its backup path {bt} is a symlink: moving {what} there would destroy that link (and --overwrite-backup never follows one); move {bt} away and switch again",
+                    bt = bt()
                 ),
             ),
             Ok(m) if m.is_dir() => block(
                 target,
                 format!(
-                    "its backup path {bt} is a directory: {t} would be moved inside it; move {bt} away and switch again"
+                    "its backup path {bt} is a directory: {t} would be moved inside it; move {bt} away and switch again",
+                    bt = bt(),
+                    t = t()
                 ),
             ),
             Ok(_) if self.backup.overwrite => Step {
                 backup: Some(bak.to_path_buf()),
-                reason: Some(format!("replaces the old backup {bt} (--overwrite-backup)")),
+                reason: Some(format!(
+                    "replaces the old backup {} (--overwrite-backup)",
+                    bt()
+                )),
                 ..step(target, Action::Backup)
             },
             Ok(_) => block(
                 target,
                 format!(
-                    "its backup {bt} exists and moving {what} there would overwrite it (Home Manager does that even for identical and forced files); move {bt} away, or pass --overwrite-backup (or -b EXT for another extension)"
+                    "its backup {bt} exists and moving {what} there would overwrite it (Home Manager does that even for identical and forced files); move {bt} away, or pass --overwrite-backup (or -b EXT for another extension)",
+                    bt = bt()
                 ),
             ),
         }
@@ -556,9 +571,11 @@ fn with_ext(target: &Path, ext: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Runs the generation's check script on the targets whose check-step verdict is not
-/// obvious (existing, not Home Manager's, not identical) and blocks every target where it
-/// and the model disagree: Home Manager's own code has the last word on what it refuses.
+/// Runs the generation's check script on the targets whose check-step verdict is a
+/// refusal (or would be, were they not forced) and blocks every target where it and the
+/// model disagree: Home Manager's own code has the last word on what it refuses. Targets
+/// the check passes in every Home Manager release (absent, its own links, dangling links,
+/// identical content, a free backup path, a backup command) are not sent.
 fn cross_check(
     pf: &mut Preflight,
     candidates: Vec<Candidate>,

@@ -82,7 +82,7 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
     }
     let (floor, ours) = (median(floor), median(ours));
 
-    let (new, identical) = preflight_figures(b, tmp)?;
+    let (new, identical, compared) = preflight_figures(b, tmp)?;
     Ok(vec![
         Figure {
             name: format!("switch, home of {FILES} files"),
@@ -103,8 +103,14 @@ fn figures(b: &Bencher, tmp: &Path) -> Result<Vec<Figure>> {
             bound: "issue: <= 100 ms".into(),
         },
         Figure {
-            name: format!("pre-flight, {PREFLIGHT_FILES} files, all present + identical"),
+            name: format!("pre-flight, {PREFLIGHT_FILES} files, all present, -b bak"),
             ours: identical,
+            baseline: None,
+            bound: "issue: <= 100 ms".into(),
+        },
+        Figure {
+            name: format!("pre-flight, {PREFLIGHT_FILES} files, all identical, no ext"),
+            ours: compared,
             baseline: None,
             bound: "issue: <= 100 ms".into(),
         },
@@ -129,12 +135,17 @@ fn fixture(b: &Bencher, root: &Path, home: &Path) -> Result<()> {
 }
 
 /// The pre-flight on a generated `home-files/` of PREFLIGHT_FILES links in 50 directories:
-/// into an empty HOME, and into a HOME where every file exists with the same content
-/// (the costliest case: each file is read and compared).
+/// into an empty HOME; into a HOME where every file exists, with the repo's extension
+/// (each one moved to FILE.bak, its backup path checked); and the same HOME with no
+/// extension (the costliest case: each file is read and compared, to keep or block).
 fn preflight_figures(
     b: &Bencher,
     tmp: &Path,
-) -> Result<(std::time::Duration, std::time::Duration)> {
+) -> Result<(
+    std::time::Duration,
+    std::time::Duration,
+    std::time::Duration,
+)> {
     let files = tmp.join("pf/home-files");
     let source = tmp.join("pf/source");
     let empty = tmp.join("pf/empty-home");
@@ -151,21 +162,20 @@ fn preflight_figures(
         std::os::unix::fs::symlink(&src, files.join(&rel))?;
         fs::write(full.join(&rel), format!("line {i}\n"))?;
     }
-    // The repo's default (`bak`), as a plain switch uses it.
-    let backup = Backup::new(&crate::repo::Defaults::default(), None, None, false);
-    // Identical files with a backup extension are moved to FILE.bak, as Home Manager
-    // does: every file is compared, the worst case for the pre-flight.
-    let check = |home: &Path, expect_backups: usize| {
+    // The repo's default (`bak`), as a plain switch uses it, and no extension (`-b ""`).
+    let bak = Backup::new(&crate::repo::Defaults::default(), None, None, false);
+    let none = Backup::new(&crate::repo::Defaults::default(), Some(""), None, false);
+    let check = |home: &Path, backup: &Backup, action: Action, expect: usize| {
         let env = UserEnv::new(USER, home);
-        let pf = home::preflight_files(&files, &[], &env, &backup)?;
+        let pf = home::preflight_files(&files, &[], &env, backup)?;
         anyhow::ensure!(
-            pf.files == PREFLIGHT_FILES
-                && pf.summary.get(&Action::Backup).copied().unwrap_or(0) == expect_backups,
+            pf.files == PREFLIGHT_FILES && pf.summary.get(&action).copied().unwrap_or(0) == expect,
             "unexpected pre-flight result"
         );
         Ok(())
     };
-    let new = b.median(|| check(&empty, 0))?;
-    let identical = b.median(|| check(&full, PREFLIGHT_FILES))?;
-    Ok((new, identical))
+    let new = b.median(|| check(&empty, &bak, Action::Link, PREFLIGHT_FILES))?;
+    let backed_up = b.median(|| check(&full, &bak, Action::Backup, PREFLIGHT_FILES))?;
+    let compared = b.median(|| check(&full, &none, Action::Keep, PREFLIGHT_FILES))?;
+    Ok((new, backed_up, compared))
 }

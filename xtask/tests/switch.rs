@@ -975,3 +975,109 @@ fn out_links_of_killed_runs_are_removed() {
     assert!(!stale.exists(), "{} was left", stale.display());
     assert!(live.path().exists(), "a live run's directory was removed");
 }
+
+/// Exact restore (issue 9): after a failed activation the previous generation is active
+/// again *as it was*: the links only the failed generation had are gone, the files it
+/// moved to their backups are back, and a specialisation that was active is active again.
+#[test]
+fn a_failed_activation_is_undone_exactly() {
+    let f = fixture(&[]);
+    let home = nix_str(&f.home.display().to_string());
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".a\".text = \"one\\n\";\n  specialisation.work.configuration.home.file.\".a\".text = \"work\\n\";\n}}\n"
+        ),
+    )
+    .commit();
+    f.xtask(&["switch", "--specialisation", "work"]).success();
+    let state = f
+        .home
+        .join(".local/state/home-manager/gcroots/current-home");
+    let active_before = fs::read_link(&state).unwrap();
+    assert!(active_before.ends_with("specialisation/work") || active_before.exists());
+    assert_eq!(read(&f.home.join(".a")), "work\n");
+
+    // The next generation adds .b and .config/new/c, backs up the user's .d, then fails.
+    fs::write(f.home.join(".d"), "the user's own\n").unwrap();
+    f.home_module(
+        &f.user,
+        &format!(
+            "{{ ... }}: {{\n  home.homeDirectory = {home};\n  home.file.\".a\".text = \"two\\n\";\n  home.file.\".b\".text = \"b\\n\";\n  home.file.\".config/new/c\".text = \"c\\n\";\n  home.file.\".d\".text = \"d\\n\";\n  home.activation.boom = \"echo boom >&2; exit 3\";\n}}\n"
+        ),
+    )
+    .commit();
+    f.xtask(&["switch"])
+        .failure(1)
+        .stderr_has("backup   ~/.d → ~/.d.bak")
+        .stderr_has("restored generation 1");
+    assert_eq!(current_link(&f), "home-manager-1-link");
+    // What was active (the specialisation) is active again.
+    assert_eq!(
+        fs::canonicalize(&state).unwrap(),
+        fs::canonicalize(&active_before).unwrap()
+    );
+    assert_eq!(read(&f.home.join(".a")), "work\n");
+    // The failed generation's own links and the directories made for them are gone.
+    assert!(fs::symlink_metadata(f.home.join(".b")).is_err());
+    assert!(fs::symlink_metadata(f.home.join(".config/new")).is_err());
+    // The user's file is back where it was, byte for byte, and no backup is left.
+    let d = fs::symlink_metadata(f.home.join(".d")).unwrap();
+    assert!(d.is_file());
+    assert_eq!(read(&f.home.join(".d")), "the user's own\n");
+    assert!(fs::symlink_metadata(f.home.join(".d.bak")).is_err());
+}
+
+/// A user coming from the legacy per-user profile keeps their generations: the xtask
+/// migrates them (as Home Manager's `migrateProfile` does) before it sets the profile, so
+/// activation's own migration finds nothing to throw away.
+#[test]
+fn a_legacy_per_user_profile_is_migrated_with_its_history() {
+    let mut f = fixture(&[]);
+    // A user name of its own: the per-user directory is the machine's real one.
+    f.user = format!("mig{}", std::process::id());
+    f.home_with_files(&f.user.clone(), &[(".a", "one\n")])
+        .commit();
+    let per_user = PathBuf::from("/nix/var/nix/profiles/per-user").join(&f.user);
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(per_user.clone());
+    fs::create_dir_all(&per_user).unwrap();
+    // No XDG profile directory: the per-user one is used, as Home Manager does.
+    fs::remove_dir_all(profiles(&f)).unwrap();
+    f.xtask(&["switch"]).success();
+    assert!(fs::symlink_metadata(per_user.join("home-manager-1-link")).is_ok());
+    let gen1 = fs::read_link(per_user.join("home-manager-1-link")).unwrap();
+
+    // Once ~/.local/state/nix/profiles exists, the next switch moves the history there.
+    fs::create_dir_all(profiles(&f)).unwrap();
+    f.home_with_files(&f.user.clone(), &[(".a", "two\n")])
+        .commit();
+    let dry = f.xtask(&["switch", "--dry-run"]);
+    dry.success().stdout_has("--add-root");
+    assert!(fs::symlink_metadata(per_user.join("home-manager")).is_ok());
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("migrating the Home Manager profile");
+    assert_eq!(
+        fs::read_link(profiles(&f).join("home-manager-1-link")).unwrap(),
+        gen1
+    );
+    assert_eq!(current_link(&f), "home-manager-2-link");
+    assert!(fs::symlink_metadata(per_user.join("home-manager")).is_err());
+    assert!(fs::symlink_metadata(per_user.join("home-manager-1-link")).is_err());
+    let ids: Vec<u64> = f
+        .xtask(&["generations", "--json"])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![2, 1]);
+    assert_eq!(read(&f.home.join(".a")), "two\n");
+}

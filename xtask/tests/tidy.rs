@@ -188,6 +188,14 @@ fn every_task_has_help() {
     }
 }
 
+/// Every `.rs` file of the crate's `src/`, and that directory.
+fn crate_sources() -> (PathBuf, Vec<PathBuf>) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_sources(&src, &mut files);
+    (src, files)
+}
+
 fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -204,9 +212,7 @@ fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {
 /// through `term`, whose writes cannot panic.
 #[test]
 fn no_panicking_output_outside_term() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_sources(&src, &mut files);
+    let (_, files) = crate_sources();
     let mut bad = Vec::new();
     for f in files.iter().filter(|f| !f.ends_with("term.rs")) {
         let text = fs::read_to_string(f).unwrap();
@@ -230,9 +236,7 @@ fn no_panicking_output_outside_term() {
 /// another task, and the shared modules never import a task.
 #[test]
 fn layers_point_down() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_sources(&src, &mut files);
+    let (src, files) = crate_sources();
     let mut bad = Vec::new();
     for f in &files {
         let text = fs::read_to_string(f).unwrap();
@@ -260,9 +264,7 @@ fn layers_point_down() {
 /// The only unsafe code is the lock's pre-exec hook (sharing the lock with `activate`).
 #[test]
 fn unsafe_only_where_documented() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_sources(&src, &mut files);
+    let (src, files) = crate_sources();
     let with_unsafe: Vec<_> = files
         .iter()
         .filter(|f| {

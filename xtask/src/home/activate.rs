@@ -66,16 +66,11 @@ impl Activation<'_> {
         term::command(&shown);
         let mut cmd = Command::new(&self.script);
         cmd.args(["--driver-version", "1"]);
-        for k in [
-            "HOME_MANAGER_BACKUP_EXT",
-            "HOME_MANAGER_BACKUP_COMMAND",
-            "HOME_MANAGER_BACKUP_OVERWRITE",
-            "DRY_RUN",
-            "VERBOSE",
-        ] {
-            cmd.env_remove(k);
+        self.backup.apply(&mut cmd);
+        if self.verbose {
+            cmd.env("VERBOSE", "1");
         }
-        cmd.envs(self.vars()).stdin(Stdio::null());
+        cmd.stdin(Stdio::null());
         child_output(&mut cmd, true);
         lock.share_with(&mut cmd);
         let status = cmd

@@ -53,6 +53,21 @@ impl Backup {
         }
     }
 
+    /// Sets exactly these variables on `cmd`: inherited HOME_MANAGER_BACKUP_* (and
+    /// DRY_RUN / VERBOSE) are removed, so the script does what the pre-flight planned.
+    pub fn apply(&self, cmd: &mut std::process::Command) {
+        for k in [
+            "HOME_MANAGER_BACKUP_EXT",
+            "HOME_MANAGER_BACKUP_COMMAND",
+            "HOME_MANAGER_BACKUP_OVERWRITE",
+            "DRY_RUN",
+            "VERBOSE",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.env());
+    }
+
     /// The variables `activate` reads, in the order they are shown.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         let mut vars = Vec::new();
@@ -601,17 +616,8 @@ fn cross_check(
         let rel = c.source.strip_prefix(home_files).unwrap_or(&c.source);
         cmd.arg(canonical.join(rel));
     }
-    for k in [
-        "HOME_MANAGER_BACKUP_EXT",
-        "HOME_MANAGER_BACKUP_COMMAND",
-        "HOME_MANAGER_BACKUP_OVERWRITE",
-        "DRY_RUN",
-        "VERBOSE",
-    ] {
-        cmd.env_remove(k);
-    }
+    backup.apply(&mut cmd);
     cmd.env("HOME", &env.home)
-        .envs(backup.env())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

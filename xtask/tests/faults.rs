@@ -391,11 +391,10 @@ fn gc_after_a_killed_switch_keeps_the_generation_home_uses() {
     assert!(fs::symlink_metadata(f.home.join(".config/app/extra")).is_err());
 }
 
-/// Row 5: SIGHUP to the job (an ssh connection dropping) mid-activation is handled like
-/// Ctrl-C: the previous generation is restored, exit 1, profile and `$HOME` agree.
-#[test]
-fn a_hangup_mid_activation_restores_the_previous_generation() {
-    let _store = store_shared();
+/// Sends `signal` to the whole job (xtask and activation, as a terminal does) while the
+/// activation of generation 2 runs: the previous generation must be restored, exit 1,
+/// profile and `$HOME` agreeing on it, the backed-up file back in place.
+fn stopped_mid_activation(signal: Signal) {
     let f = Fixture::with_home_files(&[(".bashrc", "one\n")]);
     f.xtask(&["switch"]).success();
     fs::write(f.home.join(".profile"), "mine\n").unwrap();
@@ -408,16 +407,61 @@ fn a_hangup_mid_activation_restores_the_previous_generation() {
     let log = f.root.parent().unwrap().join("switch.log");
     let mut switch = spawn(&f, &["switch"], &log);
     gate.wait_reached(&mut switch);
-    rustix::process::kill_process_group(pid(&switch), Signal::HUP).unwrap();
+    rustix::process::kill_process_group(pid(&switch), signal).unwrap();
     let status = wait_child(&mut switch);
     gate.open();
     assert_eq!(status.code(), Some(1), "{status}\n{}", log_text(&log));
-    assert_eq!(assert_agree(&f), 1);
+    assert_eq!(assert_agree(&f), 1, "{}", log_text(&log));
     assert_eq!(read(&f.home.join(".bashrc")), "one\n");
     assert!(is_hm_link(&f.home.join(".bashrc")));
     // The file generation 2 had backed up is back where it was.
     assert_eq!(read(&f.home.join(".profile")), "mine\n");
     assert!(fs::symlink_metadata(f.home.join(".profile.bak")).is_err());
+    assert!(lock_free(&f));
+    // Nothing is left for the next switch to repair.
+    home(&f, &[(".bashrc", "three\n")], None);
+    let run = f.xtask(&["switch"]);
+    run.success();
+    assert!(!run.stderr.contains("killed before"), "{}", run.stderr);
+    assert_eq!(read(&f.home.join(".bashrc")), "three\n");
+}
+
+/// Row 5: SIGHUP to the job (an ssh connection dropping) mid-activation is handled like
+/// Ctrl-C (before, exit 129 and no restore).
+#[test]
+fn a_hangup_mid_activation_restores_the_previous_generation() {
+    let _store = store_shared();
+    stopped_mid_activation(Signal::HUP);
+}
+
+/// SIGQUIT (Ctrl-\\) is handled the same way.
+#[test]
+fn a_quit_mid_activation_restores_the_previous_generation() {
+    let _store = store_shared();
+    stopped_mid_activation(Signal::QUIT);
+}
+
+/// SIGHUP to the xtask alone (`kill -HUP PID`): its activation is not stopped, so it is
+/// waited for and completes; the new generation is active and said to be.
+#[test]
+fn a_hangup_of_the_xtask_alone_lets_the_activation_complete() {
+    let _store = store_shared();
+    let f = Fixture::with_home_files(&[(".bashrc", "one\n")]);
+    f.xtask(&["switch"]).success();
+    let gate = Gate::new(&f, "hook");
+    home(&f, &[(".bashrc", "two\n")], Some(&gate.shell()));
+    let log = f.root.parent().unwrap().join("switch.log");
+    let mut switch = spawn(&f, &["switch"], &log);
+    gate.wait_reached(&mut switch);
+    rustix::process::kill_process(pid(&switch), Signal::HUP).unwrap();
+    // Still running: the signal was only noted.
+    sleep(Duration::from_millis(100));
+    assert!(switch.try_wait().unwrap().is_none(), "{}", log_text(&log));
+    gate.open();
+    let status = wait_child(&mut switch);
+    assert!(status.success(), "{status}\n{}", log_text(&log));
+    assert_eq!(assert_agree(&f), 2);
+    assert_eq!(read(&f.home.join(".bashrc")), "two\n");
     assert!(lock_free(&f));
 }
 

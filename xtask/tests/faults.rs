@@ -391,9 +391,48 @@ fn gc_after_a_killed_switch_keeps_the_generation_home_uses() {
     assert!(fs::symlink_metadata(f.home.join(".config/app/extra")).is_err());
 }
 
+/// Row 2, killed later: during a hook, after generation 3's links are in `$HOME` but
+/// before `gcroots/current-home` names it. gc keeps both 2 (`current-home`) and 3 (the
+/// profile's, whose files `$HOME` has), and the next switch repairs.
+#[test]
+fn gc_after_a_switch_killed_in_a_hook_keeps_both_generations() {
+    let _store = store_shared();
+    let f = Fixture::with_home_files(&[(".config/app/conf", "v1\n")]);
+    f.xtask(&["switch"]).success();
+    home(&f, &[(".config/app/conf", "v2\n")], None);
+    f.xtask(&["switch"]).success();
+    let gen2 = generation_path(&f, 2);
+    let gate = Gate::new(&f, "hook");
+    home(&f, &[(".config/app/conf", "v3\n")], Some(&gate.shell()));
+    let log = f.root.parent().unwrap().join("switch.log");
+    let mut switch = spawn(&f, &["switch"], &log);
+    gate.wait_reached(&mut switch);
+    rustix::process::kill_process_group(pid(&switch), Signal::KILL).unwrap();
+    switch.wait().unwrap();
+    gate.open();
+    wait_until("the killed activation to release the lock", || {
+        lock_free(&f)
+    });
+    assert_eq!(profile_id(&f), 3, "{}", log_text(&log));
+    assert_eq!(fs::read_link(current_home_root(&f)).unwrap(), gen2);
+    assert_eq!(read(&f.home.join(".config/app/conf")), "v3\n");
+
+    f.xtask(&["gc", "--keep", "1", "--no-store-gc"]).success();
+    assert_eq!(generation_ids(&f), [2, 3]);
+    f.xtask(&["switch"])
+        .success()
+        .stderr_has("killed before it finished");
+    assert_eq!(assert_agree(&f), 3);
+    // Now that $HOME has generation 3 for sure, generation 2 may go.
+    f.xtask(&["gc", "--keep", "1", "--no-store-gc"]).success();
+    assert_eq!(generation_ids(&f), [3]);
+    assert_eq!(read(&f.home.join(".config/app/conf")), "v3\n");
+}
+
 /// Sends `signal` to the whole job (xtask and activation, as a terminal does) while the
 /// activation of generation 2 runs: the previous generation must be restored, exit 1,
-/// profile and `$HOME` agreeing on it, the backed-up file back in place.
+/// profile and `$HOME` agreeing on it, the backed-up file back in place (for SIGQUIT, see
+/// its test).
 fn stopped_mid_activation(signal: Signal) {
     let f = Fixture::with_home_files(&[(".bashrc", "one\n")]);
     f.xtask(&["switch"]).success();
@@ -408,10 +447,22 @@ fn stopped_mid_activation(signal: Signal) {
     let mut switch = spawn(&f, &["switch"], &log);
     gate.wait_reached(&mut switch);
     rustix::process::kill_process_group(pid(&switch), signal).unwrap();
+    if signal == Signal::QUIT {
+        // bash ignores SIGQUIT: `activate` stops only when the signal killed the command
+        // its hook was running (`set -e`); between commands it goes on, to the end.
+        gate.open();
+    }
     let status = wait_child(&mut switch);
     gate.open();
+    let id = assert_agree(&f);
+    if signal == Signal::QUIT && id == 2 {
+        assert!(status.success(), "{status}\n{}", log_text(&log));
+        assert_eq!(read(&f.home.join(".bashrc")), "two\n");
+        assert_eq!(read(&f.home.join(".profile.bak")), "mine\n");
+        return;
+    }
     assert_eq!(status.code(), Some(1), "{status}\n{}", log_text(&log));
-    assert_eq!(assert_agree(&f), 1, "{}", log_text(&log));
+    assert_eq!(id, 1, "{}", log_text(&log));
     assert_eq!(read(&f.home.join(".bashrc")), "one\n");
     assert!(is_hm_link(&f.home.join(".bashrc")));
     // The file generation 2 had backed up is back where it was.
@@ -434,7 +485,9 @@ fn a_hangup_mid_activation_restores_the_previous_generation() {
     stopped_mid_activation(Signal::HUP);
 }
 
-/// SIGQUIT (Ctrl-\\) is handled the same way.
+/// SIGQUIT (`Ctrl-\`) is caught the same way; the activation (bash, which ignores SIGQUIT)
+/// may run to its end, and then the new generation is active: either way, profile and
+/// `$HOME` agree and the exit code says which.
 #[test]
 fn a_quit_mid_activation_restores_the_previous_generation() {
     let _store = store_shared();

@@ -22,6 +22,10 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Instant,
 };
 
@@ -98,6 +102,9 @@ struct World {
     exe: PathBuf,
     verbose: bool,
     steps: Vec<StepReport>,
+    /// Ctrl-C, SIGTERM or SIGHUP arrived: the running child handles it (a switch restores
+    /// the previous generation), and the demo stops after it, removing its directory.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Demo {
@@ -108,6 +115,15 @@ impl Demo {
             .tempdir()
             .context("creating the demo's temporary directory")?;
         let dir = fs::canonicalize(tmp.path())?;
+        let interrupted = Arc::new(AtomicBool::new(false));
+        for sig in [
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGHUP,
+        ] {
+            signal_hook::flag::register(sig, Arc::clone(&interrupted))
+                .context("installing the demo's signal handlers")?;
+        }
         let mut world = World {
             repo: dir.join("repo"),
             home: dir.join("home"),
@@ -116,6 +132,7 @@ impl Demo {
             exe: std::env::current_exe().context("finding the xtask binary")?,
             verbose: ctx.verbose,
             steps: Vec::new(),
+            interrupted,
         };
         term::info(&format!(
             "{} a throwaway flake, $HOME and state directory in {} (user {USER}); your own home, profile and repository are not touched",
@@ -333,7 +350,10 @@ impl World {
         term::info(&term::paint(term::Style::Bold, &format!("[{n}] $ {shown}")));
         let start = Instant::now();
         let (code, output) = self.xtask(args)?;
-        let verdict = if code == 0 {
+        let interrupted = self.interrupted.load(Ordering::SeqCst);
+        let verdict = if interrupted {
+            Err(anyhow!("no interruption"))
+        } else if code == 0 {
             check(self, &output)
         } else {
             Err(anyhow!("exit status 0, got {code}"))
@@ -355,6 +375,10 @@ impl World {
                 term::paint(term::Style::Green, "ok:")
             ));
             Ok(())
+        } else if interrupted {
+            Err(anyhow!(
+                "interrupted during step {n} `{shown}` (it ran to its end; no later step ran)"
+            ))
         } else {
             Err(anyhow!("step {n} `{shown}`: expected {checked}"))
         }

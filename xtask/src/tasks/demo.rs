@@ -115,6 +115,12 @@ impl Demo {
             .tempdir()
             .context("creating the demo's temporary directory")?;
         let dir = fs::canonicalize(tmp.path())?;
+        if dir.to_string_lossy().contains(' ') {
+            bail!(
+                "the temporary directory {} has a space in its path, and Nix 2.8 cannot read a git+file flake there; run it with TMPDIR=/tmp",
+                dir.display()
+            );
+        }
         let interrupted = Arc::new(AtomicBool::new(false));
         for sig in [
             signal_hook::consts::SIGINT,
@@ -355,6 +361,11 @@ impl World {
             Err(anyhow!("no interruption"))
         } else if code == 0 {
             check(self, &output)
+        } else if output.contains("builder for ") {
+            // The stand-in builders use the host's /bin/sh, which a build sandbox hides.
+            Err(anyhow!(
+                "exit status 0, got {code}: a build failed; the demo's stand-in builders need the build sandbox off, which nix allows root and trusted users through NIX_CONFIG; otherwise set `sandbox = false` (or `relaxed`) in /etc/nix/nix.conf"
+            ))
         } else {
             Err(anyhow!("exit status 0, got {code}"))
         };

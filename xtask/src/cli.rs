@@ -32,6 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Task {
+    /// See it work first: the main job end to end in a throwaway $HOME, offline.
+    Demo(Demo),
     /// List users with their parts and hosts with their system and users.
     List(List),
     /// Lint, then evaluate every home and host in one nix process; --full also builds them.
@@ -56,6 +58,16 @@ pub enum Task {
     Test(Test),
     /// Measure the xtask's overhead on generated fixtures, as ratios to plain nix run alongside.
     Bench(Bench),
+}
+
+#[derive(Debug, Args)]
+pub struct Demo {
+    /// Keep the throwaway directory (flake, $HOME, profiles) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also print a summary on stdout: {"ok","seconds","steps":[{"command","ok","seconds","checked"}],"kept"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

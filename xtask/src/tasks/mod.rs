@@ -3,6 +3,7 @@
 mod bench;
 mod build_home;
 mod check;
+mod demo;
 mod diff;
 mod gc;
 mod generations;

@@ -114,8 +114,13 @@ impl Doctor {
         let mut r = Report::default();
         let nix = ctx.nix();
         let version = check_nix(&mut r, &nix);
-        let nix_ok = version.is_some() && check_flakes(&mut r, &nix);
         const NO_NIX: &str = "nix cannot run (see above)";
+        let nix_ok = if version.is_some() {
+            check_flakes(&mut r, &nix)
+        } else {
+            r.skip("flakes", NO_NIX);
+            false
+        };
         if nix_ok {
             let local = check_store(&mut r, &nix);
             check_settings(&mut r, &nix, version.as_ref(), local);
@@ -567,13 +572,26 @@ fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option<&Nix<'_>>)
     let user = &env.user;
     let homes: Vec<&str> = repo.standalone_users().map(|u| u.name.as_str()).collect();
     let Some(u) = repo.users.get(user).filter(|u| u.base) else {
+        let other = homes.first().copied().unwrap_or("<user>");
+        // No suggestion the xtask would refuse: `new-user root` needs --allow-root, and a
+        // home is switched by its own user only.
+        let fix = if user == repo::RESERVED_USER {
+            format!(
+                "run doctor and switch as the user whose home you deploy (e.g. `sudo -u {other} -i`), not as root"
+            )
+        } else {
+            format!(
+                "create it with `cargo xtask new-user {user}`, or log in as a user who has one ({}) and run doctor there",
+                term::list(&homes)
+            )
+        };
         r.fail(
             "home",
-            format!("$USER is {user}, but there is no homes/{user} (homes: {})", term::list(&homes)),
             format!(
-                "create it with `cargo xtask new-user {user}`, or switch another home: cargo xtask switch {}",
-                homes.first().copied().unwrap_or("<user>")
+                "$USER is {user}, but there is no homes/{user} (homes: {})",
+                term::list(&homes)
             ),
+            fix,
         );
         r.skip("system", "no home for $USER");
         return;

@@ -165,8 +165,10 @@ impl Update {
         if self.dry_run {
             term::out(&update.to_string());
             if self.commit {
-                term::out("git add flake.lock");
-                term::out("git commit -m '<the summary of the changed inputs>' -- flake.lock");
+                term::out("git add -- flake.lock");
+                term::out(
+                    "git commit -q -F - -- flake.lock   # message: the summary of the changed inputs",
+                );
             }
             return Ok(());
         }
@@ -219,7 +221,11 @@ impl Update {
             }
             let sh = &ctx.sh;
             nix::run_step(cmd!(sh, "git add -- flake.lock"), false)?;
-            nix::run_step(cmd!(sh, "git commit -q -m {message} -- flake.lock"), false)?;
+            // The message on stdin: the printed command stays readable.
+            nix::run_step(
+                cmd!(sh, "git commit -q -F - -- flake.lock").stdin(message.as_bytes()),
+                false,
+            )?;
             term::info(&format!(
                 "committed flake.lock: update {}",
                 names.join(", ")

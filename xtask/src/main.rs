@@ -111,5 +111,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::NewHost(t) => t.run(&ctx),
         Task::Test(t) => t.run(&ctx),
         Task::Bench(t) => t.run(&ctx),
+        Task::Doctor(t) => t.run(&ctx),
+        Task::Update(t) => t.run(&ctx),
     }
 }

@@ -21,6 +21,9 @@ use xshell::{Cmd, Shell, cmd};
 
 use crate::term;
 
+mod probe;
+pub use probe::{Bounded, Version, run_bounded};
+
 pub const FEATURES: &str = "nix-command flakes";
 
 pub const INSTALL_HELP: &str = "nix is required; install it with:\n  \

@@ -8,12 +8,19 @@
       url = "github:nix-community/home-manager/release-26.05";
       inputs.nixpkgs.follows = "nixpkgs";
     };
+    # Phones: droids/<name> -> nixOnDroidConfigurations.<name>.
+    nix-on-droid = {
+      url = "github:nix-community/nix-on-droid/release-24.05";
+      inputs.nixpkgs.follows = "nixpkgs";
+      inputs.home-manager.follows = "home-manager";
+    };
   };
 
   outputs =
     {
       nixpkgs,
       home-manager,
+      nix-on-droid,
       ...
     }:
     let
@@ -24,6 +31,7 @@
     import ./lib {
       homesDir = ./homes;
       systemsDir = ./systems;
+      droidsDir = ./droids;
       inherit settings;
       homeManagerModule = home-manager.nixosModules.home-manager;
       mkHome =
@@ -36,6 +44,27 @@
         { system, modules, ... }:
         nixpkgs.lib.nixosSystem {
           inherit system modules;
+        };
+      # Nix-on-Droid's own builder; the phone's Home Manager part goes in home-manager.config.
+      mkDroid =
+        {
+          system,
+          modules,
+          homeModules,
+          ...
+        }:
+        nix-on-droid.lib.nixOnDroidConfiguration {
+          pkgs = import nixpkgs {
+            inherit system;
+            overlays = [ nix-on-droid.overlays.default ];
+          };
+          modules = modules ++ [
+            {
+              home-manager.config.imports = homeModules;
+              home-manager.backupFileExtension = settings.backup-extension;
+              home-manager.useGlobalPkgs = true;
+            }
+          ];
         };
     };
 }

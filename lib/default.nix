@@ -9,14 +9,22 @@
 #   homes/<user>@global     merged into the standalone home only
 #   homes/<user>@<host>     merged into <host>'s integrated home only (never standalone)
 #   systems/<host>/         a NixOS host; meta.nix = { system = "..."; users = [ ... ]; }
+#   droids/<name>/          a Nix-on-Droid phone; homes/<user> + homes/<user>@<name> are its
+#                           Home Manager part (one user per phone)
+# A meta.nix may also say deploy = { targetHost; buildOn; tags; sshOpts; }: data for
+# `cargo xtask deploy`, which reads it itself; lib/ ignores it.
 {
   homesDir,
   systemsDir,
+  droidsDir ? null,
   # { system, username, modules } -> a Home Manager configuration (with .activationPackage)
   mkHome,
   # { system, hostName, modules, users } -> a NixOS configuration (with .config.system.build.toplevel);
   # `users` maps each user of the host to its home modules (already inside `modules`).
   mkSystem,
+  # { system, name, modules, homeModules } -> a Nix-on-Droid configuration (with
+  # .activationPackage); `homeModules` are the phone's Home Manager modules.
+  mkDroid ? null,
   # The Home Manager NixOS module, imported into every host.
   homeManagerModule ? { },
   # Cargo.toml's [workspace.metadata.xtask], as builtins.fromTOML reads it.
@@ -230,9 +238,57 @@ let
     name = host;
     value = mkHost host;
   }) hosts;
+
+  droids =
+    let
+      names = if droidsDir == null then [ ] else dirsOf droidsDir;
+    in
+    filter (
+      d:
+      if !(validName maxHostLength d) || d == reservedHost then
+        throw "droids/${d}: invalid name; it must match ${namePattern} (at most ${toString maxHostLength} characters, not ${reservedHost})"
+      else if elem d hosts then
+        throw "droids/${d}: systems/${d} has the same name; rename one of them"
+      else if mkDroid == null then
+        throw "droids/${d}: lib/ was given no mkDroid builder; pass nix-on-droid's (see flake.nix)"
+      else
+        true
+    ) names;
+  droidSystems = systemsOf "droids" droidsDir hostSystemsAllowed droids;
+  droidUsers = droid: hostPartUsers.${droid} or [ ];
+
+  mkDroidConfig =
+    droid:
+    let
+      system = droidSystems.${droid};
+      users = droidUsers droid;
+      homeModules =
+        if builtins.length users > 1 then
+          throw "droids/${droid}: ${toString users} all have a homes/<user>@${droid} part, but Nix-on-Droid has one user; keep one"
+        else
+          builtins.concatMap (user: hostHomeModules droid user) users
+          ++ [
+            (
+              { lib, ... }:
+              {
+                home.stateVersion = lib.mkDefault stateVersion;
+              }
+            )
+          ];
+    in
+    mkDroid {
+      inherit system homeModules;
+      name = droid;
+      modules = [ (droidsDir + "/${droid}") ];
+    };
+
+  nixOnDroidConfigurations = mapToAttrs (droid: {
+    name = droid;
+    value = mkDroidConfig droid;
+  }) droids;
 in
 {
-  inherit homeConfigurations nixosConfigurations;
+  inherit homeConfigurations nixosConfigurations nixOnDroidConfigurations;
 
   # The same homes for every supported system, so `cargo xtask build-home` can pick the
   # machine's own architecture without editing meta.nix.
@@ -254,6 +310,10 @@ in
       // mapToAttrs (host: {
         name = "system-${host}";
         value = nixosConfigurations.${host}.config.system.build.toplevel;
-      }) (filter (host: hostSystems.${host} == system) hosts);
+      }) (filter (host: hostSystems.${host} == system) hosts)
+      // mapToAttrs (droid: {
+        name = "droid-${droid}";
+        value = nixOnDroidConfigurations.${droid}.activationPackage;
+      }) (filter (droid: droidSystems.${droid} == system) droids);
   }) supportedSystems;
 }

@@ -76,7 +76,7 @@ pub struct Demo {
 
 #[derive(Debug, Args)]
 pub struct List {
-    /// Print JSON on stdout: {"homes":[{"name","parts","standalone","system","hosts"}],"hosts":[{"name","system","users"}]}.
+    /// Print JSON on stdout: {"homes":[{"name","parts","standalone","system","hosts","deploy"}],"hosts":[{"name","system","users","deploy"}],"droids":[{"name","system","users","deploy"}]}.
     #[arg(long)]
     pub json: bool,
 }

@@ -446,6 +446,8 @@ pub struct User {
     pub has_meta: bool,
     /// From meta.nix, once loaded.
     pub system: Option<String>,
+    /// `deploy = { … }` from meta.nix, once loaded: where `cargo xtask deploy` sends the home.
+    pub deploy: Option<Deploy>,
 }
 
 impl User {
@@ -481,6 +483,118 @@ pub struct Host {
     pub system: Option<String>,
     /// `users = [ … ]` from meta.nix, once loaded.
     pub meta_users: Vec<String>,
+    /// `deploy = { … }` from meta.nix, once loaded.
+    pub deploy: Option<Deploy>,
+}
+
+/// A Nix-on-Droid phone: `droids/<name>/` (default.nix + meta.nix); the `homes/<user>@<name>`
+/// parts (with their base) become its Home Manager configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Droid {
+    pub name: String,
+    pub has_default: bool,
+    pub has_meta: bool,
+    /// From meta.nix once loaded; None means the repo default applies.
+    pub system: Option<String>,
+    /// `deploy = { … }` from meta.nix, once loaded.
+    pub deploy: Option<Deploy>,
+}
+
+/// Where a target is built before it is copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildOn {
+    /// On this machine, then the closure is copied (nixos-rebuild's default).
+    #[default]
+    Local,
+    /// On the target: the derivations are copied and built there.
+    Remote,
+}
+
+/// `deploy = { targetHost; buildOn; tags; sshOpts; }` of a host's, home's or droid's meta.nix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Deploy {
+    /// The ssh destination, `[user@]host` (`root@pi.lan`).
+    pub target_host: String,
+    pub build_on: BuildOn,
+    /// Names for `deploy --on @tag`.
+    pub tags: Vec<String>,
+    /// Extra ssh options, one word each (`[ "-p" "2222" ]`); also NIX_SSHOPTS of `nix copy`.
+    pub ssh_opts: Vec<String>,
+}
+
+/// What a `deploy` attribute looks like, for messages about one that does not.
+pub const DEPLOY_SHAPE: &str = "deploy = { targetHost = \"root@pi.lan\"; buildOn = \"local\"; tags = [ \"rack\" ]; sshOpts = [ \"-p\" \"22\" ]; }";
+
+impl Deploy {
+    /// The ssh user: the part of targetHost before `@`, else None (ssh's default: $USER).
+    pub fn ssh_user(&self) -> Option<&str> {
+        self.target_host.split_once('@').map(|(u, _)| u)
+    }
+
+    /// Reads a meta.nix `deploy` value (JSON from nix); every problem is a message.
+    pub fn parse(value: &serde_json::Value) -> Result<Deploy, Vec<String>> {
+        use serde_json::Value;
+        let Value::Object(map) = value else {
+            return Err(vec![format!("deploy = {value} is not an attribute set")]);
+        };
+        let mut errors = Vec::new();
+        let mut d = Deploy::default();
+        for key in map.keys() {
+            if !["targetHost", "buildOn", "tags", "sshOpts"].contains(&key.as_str()) {
+                errors.push(format!(
+                    "deploy.{key} is not a deploy setting (the settings are targetHost, buildOn, tags, sshOpts)"
+                ));
+            }
+        }
+        match map.get("targetHost") {
+            Some(Value::String(t))
+                if !t.is_empty()
+                    && !t.starts_with('-')
+                    && !t.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/') =>
+            {
+                d.target_host = t.clone()
+            }
+            Some(other) => errors.push(format!(
+                "deploy.targetHost = {other} is not an ssh destination like \"root@pi.lan\" (no spaces, no leading '-')"
+            )),
+            None => errors.push("deploy has no targetHost: where should it be deployed?".into()),
+        }
+        match map.get("buildOn") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "local" => d.build_on = BuildOn::Local,
+            Some(Value::String(s)) if s == "remote" => d.build_on = BuildOn::Remote,
+            Some(other) => errors.push(format!(
+                "deploy.buildOn = {other} is neither \"local\" nor \"remote\""
+            )),
+        }
+        let strings = |key: &str, errors: &mut Vec<String>| -> Vec<String> {
+            match map.get(key) {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect(),
+                Some(other) => {
+                    errors.push(format!("deploy.{key} = {other} is not a list of strings"));
+                    Vec::new()
+                }
+            }
+        };
+        d.tags = strings("tags", &mut errors);
+        for tag in &d.tags {
+            if let Err(e) = rules().validate_pattern(tag) {
+                errors.push(format!("deploy.tags: {e}"));
+            }
+        }
+        d.ssh_opts = strings("sshOpts", &mut errors);
+        if errors.is_empty() {
+            Ok(d)
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 /// What a host's meta.nix looks like, for messages about one that does not.
@@ -491,6 +605,8 @@ pub const HOST_META_SHAPE: &str = "{ system = \"x86_64-linux\"; users = [ \"alic
 struct MetaEval {
     homes: BTreeMap<String, MetaFile>,
     hosts: BTreeMap<String, MetaFile>,
+    #[serde(default)]
+    droids: BTreeMap<String, MetaFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -501,6 +617,8 @@ struct MetaFile {
     system: Option<serde_json::Value>,
     #[serde(default)]
     users: serde_json::Value,
+    #[serde(default)]
+    deploy: serde_json::Value,
 }
 
 #[derive(Debug)]
@@ -509,6 +627,7 @@ pub struct Repo {
     pub defaults: Defaults,
     pub users: BTreeMap<String, User>,
     pub hosts: BTreeMap<String, Host>,
+    pub droids: BTreeMap<String, Droid>,
     /// Every layout problem found while scanning (and loading meta files).
     pub findings: Vec<Finding>,
     meta_loaded: bool,
@@ -548,16 +667,21 @@ impl Repo {
             defaults,
             users: BTreeMap::new(),
             hosts: BTreeMap::new(),
+            droids: BTreeMap::new(),
             findings: Vec::new(),
             meta_loaded: false,
         };
         for name in list_dirs(&root.join("systems"))? {
             repo.add_host_dir(&name);
         }
+        for name in list_dirs(&root.join("droids"))? {
+            repo.add_droid_dir(&name);
+        }
         for name in list_dirs(&root.join("homes"))? {
             repo.add_home_dir(&name);
         }
         repo.cross_check();
+        repo.check_droid_users();
         for tmp in leftover_scaffolds(root) {
             // What it moved into place may look like a half home; say where it came from.
             repo.findings.push(Finding::warning(
@@ -611,6 +735,45 @@ impl Repo {
             ));
         }
         self.hosts.insert(name.to_string(), host);
+    }
+
+    fn add_droid_dir(&mut self, name: &str) {
+        let rel = format!("droids/{name}");
+        if let Err(e) = validate_host_name(name) {
+            self.findings.push(Finding::error(
+                rel,
+                "bad-name",
+                e,
+                "rename the directory to a valid host name".into(),
+            ));
+            return;
+        }
+        if self.hosts.contains_key(name) {
+            // homes/<user>@<name> would mean both: one name, one machine.
+            self.findings.push(Finding::error(
+                &rel,
+                "droid-host-clash",
+                format!("systems/{name} and droids/{name} share a name, so homes/<user>@{name} would merge into both"),
+                format!("rename droids/{name} (or the host)"),
+            ));
+            return;
+        }
+        let dir = self.root.join(&rel);
+        let droid = Droid {
+            name: name.to_string(),
+            has_default: dir.join("default.nix").is_file(),
+            has_meta: dir.join("meta.nix").is_file(),
+            ..Droid::default()
+        };
+        if !droid.has_default {
+            self.findings.push(Finding::error(
+                &rel,
+                "missing-default-nix",
+                format!("{rel} has no default.nix, so the phone has no configuration"),
+                format!("create {rel}/default.nix (a Nix-on-Droid module) or remove the directory"),
+            ));
+        }
+        self.droids.insert(name.to_string(), droid);
     }
 
     fn add_home_dir(&mut self, dir: &str) {
@@ -673,7 +836,7 @@ impl Repo {
                 }
             }
             for host in &user.host_parts {
-                if !self.hosts.contains_key(host) {
+                if !self.hosts.contains_key(host) && !self.droids.contains_key(host) {
                     self.findings.push(Finding::error(
                         format!("homes/{}@{host}", user.name),
                         "unknown-host",
@@ -683,6 +846,30 @@ impl Repo {
                         ),
                     ));
                 }
+            }
+        }
+    }
+
+    /// A phone has one user (`nix-on-droid`): two `homes/<user>@<droid>` parts would be
+    /// two Home Manager configurations for it.
+    fn check_droid_users(&mut self) {
+        let droids: Vec<String> = self.droids.keys().cloned().collect();
+        for d in droids {
+            let users = self.droid_users(&d);
+            if users.len() > 1 {
+                self.findings.push(Finding::error(
+                    format!("droids/{d}"),
+                    "droid-users",
+                    format!(
+                        "{} all have a part for the phone {d}, but Nix-on-Droid has one user",
+                        users
+                            .iter()
+                            .map(|u| format!("homes/{u}@{d}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    format!("keep one homes/<user>@{d} and merge the others into it"),
+                ));
             }
         }
     }
@@ -707,7 +894,13 @@ impl Repo {
             .filter(|h| h.has_meta)
             .map(|h| h.name.clone())
             .collect();
-        if homes.is_empty() && hosts.is_empty() {
+        let droids: Vec<String> = self
+            .droids
+            .values()
+            .filter(|d| d.has_meta)
+            .map(|d| d.name.clone())
+            .collect();
+        if homes.is_empty() && hosts.is_empty() && droids.is_empty() {
             return Ok(());
         }
         let eval: MetaEval = match nix.eval_expr_json(&self.meta_expr()) {
@@ -724,21 +917,25 @@ impl Repo {
                 let mut merged = MetaEval {
                     homes: BTreeMap::new(),
                     hosts: BTreeMap::new(),
+                    droids: BTreeMap::new(),
                 };
                 let files = homes
                     .iter()
-                    .map(|h| (h, true))
-                    .chain(hosts.iter().map(|h| (h, false)));
-                for (name, is_home) in files {
-                    let (h, s): (&[&str], &[&str]) = if is_home {
-                        (&[name.as_str()], &[])
-                    } else {
-                        (&[], &[name.as_str()])
+                    .map(|h| (h, 0))
+                    .chain(hosts.iter().map(|h| (h, 1)))
+                    .chain(droids.iter().map(|h| (h, 2)));
+                for (name, kind) in files {
+                    let one: &[&str] = &[name.as_str()];
+                    let (h, s, d): (&[&str], &[&str], &[&str]) = match kind {
+                        0 => (one, &[], &[]),
+                        1 => (&[], one, &[]),
+                        _ => (&[], &[], one),
                     };
-                    match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s)) {
+                    match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s, d)) {
                         Ok(one) => {
                             merged.homes.extend(one.homes);
                             merged.hosts.extend(one.hosts);
+                            merged.droids.extend(one.droids);
                         }
                         Err(e) => match e.downcast_ref::<crate::nix::NixError>() {
                             Some(ne) => {
@@ -758,8 +955,23 @@ impl Repo {
                 continue;
             }
             let system = self.check_system(&rel, meta.system, &rules().supported_systems);
+            let deploy = self.check_deploy(&rel, &meta.deploy);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
+                u.deploy = deploy;
+            }
+        }
+        for (name, meta) in eval.droids {
+            let rel = format!("droids/{name}/meta.nix");
+            if self.check_shape(&rel, &meta, "{ system = \"aarch64-linux\"; }") {
+                continue;
+            }
+            // Nix-on-Droid runs on Linux phones (and emulators): the host systems.
+            let system = self.check_system(&rel, meta.system, &rules().host_systems);
+            let deploy = self.check_deploy(&rel, &meta.deploy);
+            if let Some(d) = self.droids.get_mut(&name) {
+                d.system = system;
+                d.deploy = deploy;
             }
         }
         for (name, meta) in eval.hosts {
@@ -780,9 +992,11 @@ impl Repo {
                     format!("create it with cargo xtask new-user {user} --host {name}, or remove the name"),
                 ));
             }
+            let deploy = self.check_deploy(&rel, &meta.deploy);
             if let Some(h) = self.hosts.get_mut(&name) {
                 h.system = system;
                 h.meta_users = users;
+                h.deploy = deploy;
             }
         }
         Ok(())
@@ -851,6 +1065,26 @@ impl Repo {
         }
     }
 
+    fn check_deploy(&mut self, rel: &str, deploy: &serde_json::Value) -> Option<Deploy> {
+        if deploy.is_null() {
+            return None;
+        }
+        match Deploy::parse(deploy) {
+            Ok(d) => Some(d),
+            Err(errors) => {
+                for e in errors {
+                    self.findings.push(Finding::error(
+                        rel,
+                        "bad-deploy",
+                        e,
+                        format!("write it like {DEPLOY_SHAPE}"),
+                    ));
+                }
+                None
+            }
+        }
+    }
+
     fn check_users(&mut self, rel: &str, users: serde_json::Value) -> Vec<String> {
         let list = match users {
             serde_json::Value::Null => return Vec::new(),
@@ -900,7 +1134,13 @@ impl Repo {
             .filter(|h| h.has_meta)
             .map(|h| h.name.as_str())
             .collect();
-        meta_expr(&self.root, &homes, &hosts)
+        let droids: Vec<&str> = self
+            .droids
+            .values()
+            .filter(|d| d.has_meta)
+            .map(|d| d.name.as_str())
+            .collect();
+        meta_expr(&self.root, &homes, &hosts, &droids)
     }
 
     /// Fails with every error finding when the layout is broken (warnings are printed by
@@ -966,6 +1206,24 @@ impl Repo {
             .collect()
     }
 
+    /// The system of a droid: its meta.nix, else the repo default.
+    pub fn droid_system(&self, droid: &Droid) -> String {
+        droid
+            .system
+            .clone()
+            .unwrap_or_else(|| self.defaults.default_system.clone())
+    }
+
+    /// The one user whose `homes/<user>@<droid>` part makes the phone's Home Manager
+    /// configuration (a phone has one user), if any.
+    pub fn droid_users(&self, droid: &str) -> Vec<String> {
+        self.users
+            .values()
+            .filter(|u| u.host_parts.iter().any(|h| h == droid))
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
     /// Users that have a standalone home (`homeConfigurations.<user>`).
     pub fn standalone_users(&self) -> impl Iterator<Item = &User> {
         self.users.values().filter(|u| u.base)
@@ -1005,7 +1263,7 @@ pub fn nix_string(s: &str) -> String {
 
 /// The expression that reads the meta files; each is imported by absolute path so untracked
 /// files are visible too (the lint reports those separately).
-fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
+fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str], droids: &[&str]) -> String {
     let root = root.display().to_string();
     let entry = |kind: &str, name: &str| {
         format!(
@@ -1016,10 +1274,11 @@ fn meta_expr(root: &Path, homes: &[&str], hosts: &[&str]) -> String {
     };
     let homes: String = homes.iter().map(|n| entry("homes", n)).collect();
     let hosts: String = hosts.iter().map(|n| entry("systems", n)).collect();
+    let droids: String = droids.iter().map(|n| entry("droids", n)).collect();
     // Only the fields the xtask uses leave nix, so a meta.nix may hold anything else
     // (functions included) without breaking --json.
     format!(
-        "let pick = m: if builtins.isAttrs m then {{ system = m.system or null; users = m.users or null; }} else {{ not_attrs = builtins.typeOf m; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; }}"
+        "let pick = m: if builtins.isAttrs m then {{ system = m.system or null; users = m.users or null; deploy = m.deploy or null; }} else {{ not_attrs = builtins.typeOf m; }}; in {{ homes = {{ {homes} }}; hosts = {{ {hosts} }}; droids = {{ {droids} }}; }}"
     )
 }
 
@@ -1109,7 +1368,7 @@ pub fn leftover_scaffolds(root: &Path) -> Vec<String> {
 }
 
 /// The directories whose `.nix` files the flake reads.
-pub const NIX_DIRS: [&str; 3] = ["homes", "systems", "lib"];
+pub const NIX_DIRS: [&str; 4] = ["homes", "systems", "droids", "lib"];
 
 /// `.nix` files under homes/, systems/ and lib/ that git does not track: a flake in a git
 /// repository only sees tracked files, so nix reports them as missing ("the classic module
@@ -1170,6 +1429,36 @@ mod tests {
                 .unwrap_err()
                 .contains("at most 63")
         );
+    }
+
+    #[test]
+    fn deploy_settings_are_read_and_checked() {
+        let d = Deploy::parse(&serde_json::json!({
+            "targetHost": "root@pi.lan", "buildOn": "remote", "tags": ["rack"], "sshOpts": ["-p", "22"]
+        }))
+        .unwrap();
+        assert_eq!(d.target_host, "root@pi.lan");
+        assert_eq!(d.ssh_user(), Some("root"));
+        assert_eq!(d.build_on, BuildOn::Remote);
+        assert_eq!(d.tags, vec!["rack".to_string()]);
+        assert_eq!(d.ssh_opts, vec!["-p".to_string(), "22".to_string()]);
+        let plain = Deploy::parse(&serde_json::json!({ "targetHost": "pi" })).unwrap();
+        assert_eq!((plain.build_on, plain.ssh_user()), (BuildOn::Local, None));
+        let errors = Deploy::parse(&serde_json::json!({
+            "targetHost": "-oProxyCommand=x", "buildOn": "cloud", "tags": ["Rack"], "sshopts": []
+        }))
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "targetHost",
+            "buildOn",
+            "tags",
+            "sshopts is not a deploy setting",
+        ] {
+            assert!(errors.contains(needle), "{needle}: {errors}");
+        }
+        assert!(Deploy::parse(&serde_json::json!({})).unwrap_err()[0].contains("no targetHost"));
+        assert!(Deploy::parse(&serde_json::json!([])).is_err());
     }
 
     #[test]

@@ -245,7 +245,11 @@ fn real_flake_wires_inputs_into_lib() {
     lib.homeManagerConfiguration = args: {{ hmArgs = args; }};
     nixosModules.home-manager = "the-hm-module";
   }};
-  out = flake.outputs {{ self = out; inherit nixpkgs home-manager; }};
+  nix-on-droid = {{
+    lib.nixOnDroidConfiguration = args: {{ droidArgs = args; }};
+    overlays.default = "the-droid-overlay";
+  }};
+  out = flake.outputs {{ self = out; inherit nixpkgs home-manager nix-on-droid; }};
   alice = out.homeConfigurations.alice.hmArgs;
   ws = out.nixosConfigurations.workstation.nixosArgs;
 in {{
@@ -257,6 +261,7 @@ in {{
   wsSystem = ws.system;
   wsHasHm = builtins.elem "the-hm-module" ws.modules;
   inputs = builtins.attrNames flake.inputs;
+  droids = builtins.attrNames out.nixOnDroidConfigurations;
 }}"#,
         root = root.display()
     );
@@ -268,7 +273,12 @@ in {{
     assert_eq!(v["darwinPkgs"], "aarch64-darwin");
     assert_eq!(v["wsSystem"], "x86_64-linux");
     assert_eq!(v["wsHasHm"], true);
-    assert_eq!(v["inputs"], json!(["home-manager", "nixpkgs"]));
+    assert_eq!(
+        v["inputs"],
+        json!(["home-manager", "nix-on-droid", "nixpkgs"])
+    );
+    // This repository has no droids/ yet; the fixture tests evaluate the droid builder.
+    assert_eq!(v["droids"], json!([]));
 }
 
 /// lib/ takes the naming rules and systems from Cargo.toml's [workspace.metadata.xtask]

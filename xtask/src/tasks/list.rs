@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::{
     Ctx,
     cli::List,
-    repo::{Part, Repo, home_dir_name},
+    repo::{Deploy, Part, Repo, home_dir_name},
     term,
 };
 
@@ -15,6 +15,16 @@ use crate::{
 pub struct Listing {
     pub homes: Vec<HomeEntry>,
     pub hosts: Vec<HostEntry>,
+    pub droids: Vec<DroidEntry>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DroidEntry {
+    pub name: String,
+    pub system: String,
+    /// The user whose homes/<user>@<name> part is the phone's Home Manager configuration.
+    pub users: Vec<String>,
+    pub deploy: Option<Deploy>,
 }
 
 #[derive(Debug, Serialize)]
@@ -29,6 +39,8 @@ pub struct HomeEntry {
     pub system: Option<String>,
     /// Hosts whose integrated home includes this user.
     pub hosts: Vec<String>,
+    /// `deploy` of homes/<name>/meta.nix: where `cargo xtask deploy` sends the standalone home.
+    pub deploy: Option<Deploy>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,6 +48,7 @@ pub struct HostEntry {
     pub name: String,
     pub system: String,
     pub users: Vec<String>,
+    pub deploy: Option<Deploy>,
 }
 
 impl List {
@@ -89,6 +102,17 @@ impl List {
                 h.users.join(" ")
             ));
         }
+        if !listing.droids.is_empty() {
+            term::out("droids:");
+            for d in &listing.droids {
+                term::out(&format!(
+                    "  {:<16} {:<16} user: {}",
+                    d.name,
+                    d.system,
+                    d.users.join(" ")
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -117,6 +141,7 @@ pub fn listing(repo: &Repo) -> Listing {
                 standalone: u.base,
                 system: u.base.then(|| repo.home_system(u)),
                 hosts,
+                deploy: u.deploy.clone(),
             }
         })
         .collect();
@@ -127,7 +152,22 @@ pub fn listing(repo: &Repo) -> Listing {
             name: h.name.clone(),
             system: repo.host_system(h),
             users: repo.host_users(&h.name),
+            deploy: h.deploy.clone(),
         })
         .collect();
-    Listing { homes, hosts }
+    let droids = repo
+        .droids
+        .values()
+        .map(|d| DroidEntry {
+            name: d.name.clone(),
+            system: repo.droid_system(d),
+            users: repo.droid_users(&d.name),
+            deploy: d.deploy.clone(),
+        })
+        .collect();
+    Listing {
+        homes,
+        hosts,
+        droids,
+    }
 }

@@ -49,6 +49,8 @@ const SAME_ERROR_LIMIT: usize = 3;
 pub enum Kind {
     Home,
     Host,
+    /// A Nix-on-Droid phone (`nixOnDroidConfigurations.<name>`).
+    Droid,
 }
 
 /// One thing to evaluate: a standalone home on one system, or a host.
@@ -77,6 +79,14 @@ impl Target {
         }
     }
 
+    pub fn droid(name: &str) -> Target {
+        Target {
+            kind: Kind::Droid,
+            name: name.into(),
+            system: None,
+        }
+    }
+
     /// The flake attribute that builds this target.
     pub fn attr(&self) -> String {
         match (self.kind, &self.system) {
@@ -91,6 +101,7 @@ impl Target {
                 "nixosConfigurations.{}.config.system.build.toplevel",
                 self.name
             ),
+            (Kind::Droid, _) => format!("nixOnDroidConfigurations.{}.activationPackage", self.name),
         }
     }
 
@@ -100,6 +111,7 @@ impl Target {
             (Kind::Home, Some(sys)) => format!("home '{}' ({sys})", self.name),
             (Kind::Home, None) => format!("home '{}'", self.name),
             (Kind::Host, _) => format!("host '{}'", self.name),
+            (Kind::Droid, _) => format!("droid '{}'", self.name),
         }
     }
 
@@ -108,6 +120,7 @@ impl Target {
         match self.kind {
             Kind::Home => format!("homes/{}/default.nix", self.name),
             Kind::Host => format!("systems/{}/default.nix", self.name),
+            Kind::Droid => format!("droids/{}/default.nix", self.name),
         }
     }
 
@@ -126,6 +139,9 @@ impl Target {
                 format!(
                     "flake.nixosConfigurations.${{{name}}}.config.system.build.toplevel.drvPath"
                 )
+            }
+            (Kind::Droid, _) => {
+                format!("flake.nixOnDroidConfigurations.${{{name}}}.activationPackage.drvPath")
             }
         }
     }

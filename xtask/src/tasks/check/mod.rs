@@ -176,6 +176,7 @@ fn lint(repo: &Repo) -> Vec<Finding> {
 struct Selection {
     homes: BTreeSet<String>,
     hosts: BTreeSet<String>,
+    droids: BTreeSet<String>,
 }
 
 impl Selection {
@@ -184,11 +185,13 @@ impl Selection {
             return Ok(Selection {
                 homes: repo.standalone_users().map(|u| u.name.clone()).collect(),
                 hosts: repo.hosts.keys().cloned().collect(),
+                droids: repo.droids.keys().cloned().collect(),
             });
         }
         let mut sel = Selection {
             homes: BTreeSet::new(),
             hosts: BTreeSet::new(),
+            droids: BTreeSet::new(),
         };
         let items: Vec<&str> = only
             .iter()
@@ -210,8 +213,12 @@ impl Selection {
                 match (item.strip_prefix("homes/"), item.strip_prefix("systems/")) {
                     (Some(n), _) => (n.trim_end_matches('/'), true, false),
                     (_, Some(n)) => (n.trim_end_matches('/'), false, true),
-                    _ => (item, true, true),
+                    _ => (item.strip_prefix("droids/").unwrap_or(item), true, true),
                 };
+            if hosts && repo.droids.contains_key(name) {
+                sel.droids.insert(name.to_string());
+                continue;
+            }
             let mut found = false;
             if let Some(u) = repo.users.get(name).filter(|_| homes) {
                 found = true;
@@ -236,6 +243,7 @@ impl Selection {
                 .keys()
                 .map(|u| format!("homes/{u}"))
                 .chain(repo.hosts.keys().map(|h| format!("systems/{h}")))
+                .chain(repo.droids.keys().map(|d| format!("droids/{d}")))
                 .collect();
             // A flag value naming nothing is a usage error (exit 2), like a bad flag.
             return Err(crate::UsageError(format!(
@@ -250,7 +258,7 @@ impl Selection {
     }
 
     fn counts(&self) -> (usize, usize) {
-        (self.homes.len(), self.hosts.len())
+        (self.homes.len(), self.hosts.len() + self.droids.len())
     }
 }
 
@@ -326,6 +334,23 @@ fn targets(
                 continue;
             }
             targets.push(Target::host(host));
+        }
+        for droid in &sel.droids {
+            let mut dirs = vec![format!("droids/{droid}")];
+            for user in repo.droid_users(droid) {
+                if let Some(u) = repo.users.get(&user) {
+                    dirs.extend(
+                        u.host_parts_for(droid)
+                            .iter()
+                            .map(|p| format!("homes/{}", repo::home_dir_name(&user, p))),
+                    );
+                }
+            }
+            if dirs.iter().any(|d| has_error_in(findings, d)) {
+                skipped.push(format!("droid '{droid}'"));
+                continue;
+            }
+            targets.push(Target::droid(droid));
         }
     }
     if !skipped.is_empty() {

@@ -62,6 +62,8 @@ pub enum Task {
     Doctor(Doctor),
     /// Update the flake's inputs (all or the named ones) and show each one's old -> new revision.
     Update(Update),
+    /// Deploy hosts, homes and phones over ssh, in parallel, with automatic rollback.
+    Deploy(Deploy),
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +326,42 @@ pub struct Update {
     /// Print the exact commands, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Deploy {
+    /// What to deploy: host, home or droid names (`systems/NAME`, `homes/NAME`,
+    /// `droids/NAME` when a name is shared). Default: every target whose meta.nix has
+    /// deploy.targetHost.
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Select by tag or name, comma separated, any may match: `@tag` (a glob over
+    /// deploy.tags), a name or a glob (`web-*`).
+    #[arg(long, value_delimiter = ',', value_name = "@TAG,NAME,GLOB")]
+    pub on: Vec<String>,
+    /// Deploy this many targets at once.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallel: u16,
+    /// Evaluate, then print the exact commands per target; change nothing anywhere.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON on stdout: [{"target","kind","host","generation","seconds","outcome","message"}].
+    #[arg(long)]
+    pub json: bool,
+    /// Start no further target after the first failure.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Seconds a target waits for the deployer to reach it again after activating, before
+    /// it rolls itself back.
+    #[arg(long, default_value_t = 30, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub confirm_timeout: u64,
+    /// Ask for the sudo password of non-root hosts once, up front (else sudo must not ask).
+    #[arg(long)]
+    pub ask_sudo_password: bool,
+    /// Show what would change on each target (its current generation against the new one)
+    /// and change nothing.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub diff: bool,
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod cli;
 mod home;
 mod nix;
+mod remote;
 mod repo;
 mod scaffold;
 mod tasks;
@@ -113,5 +114,6 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::Bench(t) => t.run(&ctx),
         Task::Doctor(t) => t.run(&ctx),
         Task::Update(t) => t.run(&ctx),
+        Task::Deploy(t) => t.run(&ctx),
     }
 }

@@ -265,6 +265,33 @@ impl<'a> Nix<'a> {
     }
 }
 
+impl<'a> Nix<'a> {
+    /// `nix copy` of `paths` to another store (`ssh-ng://…`): nix's own transfer, with
+    /// substitution on the destination (it fetches what a cache has itself) and without
+    /// signature checks (the paths were built here, by us). `derivation`: copy the .drv
+    /// files (for a build on the destination) instead of outputs.
+    pub fn copy_cmd(&self, to: &str, paths: &[String], derivation: bool) -> Result<Cmd<'a>> {
+        let mut args: Vec<&str> = vec![
+            "copy",
+            "--no-check-sigs",
+            "--substitute-on-destination",
+            "--to",
+            to,
+        ];
+        if derivation {
+            args.push("--derivation");
+        }
+        args.extend(paths.iter().map(String::as_str));
+        self.cmd(args)
+    }
+
+    /// `nix-store --realise DRV…`: builds derivations already in the store (the one
+    /// evaluation instantiated them) without evaluating again; prints the outputs.
+    pub fn realise_cmd(&self, drvs: &[String]) -> Result<Cmd<'a>> {
+        Ok(self.tool("nix-store")?.arg("--realise").args(drvs))
+    }
+}
+
 impl Nix<'_> {
     /// The closure size (bytes) of each path, in one `nix path-info -S --json` call. Nix
     /// up to 2.18 prints a list of `{path, closureSize}`, later ones an object keyed by path.

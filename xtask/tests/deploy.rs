@@ -66,3 +66,499 @@ fn droids_and_deploy_settings_in_list_and_check() {
         .failure(1)
         .stderr_has("droids/phone/meta.nix: deploy.buildOn = \"cloud\" is neither");
 }
+
+use std::{
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A "machine": its own sshd on a loopback port, with its own `$HOME`, `$USER`, profile
+/// directory and activation record (sshd's SetEnv), sharing this machine's /nix/store
+/// (a chroot store could not run the activation scripts it receives).
+struct Machine {
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Machine {
+    fn home(&self) -> PathBuf {
+        self.dir.join("home")
+    }
+    fn activations(&self) -> String {
+        fs::read_to_string(self.dir.join("activations")).unwrap_or_default()
+    }
+    fn profile(&self, kind: &str) -> PathBuf {
+        match kind {
+            "system" => self.dir.join("profiles/system"),
+            "droid" => self.dir.join("profiles/nix-on-droid"),
+            _ => self.home().join(".local/state/nix/profiles/home-manager"),
+        }
+    }
+    /// The store path the profile points at, if any.
+    fn current(&self, kind: &str) -> Option<String> {
+        fs::canonicalize(self.profile(kind))
+            .ok()
+            .map(|p| p.display().to_string())
+    }
+    /// What the xtask passes to ssh for this machine (deploy.sshOpts).
+    fn ssh_opts(&self, lab: &Lab) -> String {
+        let words = [
+            "-p".to_string(),
+            self.port.to_string(),
+            "-i".into(),
+            lab.key.display().to_string(),
+            "-o".into(),
+            "StrictHostKeyChecking=no".into(),
+            "-o".into(),
+            "UserKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+        ];
+        let quoted: Vec<String> = words.iter().map(|w| common::nix_str(w)).collect();
+        format!("[ {} ]", quoted.join(" "))
+    }
+    /// `deploy = { … };` for a meta.nix.
+    fn deploy(&self, lab: &Lab, extra: &str) -> String {
+        format!(
+            "deploy = {{ targetHost = \"root@127.0.0.1\"; sshOpts = {}; {extra} }};",
+            self.ssh_opts(lab)
+        )
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+struct Lab {
+    tmp: tempfile::TempDir,
+    key: PathBuf,
+    host_key: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Lab {
+    /// None (with the reason printed) only when sshd cannot run here at all.
+    fn new() -> Option<Lab> {
+        let sshd = Path::new("/usr/sbin/sshd");
+        if !sshd.is_file() {
+            eprintln!(
+                "SKIPPED: /usr/sbin/sshd is missing (apt-get install openssh-server openssh-client; .ci/run does)"
+            );
+            return None;
+        }
+        // sshd's privilege separation directory (Debian creates it at boot).
+        let _ = fs::create_dir_all("/run/sshd");
+        let tmp = tempfile::tempdir().unwrap();
+        let key = tmp.path().join("client_key");
+        let host_key = tmp.path().join("host_key");
+        for k in [&key, &host_key] {
+            let out = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(k)
+                .output()
+                .expect("ssh-keygen (openssh-client) is required");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        fs::copy(
+            key.with_extension("pub"),
+            tmp.path().join("authorized_keys"),
+        )
+        .unwrap();
+        Some(Lab { tmp, key, host_key })
+    }
+
+    /// A machine whose sshd runs, with `user` as `$USER`.
+    fn machine(&self, name: &str, user: &str) -> Machine {
+        let dir = self.tmp.path().join(name);
+        fs::create_dir_all(dir.join("home/.local/state/nix/profiles")).unwrap();
+        fs::create_dir_all(dir.join("profiles")).unwrap();
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile none\n\
+                 SetEnv HOME={home} USER={user} LOGNAME={user} STUB_STATE_DIR={dir} XTASK_SYSTEM_PROFILE={dir}/profiles/system XTASK_DROID_PROFILE={dir}/profiles/nix-on-droid TMPDIR={dir} \"NIX_CONFIG=substituters =\"\n",
+                hk = self.host_key.display(),
+                auth = self.tmp.path().join("authorized_keys").display(),
+                home = dir.join("home").display(),
+                dir = dir.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-f")
+            .arg(&config)
+            .args(["-D", "-e"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("sshd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        fs::write(dir.join("sshd.pid"), child.id().to_string()).unwrap();
+        let m = Machine {
+            dir,
+            port,
+            child: Some(child),
+        };
+        // Bounded: sshd listens within milliseconds.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "sshd did not start: {}",
+                fs::read_to_string(m.dir.join("sshd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    /// A machine nobody answers on (a free port with no sshd).
+    fn unreachable(&self, name: &str) -> Machine {
+        let dir = self.tmp.path().join(name);
+        fs::create_dir_all(&dir).unwrap();
+        Machine {
+            dir,
+            port: free_port(),
+            child: None,
+        }
+    }
+}
+
+fn host_module(extra: &str) -> String {
+    format!("{{ ... }}:\n{{\n  system.stateVersion = \"26.05\";\n{extra}}}\n")
+}
+
+fn home_module(m: &Machine, files: &[(&str, &str)]) -> String {
+    let mut body = format!(
+        "  home.homeDirectory = {};\n",
+        common::nix_str(&m.home().display().to_string())
+    );
+    for (p, t) in files {
+        body.push_str(&format!(
+            "  home.file.{}.text = {};\n",
+            common::nix_str(p),
+            common::nix_str(t)
+        ));
+    }
+    format!("{{ ... }}:\n{{\n{body}}}\n")
+}
+
+fn outcomes(run: &common::Run) -> Vec<(String, String)> {
+    run.json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["target"].as_str().unwrap().to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+/// Six targets of all three kinds on six machines: `--dry-run` changes nothing anywhere,
+/// `--on @rack` deploys the tagged hosts only, then all of them in parallel (one host built
+/// on the target); hosts become the boot default after the confirmation.
+#[test]
+fn parallel_deploy_of_hosts_homes_and_droids() {
+    let Some(lab) = Lab::new() else { return };
+    let f = Fixture::new();
+    let web1 = lab.machine("web1", "root");
+    let web2 = lab.machine("web2", "root");
+    let alice = lab.machine("alice", "alice");
+    let bob = lab.machine("bob", "bob");
+    let phone1 = lab.machine("phone1", "nix-on-droid");
+    let phone2 = lab.machine("phone2", "nix-on-droid");
+    f.host(
+        "web1",
+        Some(&format!(
+            "{{ {} }}\n",
+            web1.deploy(&lab, "tags = [ \"rack\" ];")
+        )),
+    )
+    .host(
+        "web2",
+        Some(&format!(
+            "{{ {} }}\n",
+            web2.deploy(&lab, "tags = [ \"rack\" ]; buildOn = \"remote\";")
+        )),
+    )
+    .home_module("alice", &home_module(&alice, &[(".a", "alice")]))
+    .write(
+        "homes/alice/meta.nix",
+        &format!("{{ {} }}\n", alice.deploy(&lab, "")),
+    )
+    .home_module("bob", &home_module(&bob, &[(".b", "bob")]))
+    .write(
+        "homes/bob/meta.nix",
+        &format!("{{ {} }}\n", bob.deploy(&lab, "")),
+    )
+    .write("droids/phone1/default.nix", "{ ... }: { }\n")
+    .write(
+        "droids/phone1/meta.nix",
+        &format!("{{ {} }}\n", phone1.deploy(&lab, "tags = [ \"phones\" ];")),
+    )
+    .write("droids/phone2/default.nix", "{ ... }: { }\n")
+    .write(
+        "droids/phone2/meta.nix",
+        &format!("{{ {} }}\n", phone2.deploy(&lab, "tags = [ \"phones\" ];")),
+    )
+    .commit();
+    let machines = [&web1, &web2, &alice, &bob, &phone1, &phone2];
+    let digest = || {
+        machines
+            .iter()
+            .map(|m| {
+                Fixture::tree_digest(&m.dir).replace(
+                    &fs::read_to_string(m.dir.join("sshd.log")).unwrap_or_default(),
+                    "",
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let before = digest();
+    let run = f.xtask(&["deploy", "--dry-run", "--parallel", "6"]);
+    run.success()
+        .stdout_has("[web1] build: nix-store --realise /nix/store/")
+        .stdout_has("[web2] build on the target: ssh ")
+        .stdout_has("[alice] activate: ssh ");
+    assert_eq!(digest(), before, "--dry-run changed a machine");
+
+    let run = f.xtask(&[
+        "deploy",
+        "--on",
+        "@rack",
+        "--json",
+        "--confirm-timeout",
+        "10",
+    ]);
+    run.success();
+    assert_eq!(
+        outcomes(&run),
+        pairs(&[("systems/web1", "deployed"), ("systems/web2", "deployed")])
+    );
+    assert!(alice.current("home").is_none() && phone1.activations().is_empty());
+
+    let start = Instant::now();
+    let run = f.xtask(&[
+        "deploy",
+        "--parallel",
+        "6",
+        "--json",
+        "--confirm-timeout",
+        "10",
+    ]);
+    let took = start.elapsed();
+    run.success();
+    assert_eq!(
+        outcomes(&run),
+        pairs(&[
+            ("systems/web1", "deployed"),
+            ("systems/web2", "deployed"),
+            ("homes/alice", "deployed"),
+            ("homes/bob", "deployed"),
+            ("droids/phone1", "deployed"),
+            ("droids/phone2", "deployed"),
+        ])
+    );
+    let gens: Vec<String> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["generation"].as_str().unwrap().to_string())
+        .collect();
+    for (m, g) in [(&web1, &gens[0]), (&web2, &gens[1])] {
+        assert_eq!(m.current("system").as_ref(), Some(g));
+        let log = m.activations();
+        // Activated without touching the boot default, which followed the confirmation.
+        assert!(
+            log.contains(&format!(
+                "switch-to-configuration test {g}\nswitch-to-configuration boot {g}"
+            )),
+            "{log}"
+        );
+    }
+    assert_eq!(alice.current("home").as_ref(), Some(&gens[2]));
+    assert_eq!(
+        fs::read_to_string(alice.home().join(".a")).unwrap(),
+        "alice"
+    );
+    assert_eq!(fs::read_to_string(bob.home().join(".b")).unwrap(), "bob");
+    for (m, g) in [(&phone1, &gens[4]), (&phone2, &gens[5])] {
+        assert_eq!(m.current("droid").as_ref(), Some(g));
+        assert!(m.activations().contains(&format!("activate activate {g}")));
+    }
+    run.stderr_has("[alice] ")
+        .stderr_has("deploy: 6 target(s), 0 not deployed");
+    eprintln!(
+        "6 targets deployed in parallel in {:.1} s",
+        took.as_secs_f64()
+    );
+}
+
+/// One run with an unreachable target, an activation that fails and a home whose
+/// pre-flight refuses: each fails alone (exit 1), the failed one is restored, the refused
+/// home is untouched, and the good target deploys.
+#[test]
+fn failures_stay_with_their_target() {
+    let Some(lab) = Lab::new() else { return };
+    let f = Fixture::new();
+    let good = lab.machine("good", "root");
+    let bad = lab.machine("bad", "root");
+    let gone = lab.unreachable("gone");
+    let blocked = lab.machine("blocked", "alice");
+    f.host("good", Some(&format!("{{ {} }}\n", good.deploy(&lab, ""))))
+        .host("bad", Some(&format!("{{ {} }}\n", bad.deploy(&lab, ""))))
+        .host("gone", Some(&format!("{{ {} }}\n", gone.deploy(&lab, ""))))
+        .home_module("alice", &home_module(&blocked, &[(".a", "new")]))
+        .write(
+            "homes/alice/meta.nix",
+            &format!("{{ {} }}\n", blocked.deploy(&lab, "")),
+        )
+        .commit();
+    f.xtask(&["deploy", "bad", "--confirm-timeout", "10"])
+        .success();
+    let first = bad.current("system").unwrap();
+
+    // The home's .a and .a.bak both exist: Home Manager's check refuses to clobber the backup.
+    fs::write(blocked.home().join(".a"), "mine").unwrap();
+    fs::write(blocked.home().join(".a.bak"), "older").unwrap();
+    let home_before = Fixture::tree_digest(&blocked.home());
+    fs::write(
+        f.root.join("systems/bad/default.nix"),
+        host_module("  stub.failActivation = true;\n"),
+    )
+    .unwrap();
+    f.commit();
+    let run = f.xtask(&[
+        "deploy",
+        "--json",
+        "--parallel",
+        "4",
+        "--confirm-timeout",
+        "10",
+    ]);
+    run.failure(1);
+    let got = outcomes(&run);
+    assert_eq!(
+        got,
+        pairs(&[
+            ("systems/bad", "failed"),
+            ("systems/gone", "failed"),
+            ("systems/good", "deployed"),
+            ("homes/alice", "failed"),
+        ])
+    );
+    let v = run.json();
+    let msg = |i: usize| v[i]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg(0).contains("activation failed, the previous generation is restored"),
+        "{}",
+        msg(0)
+    );
+    assert!(
+        msg(3).contains("pre-flight refused, nothing changed"),
+        "{}",
+        msg(3)
+    );
+    // bad: back on its first generation, which was activated again.
+    assert_eq!(bad.current("system").as_deref(), Some(first.as_str()));
+    let log = bad.activations();
+    assert!(
+        log.trim_end()
+            .ends_with(&format!("switch-to-configuration test {first}")),
+        "{log}"
+    );
+    // blocked: nothing changed, no profile.
+    assert_eq!(Fixture::tree_digest(&blocked.home()), home_before);
+    assert!(blocked.current("home").is_none());
+    assert!(good.current("system").is_some());
+}
+
+/// The connection drops right after activation (a network restart): the deployer cannot
+/// confirm, the target rolls back by itself within the confirm timeout, and the run says
+/// so (exit 1).
+#[test]
+fn a_cut_connection_rolls_back_by_itself() {
+    let Some(lab) = Lab::new() else { return };
+    let f = Fixture::new();
+    let flaky = lab.machine("flaky", "root");
+    f.host(
+        "flaky",
+        Some(&format!("{{ {} }}\n", flaky.deploy(&lab, ""))),
+    )
+    .commit();
+    f.xtask(&["deploy", "--confirm-timeout", "10"]).success();
+    let first = flaky.current("system").unwrap();
+    fs::write(
+        f.root.join("systems/flaky/default.nix"),
+        host_module("  stub.dropConnection = true;\n"),
+    )
+    .unwrap();
+    f.commit();
+    let run = f.xtask(&["deploy", "--json", "--confirm-timeout", "2"]);
+    run.failure(1);
+    let v = run.json();
+    assert_eq!(v[0]["outcome"], "rolled-back", "{}", run.stderr);
+    let second = v[0]["generation"].as_str().unwrap().to_string();
+    // Bounded wait for the target's own timer (2 s) and its rollback.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while flaky.current("system").as_deref() != Some(first.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "no rollback: {}",
+            flaky.activations()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = flaky.activations();
+    assert!(
+        log.contains(&format!("switch-to-configuration test {second}")),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("boot {second}")),
+        "never the boot default: {log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !flaky
+        .activations()
+        .trim_end()
+        .ends_with(&format!("test {first}"))
+    {
+        assert!(Instant::now() < deadline, "{}", flaky.activations());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

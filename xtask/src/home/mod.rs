@@ -30,6 +30,15 @@ pub use lock::Lock;
 pub use plan::{Action, Backup, Preflight, preflight, preflight_files, preflight_locked};
 pub use profile::Generation;
 
+/// Whether `text` matches the bash glob `pattern` (None for extglob forms it cannot judge).
+pub fn glob_matches(pattern: &str, text: &str) -> Option<bool> {
+    match glob::matches(pattern, text) {
+        glob::Match::Yes => Some(true),
+        glob::Match::No => Some(false),
+        glob::Match::Unsure => None,
+    }
+}
+
 /// Single-quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()

@@ -4,6 +4,7 @@ mod bench;
 mod build_home;
 mod check;
 mod demo;
+mod deploy;
 mod diff;
 mod doctor;
 mod gc;

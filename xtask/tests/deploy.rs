@@ -451,6 +451,17 @@ fn failures_stay_with_their_target() {
     f.xtask(&["deploy", "bad", "--confirm-timeout", "10"])
         .success();
     let first = bad.current("system").unwrap();
+    // --diff: what runs there against what would; nothing changes.
+    let run = f.xtask(&["deploy", "bad", "good", "--diff", "--json"]);
+    run.success();
+    assert_eq!(
+        outcomes(&run),
+        pairs(&[
+            ("systems/bad", "unchanged"),
+            ("systems/good", "would-change")
+        ])
+    );
+    assert!(good.current("system").is_none() && good.activations().is_empty());
 
     // The home's .a and .a.bak both exist: Home Manager's check refuses to clobber the backup.
     fs::write(blocked.home().join(".a"), "mine").unwrap();

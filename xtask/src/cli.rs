@@ -42,7 +42,7 @@ pub enum Task {
     BuildHome(BuildHome),
     /// Build, pre-flight and activate a home (or `--host`: nixos-rebuild a host).
     Switch(Switch),
-    /// Show what a switch would change: files in $HOME and packages.
+    /// What changes between two generations (default: a new build and the active one): files, packages, sizes.
     Diff(Diff),
     /// List a home's generations, newest first.
     Generations(Generations),
@@ -150,6 +150,8 @@ pub struct Switch {
             "specialisation",
             "force_standalone",
             "json",
+            "diff",
+            "ask",
         ]
     )]
     pub host: Option<String>,
@@ -185,6 +187,13 @@ pub struct Switch {
     /// Build and pre-flight, print the exact commands, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also show what changes (files, packages) next to the pre-flight, as `diff` does.
+    #[arg(long)]
+    pub diff: bool,
+    /// Show what changes, then ask before activating (reads y/N from stdin; without an
+    /// answer, e.g. stdin closed, nothing changes).
+    #[arg(long)]
+    pub ask: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -192,12 +201,24 @@ pub struct Switch {
 
 #[derive(Debug, Args)]
 pub struct Diff {
-    /// The user whose home to compare (default: $USER).
-    pub user: Option<String>,
+    /// USER: build USER's home (default: $USER) and compare it with the active generation.
+    /// OLD NEW: compare two generations, given as store paths or links to them (./result,
+    /// a profile's home-manager-3-link).
+    // One name is a user, two are paths: a user name never has two parts, so the forms
+    // cannot be confused, and a bad name is still reported as a name.
+    #[arg(value_name = "USER | OLD NEW", num_args = 0..=2)]
+    pub args: Vec<String>,
+    /// Compare from this generation of the profile (default: the current one).
+    #[arg(long, value_name = "ID")]
+    pub from: Option<u64>,
+    /// Compare to this generation of the profile (default: the current one).
+    #[arg(long, value_name = "ID")]
+    pub to: Option<u64>,
     /// Build for this system instead of the detected one.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["from", "to"])]
     pub system: Option<String>,
-    /// Print JSON on stdout.
+    /// Print JSON on stdout: {"user","system","current","generation","added","removed",
+    /// "changed","dangling","preflight","packages":{"added","removed","changed","size"}}.
     #[arg(long)]
     pub json: bool,
 }

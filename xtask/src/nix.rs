@@ -305,6 +305,59 @@ impl Nix<'_> {
     }
 }
 
+/// One store path of a closure, as `nix path-info --json` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The store path's base name (`<hash>-<name>`): nix prints full paths up to 2.3x and
+    /// may print base names later, and a base name is unique within one store.
+    pub name: String,
+    pub nar_size: u64,
+    /// The base names of the paths it references (itself included, when it does).
+    pub references: Vec<String>,
+}
+
+impl Nix<'_> {
+    /// Every path of the closures of `roots`, in one `nix path-info -r --json` call: the
+    /// caller splits the union per root from the references, so two closures cost one
+    /// nix process. (`-S` is not asked for: it makes nix walk each path's closure again.)
+    pub fn closure_infos(&self, roots: &[PathBuf]) -> Result<Vec<PathInfo>> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["path-info".into(), "-r".into(), "--json".into()];
+        args.extend(roots.iter().map(|p| p.as_os_str().to_owned()));
+        let value: serde_json::Value = self.json(self.cmd(args)?, "the closures")?;
+        Ok(parse_path_infos(&value))
+    }
+}
+
+/// `nix path-info --json`: a list of `{path, narSize, references}` up to Nix 2.18, an
+/// object keyed by path later (an invalid path's value is `null` there).
+pub fn parse_path_infos(value: &serde_json::Value) -> Vec<PathInfo> {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    let info = |path: &str, item: &serde_json::Value| {
+        let item = item.as_object()?;
+        Some(PathInfo {
+            name: base(path),
+            nar_size: item.get("narSize").and_then(serde_json::Value::as_u64)?,
+            references: item
+                .get("references")
+                .and_then(serde_json::Value::as_array)
+                .map(|r| r.iter().filter_map(|p| p.as_str()).map(base).collect())
+                .unwrap_or_default(),
+        })
+    };
+    match value {
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|item| info(item.get("path")?.as_str()?, item))
+            .collect(),
+        serde_json::Value::Object(map) => map.iter().filter_map(|(p, v)| info(p, v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// What a `nix eval` printed, whether or not it succeeded.
 #[derive(Debug)]
 pub struct EvalOutput {
@@ -588,6 +641,34 @@ mod tests {
         assert!(!cannot_run(
             "error: undefined variable 'pkgz' at /nix/store/a-source/homes/b/default.nix:3:5:"
         ));
+    }
+
+    #[test]
+    fn path_infos_of_both_json_shapes() {
+        let list = serde_json::json!([
+            {"path": "/nix/store/aaa-x-1.0", "narSize": 10, "references": ["/nix/store/aaa-x-1.0", "/nix/store/bbb-y"]},
+            {"path": "/nix/store/bbb-y", "narSize": 5, "references": []},
+            {"path": "/nix/store/ccc-broken", "valid": false}
+        ]);
+        let object = serde_json::json!({
+            "/nix/store/aaa-x-1.0": {"narSize": 10, "references": ["/nix/store/aaa-x-1.0", "bbb-y"]},
+            "/nix/store/bbb-y": {"narSize": 5, "references": []},
+            "/nix/store/ccc-broken": null
+        });
+        let want = vec![
+            PathInfo {
+                name: "aaa-x-1.0".into(),
+                nar_size: 10,
+                references: vec!["aaa-x-1.0".into(), "bbb-y".into()],
+            },
+            PathInfo {
+                name: "bbb-y".into(),
+                nar_size: 5,
+                references: vec![],
+            },
+        ];
+        assert_eq!(parse_path_infos(&list), want);
+        assert_eq!(parse_path_infos(&object), want);
     }
 
     #[test]

@@ -98,10 +98,19 @@ fn diff_of_a_package_change_has_no_file_changes() {
     assert_eq!(v["added"], serde_json::json!([]));
     assert_eq!(v["removed"], serde_json::json!([]));
     assert_eq!(v["changed"], serde_json::json!([]));
-    // The package side comes from `nix store diff-closures`, one line per change (none
-    // here: the stub's packages live inside the generation, below its size threshold).
-    assert_eq!(v["packages"], serde_json::json!([]));
-    f.xtask(&["diff"]).success().stdout_has("no file changes");
+    // The package side: the one new package (a versionless name), and a bigger closure.
+    assert_eq!(
+        v["packages"]["added"],
+        serde_json::json!([{"name": "hello", "version": ""}])
+    );
+    assert_eq!(v["packages"]["removed"], serde_json::json!([]));
+    assert_eq!(v["packages"]["changed"], serde_json::json!([]));
+    let size = &v["packages"]["size"];
+    assert!(size["after"].as_u64() > size["before"].as_u64(), "{size}");
+    f.xtask(&["diff"])
+        .success()
+        .stdout_has("no file changes")
+        .stdout_has("  + hello\n");
 }
 
 #[test]

@@ -9,12 +9,14 @@
 //! - `generation`: what a generation says about itself (checks, check script, features);
 //! - `plan` (+ `glob`): the pre-flight, Home Manager's collision rules;
 //! - `lock`: one switch, rollback or gc of a profile at a time, activation included;
-//! - `activate`: the critical section, activation and restore.
+//! - `activate`: the critical section, activation and restore;
+//! - `compare`: what changes from one generation to another (files and packages).
 //!
 //! Tasks use this module; it uses `repo`, `nix` and `term`, never a task.
 
 mod activate;
 mod build;
+mod compare;
 mod env;
 mod generation;
 mod glob;
@@ -24,6 +26,7 @@ mod profile;
 
 pub use activate::{Activation, SetProfile, Transition, activation_mismatch, is_or_specialises};
 pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr};
+pub use compare::{Comparison, FileDiff, active_generation};
 pub use env::{UserEnv, check_runner};
 pub use generation::{GenerationInfo, specialisation};
 pub use lock::Lock;

@@ -116,6 +116,11 @@ impl Switch {
                 start.elapsed().as_secs_f64() * 1000.0
             ));
         }
+        if self.diff || self.ask {
+            // What changes, from what $HOME has now; on stderr, beside the pre-flight.
+            let old = home::active_generation(env, &profile);
+            home::Comparison::between(&ctx.nix(), old.as_deref(), &active)?.print(term::info);
+        }
         pf.print(env);
         let report = |commands: Vec<String>| -> Result<()> {
             if self.json {
@@ -183,6 +188,19 @@ impl Switch {
             }
             return report(commands);
         };
+        if self.ask {
+            // Under the lock: the answer is about exactly the pre-flight shown above.
+            match term::confirm("activate this generation?") {
+                Some(true) => {}
+                Some(false) => {
+                    term::info("not switched: nothing was changed");
+                    return Err(Reported.into());
+                }
+                None => bail!(
+                    "--ask: no answer on stdin (closed or not a terminal); nothing was changed. Answer on a terminal, pipe `echo y |`, or switch without --ask"
+                ),
+            }
+        }
 
         if !profile.exists {
             fs::create_dir_all(&profile.dir).with_context(|| {

@@ -1,0 +1,336 @@
+//! Package changes between two closures, computed here rather than by
+//! `nix store diff-closures`: one `nix path-info -r --json` call for both sides, then
+//! every store path's `name-version` grouped by name, as nvd and dix do. A name only in
+//! the new closure is added, only in the old one removed, in both with other versions
+//! changed; rebuilds of the same version are no package change. The closure sizes are the
+//! sums of the paths' NAR sizes (what `nix path-info -S` calls the closure size).
+//!
+//! Generic over store paths (generations, systems); `home` and the tasks use it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+
+use crate::{
+    nix::{Nix, PathInfo},
+    term,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Package {
+    pub name: String,
+    /// The version, `""` for none; several versions in one closure are joined by `, `.
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub name: String,
+    pub old: String,
+    pub new: String,
+}
+
+/// Closure sizes in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Size {
+    pub before: u64,
+    pub after: u64,
+    pub delta: i64,
+}
+
+/// The package changes from one closure to another, each name once, sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageDiff {
+    pub added: Vec<Package>,
+    pub removed: Vec<Package>,
+    pub changed: Vec<Change>,
+    pub size: Size,
+}
+
+impl PackageDiff {
+    /// The package changes from `old` (none: a first install, everything is added) to
+    /// `new`, both store paths (or links to them).
+    pub fn between(nix: &Nix<'_>, old: Option<&Path>, new: &Path) -> Result<PackageDiff> {
+        let roots: Vec<PathBuf> = old
+            .into_iter()
+            .chain([new])
+            .map(Path::to_path_buf)
+            .collect();
+        let infos = nix.closure_infos(&roots)?;
+        let old = old.map(|o| closure(&infos, o)).transpose()?;
+        let new = closure(&infos, new)?;
+        Ok(diff(old.as_ref(), &new, &infos))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// The human form, one line per package through `line` (stdout for `diff`, stderr
+    /// where the diff accompanies a switch), then the closure sizes.
+    pub fn print(&self, line: fn(&str)) {
+        if self.is_empty() {
+            line("no package changes");
+        } else {
+            line(&format!(
+                "packages: {} changed, {} added, {} removed",
+                self.changed.len(),
+                self.added.len(),
+                self.removed.len()
+            ));
+        }
+        let v = |s: &str| if s.is_empty() { "<none>" } else { s }.to_string();
+        let with_version = |p: &Package| {
+            if p.version.is_empty() {
+                p.name.clone()
+            } else {
+                format!("{} {}", p.name, p.version)
+            }
+        };
+        for c in &self.changed {
+            line(&format!(
+                "  {} {} {} → {}",
+                term::paint(term::Style::Yellow, "~"),
+                c.name,
+                v(&c.old),
+                v(&c.new)
+            ));
+        }
+        for p in &self.added {
+            line(&format!(
+                "  {} {}",
+                term::paint(term::Style::Green, "+"),
+                with_version(p)
+            ));
+        }
+        for p in &self.removed {
+            line(&format!(
+                "  {} {}",
+                term::paint(term::Style::Red, "-"),
+                with_version(p)
+            ));
+        }
+        let s = self.size;
+        let sign = if s.delta < 0 { "-" } else { "+" };
+        line(&format!(
+            "closure size: {} → {} ({sign}{})",
+            term::human_size(s.before),
+            term::human_size(s.after),
+            term::human_size(s.delta.unsigned_abs())
+        ));
+    }
+}
+
+/// `<hash>-tool-1.2` (or `tool-1.2`) → `("tool", "1.2")`: the version starts at the first
+/// `-` followed by a digit, as nvd and dix split names (`python3.12-foo-1.0` → `python3.12-foo`,
+/// `1.0`); a name without one has the version `""`.
+pub fn split_name(base: &str) -> (&str, &str) {
+    let name = match base.split_once('-') {
+        Some((hash, rest))
+            if hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            rest
+        }
+        _ => base,
+    };
+    let bytes = name.as_bytes();
+    for i in 0..bytes.len().saturating_sub(1) {
+        if bytes[i] == b'-' && bytes[i + 1].is_ascii_digit() {
+            return (&name[..i], &name[i + 1..]);
+        }
+    }
+    (name, "")
+}
+
+/// The base names of every path reachable from `root` through the references.
+fn closure<'a>(infos: &'a [PathInfo], root: &Path) -> Result<BTreeSet<&'a str>> {
+    let by_name: HashMap<&str, &PathInfo> = infos.iter().map(|i| (i.name.as_str(), i)).collect();
+    let resolved = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let base = resolved
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let Some(start) = by_name.get(base) else {
+        bail!(
+            "nix did not describe {} (is it a store path?); name a generation in the nix store",
+            root.display()
+        );
+    };
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![start.name.as_str()];
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        if let Some(info) = by_name.get(n) {
+            todo.extend(info.references.iter().map(String::as_str));
+        }
+    }
+    Ok(seen)
+}
+
+/// name → its versions in one closure.
+fn versions<'a>(closure: &BTreeSet<&'a str>) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
+    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for base in closure {
+        let (name, version) = split_name(base);
+        out.entry(name).or_default().insert(version);
+    }
+    out
+}
+
+fn diff(old: Option<&BTreeSet<&str>>, new: &BTreeSet<&str>, infos: &[PathInfo]) -> PackageDiff {
+    let sizes: HashMap<&str, u64> = infos
+        .iter()
+        .map(|i| (i.name.as_str(), i.nar_size))
+        .collect();
+    let total = |c: &BTreeSet<&str>| c.iter().filter_map(|n| sizes.get(n)).sum::<u64>();
+    let empty = BTreeSet::new();
+    let old = old.unwrap_or(&empty);
+    let (before, after) = (total(old), total(new));
+    let (ov, nv) = (versions(old), versions(new));
+    let join = |v: &BTreeSet<&str>| v.iter().copied().collect::<Vec<_>>().join(", ");
+    let mut d = PackageDiff {
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+        size: Size {
+            before,
+            after,
+            delta: after as i64 - before as i64,
+        },
+    };
+    for (name, n) in &nv {
+        match ov.get(name) {
+            None => d.added.push(Package {
+                name: name.to_string(),
+                version: join(n),
+            }),
+            Some(o) if o != n => d.changed.push(Change {
+                name: name.to_string(),
+                old: join(o),
+                new: join(n),
+            }),
+            Some(_) => {}
+        }
+    }
+    for (name, o) in &ov {
+        if !nv.contains_key(name) {
+            d.removed.push(Package {
+                name: name.to_string(),
+                version: join(o),
+            });
+        }
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_where_nvd_splits_them() {
+        let h = "0123456789abcdfghijklmnpqrsvwxyz";
+        assert_eq!(
+            split_name(&format!("{h}-hello-2.12.1")),
+            ("hello", "2.12.1")
+        );
+        assert_eq!(
+            split_name("python3.12-requests-2.31.0"),
+            ("python3.12-requests", "2.31.0")
+        );
+        assert_eq!(split_name("home-manager-files"), ("home-manager-files", ""));
+        assert_eq!(split_name("openssl-3.0.13-bin"), ("openssl", "3.0.13-bin"));
+        assert_eq!(
+            split_name("nixos-system-ws-24.05"),
+            ("nixos-system-ws", "24.05")
+        );
+        assert_eq!(split_name("x-"), ("x-", ""));
+    }
+
+    fn info(name: &str, size: u64, refs: &[&str]) -> PathInfo {
+        PathInfo {
+            name: name.into(),
+            nar_size: size,
+            references: refs.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn packages_are_grouped_by_name_each_once() {
+        let h = |c: char| c.to_string().repeat(32);
+        let (a, b) = (format!("{}-gen", h('a')), format!("{}-gen", h('b')));
+        let n = |c: char, rest: &str| format!("{}-{rest}", h(c));
+        let infos = vec![
+            info(
+                &a,
+                100,
+                &[
+                    &a,
+                    &n('c', "tool-1.0"),
+                    &n('d', "gone-2"),
+                    &n('e', "same-3"),
+                ],
+            ),
+            info(
+                &b,
+                110,
+                &[
+                    &n('f', "tool-1.1"),
+                    &n('g', "fresh-0.5"),
+                    &n('e', "same-3"),
+                    &n('h', "same-3"),
+                ],
+            ),
+            info(&n('c', "tool-1.0"), 10, &[]),
+            info(&n('d', "gone-2"), 20, &[]),
+            info(&n('e', "same-3"), 30, &[]),
+            info(&n('h', "same-3"), 31, &[]),
+            info(&n('f', "tool-1.1"), 12, &[]),
+            info(&n('g', "fresh-0.5"), 5, &[]),
+        ];
+        let old = closure(&infos, Path::new(&format!("/nix/store/{a}"))).unwrap();
+        let new = closure(&infos, Path::new(&format!("/nix/store/{b}"))).unwrap();
+        let d = diff(Some(&old), &new, &infos);
+        assert_eq!(
+            d.changed,
+            vec![Change {
+                name: "tool".into(),
+                old: "1.0".into(),
+                new: "1.1".into()
+            }]
+        );
+        assert_eq!(
+            d.added,
+            vec![Package {
+                name: "fresh".into(),
+                version: "0.5".into()
+            }]
+        );
+        assert_eq!(
+            d.removed,
+            vec![Package {
+                name: "gone".into(),
+                version: "2".into()
+            }]
+        );
+        assert_eq!(
+            d.size,
+            Size {
+                before: 160,
+                after: 188,
+                delta: 28
+            }
+        );
+        // A first install: everything is added.
+        let first = diff(None, &new, &infos);
+        assert_eq!(first.added.len(), 4);
+        assert!(first.removed.is_empty() && first.changed.is_empty());
+        assert_eq!(first.size.before, 0);
+    }
+}

@@ -61,9 +61,10 @@ impl PackageDiff {
             .map(Path::to_path_buf)
             .collect();
         let infos = nix.closure_infos(&roots)?;
-        let old = old.map(|o| closure(&infos, o)).transpose()?;
-        let new = closure(&infos, new)?;
-        Ok(diff(old.as_ref(), &new, &infos))
+        let graph = Graph::new(&infos);
+        let old = old.map(|o| graph.closure(o)).transpose()?;
+        let new = graph.closure(new)?;
+        Ok(graph.diff(old.as_deref(), &new))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -146,87 +147,113 @@ pub fn split_name(base: &str) -> (&str, &str) {
     (name, "")
 }
 
-/// The base names of every path reachable from `root` through the references.
-fn closure<'a>(infos: &'a [PathInfo], root: &Path) -> Result<BTreeSet<&'a str>> {
-    let by_name: HashMap<&str, &PathInfo> = infos.iter().map(|i| (i.name.as_str(), i)).collect();
-    let resolved = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-    let base = resolved
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let Some(start) = by_name.get(base) else {
-        bail!(
-            "nix did not describe {} (is it a store path?); name a generation in the nix store",
-            root.display()
-        );
-    };
-    let mut seen = BTreeSet::new();
-    let mut todo = vec![start.name.as_str()];
-    while let Some(n) = todo.pop() {
-        if !seen.insert(n) {
-            continue;
-        }
-        if let Some(info) = by_name.get(n) {
-            todo.extend(info.references.iter().map(String::as_str));
-        }
-    }
-    Ok(seen)
+/// The union of the closures, by index: each path's name and version split once, its
+/// references as indices, so each side's closure is a walk over integers.
+struct Graph<'a> {
+    infos: &'a [PathInfo],
+    index: HashMap<&'a str, usize>,
+    refs: Vec<Vec<usize>>,
+    names: Vec<(&'a str, &'a str)>,
 }
 
-/// name → its versions in one closure.
-fn versions<'a>(closure: &BTreeSet<&'a str>) -> BTreeMap<&'a str, BTreeSet<&'a str>> {
-    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for base in closure {
-        let (name, version) = split_name(base);
-        out.entry(name).or_default().insert(version);
+impl<'a> Graph<'a> {
+    fn new(infos: &'a [PathInfo]) -> Graph<'a> {
+        let index: HashMap<&str, usize> = infos
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.as_str(), i))
+            .collect();
+        let refs = infos
+            .iter()
+            .map(|p| {
+                p.references
+                    .iter()
+                    .filter_map(|r| index.get(r.as_str()).copied())
+                    .collect()
+            })
+            .collect();
+        let names = infos.iter().map(|p| split_name(&p.name)).collect();
+        Graph {
+            infos,
+            index,
+            refs,
+            names,
+        }
     }
-    out
-}
 
-fn diff(old: Option<&BTreeSet<&str>>, new: &BTreeSet<&str>, infos: &[PathInfo]) -> PackageDiff {
-    let sizes: HashMap<&str, u64> = infos
-        .iter()
-        .map(|i| (i.name.as_str(), i.nar_size))
-        .collect();
-    let total = |c: &BTreeSet<&str>| c.iter().filter_map(|n| sizes.get(n)).sum::<u64>();
-    let empty = BTreeSet::new();
-    let old = old.unwrap_or(&empty);
-    let (before, after) = (total(old), total(new));
-    let (ov, nv) = (versions(old), versions(new));
-    let join = |v: &BTreeSet<&str>| v.iter().copied().collect::<Vec<_>>().join(", ");
-    let mut d = PackageDiff {
-        added: Vec::new(),
-        removed: Vec::new(),
-        changed: Vec::new(),
-        size: Size {
-            before,
-            after,
-            delta: after as i64 - before as i64,
-        },
-    };
-    for (name, n) in &nv {
-        match ov.get(name) {
-            None => d.added.push(Package {
-                name: name.to_string(),
-                version: join(n),
-            }),
-            Some(o) if o != n => d.changed.push(Change {
-                name: name.to_string(),
-                old: join(o),
-                new: join(n),
-            }),
-            Some(_) => {}
+    /// Which paths are reachable from `root` through the references.
+    fn closure(&self, root: &Path) -> Result<Vec<bool>> {
+        let resolved = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+        let base = resolved
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let Some(&start) = self.index.get(base) else {
+            bail!(
+                "nix did not describe {} (is it a store path?); name a generation in the nix store",
+                root.display()
+            );
+        };
+        let mut seen = vec![false; self.infos.len()];
+        let mut todo = vec![start];
+        while let Some(i) = todo.pop() {
+            if !std::mem::replace(&mut seen[i], true) {
+                todo.extend(self.refs[i].iter().copied().filter(|&r| !seen[r]));
+            }
         }
+        Ok(seen)
     }
-    for (name, o) in &ov {
-        if !nv.contains_key(name) {
-            d.removed.push(Package {
-                name: name.to_string(),
-                version: join(o),
-            });
+
+    /// name → its versions, and the size, of one closure.
+    fn versions(&self, closure: &[bool]) -> (BTreeMap<&'a str, BTreeSet<&'a str>>, u64) {
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut size = 0;
+        for (i, _) in closure.iter().enumerate().filter(|(_, in_it)| **in_it) {
+            let (name, version) = self.names[i];
+            out.entry(name).or_default().insert(version);
+            size += self.infos[i].nar_size;
         }
+        (out, size)
     }
-    d
+
+    fn diff(&self, old: Option<&[bool]>, new: &[bool]) -> PackageDiff {
+        let (ov, before) = old.map(|o| self.versions(o)).unwrap_or_default();
+        let (nv, after) = self.versions(new);
+        let join = |v: &BTreeSet<&str>| v.iter().copied().collect::<Vec<_>>().join(", ");
+        let mut d = PackageDiff {
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            size: Size {
+                before,
+                after,
+                delta: after as i64 - before as i64,
+            },
+        };
+        for (name, n) in &nv {
+            match ov.get(name) {
+                None => d.added.push(Package {
+                    name: name.to_string(),
+                    version: join(n),
+                }),
+                Some(o) if o != n => d.changed.push(Change {
+                    name: name.to_string(),
+                    old: join(o),
+                    new: join(n),
+                }),
+                Some(_) => {}
+            }
+        }
+        for (name, o) in &ov {
+            if !nv.contains_key(name) {
+                d.removed.push(Package {
+                    name: name.to_string(),
+                    version: join(o),
+                });
+            }
+        }
+        d
+    }
 }
 
 #[cfg(test)]
@@ -294,9 +321,14 @@ mod tests {
             info(&n('f', "tool-1.1"), 12, &[]),
             info(&n('g', "fresh-0.5"), 5, &[]),
         ];
-        let old = closure(&infos, Path::new(&format!("/nix/store/{a}"))).unwrap();
-        let new = closure(&infos, Path::new(&format!("/nix/store/{b}"))).unwrap();
-        let d = diff(Some(&old), &new, &infos);
+        let graph = Graph::new(&infos);
+        let old = graph
+            .closure(Path::new(&format!("/nix/store/{a}")))
+            .unwrap();
+        let new = graph
+            .closure(Path::new(&format!("/nix/store/{b}")))
+            .unwrap();
+        let d = graph.diff(Some(&old), &new);
         assert_eq!(
             d.changed,
             vec![Change {
@@ -328,7 +360,7 @@ mod tests {
             }
         );
         // A first install: everything is added.
-        let first = diff(None, &new, &infos);
+        let first = graph.diff(None, &new);
         assert_eq!(first.added.len(), 4);
         assert!(first.removed.is_empty() && first.changed.is_empty());
         assert_eq!(first.size.before, 0);

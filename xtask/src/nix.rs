@@ -327,35 +327,59 @@ impl Nix<'_> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["path-info".into(), "-r".into(), "--json".into()];
         args.extend(roots.iter().map(|p| p.as_os_str().to_owned()));
-        let value: serde_json::Value = self.json(self.cmd(args)?, "the closures")?;
-        Ok(parse_path_infos(&value))
+        let (out, shown) = self.capture(self.cmd(args)?, self.verbose)?;
+        if !out.status.success() {
+            return Err(failure(
+                &shown,
+                "the closures",
+                &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        parse_path_infos(&out.stdout)
+            .with_context(|| format!("nix printed JSON the xtask did not expect (tried: {shown})"))
     }
+}
+
+/// One entry of `nix path-info --json`, borrowed from its output: only the fields used,
+/// so a closure of thousands of paths is read without a tree of values.
+#[derive(Deserialize)]
+struct RawInfo<'a> {
+    #[serde(borrow, default)]
+    path: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "narSize")]
+    nar_size: Option<u64>,
+    #[serde(borrow, default)]
+    references: Vec<std::borrow::Cow<'a, str>>,
 }
 
 /// `nix path-info --json`: a list of `{path, narSize, references}` up to Nix 2.18, an
 /// object keyed by path later (an invalid path's value is `null` there).
-pub fn parse_path_infos(value: &serde_json::Value) -> Vec<PathInfo> {
+pub fn parse_path_infos(json: &[u8]) -> Result<Vec<PathInfo>> {
     let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-    let info = |path: &str, item: &serde_json::Value| {
-        let item = item.as_object()?;
+    let info = |path: &str, raw: RawInfo<'_>| {
         Some(PathInfo {
             name: base(path),
-            nar_size: item.get("narSize").and_then(serde_json::Value::as_u64)?,
-            references: item
-                .get("references")
-                .and_then(serde_json::Value::as_array)
-                .map(|r| r.iter().filter_map(|p| p.as_str()).map(base).collect())
-                .unwrap_or_default(),
+            nar_size: raw.nar_size?,
+            references: raw.references.iter().map(|r| base(r)).collect(),
         })
     };
-    match value {
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|item| info(item.get("path")?.as_str()?, item))
-            .collect(),
-        serde_json::Value::Object(map) => map.iter().filter_map(|(p, v)| info(p, v)).collect(),
-        _ => Vec::new(),
-    }
+    let first = json.iter().find(|b| !b.is_ascii_whitespace());
+    Ok(if first == Some(&b'[') {
+        let items: Vec<RawInfo<'_>> = serde_json::from_slice(json)?;
+        items
+            .into_iter()
+            .filter_map(|raw| {
+                let path = raw.path.clone()?;
+                info(&path, raw)
+            })
+            .collect()
+    } else {
+        let map: std::collections::BTreeMap<std::borrow::Cow<'_, str>, Option<RawInfo<'_>>> =
+            serde_json::from_slice(json)?;
+        map.into_iter()
+            .filter_map(|(path, raw)| info(&path, raw?))
+            .collect()
+    })
 }
 
 /// What a `nix eval` printed, whether or not it succeeded.
@@ -645,16 +669,16 @@ mod tests {
 
     #[test]
     fn path_infos_of_both_json_shapes() {
-        let list = serde_json::json!([
-            {"path": "/nix/store/aaa-x-1.0", "narSize": 10, "references": ["/nix/store/aaa-x-1.0", "/nix/store/bbb-y"]},
+        let list = br#"[
+            {"path": "/nix/store/aaa-x-1.0", "narSize": 10, "narHash": "sha256-x", "references": ["/nix/store/aaa-x-1.0", "/nix/store/bbb-y"]},
             {"path": "/nix/store/bbb-y", "narSize": 5, "references": []},
             {"path": "/nix/store/ccc-broken", "valid": false}
-        ]);
-        let object = serde_json::json!({
+        ]"#;
+        let object = br#"{
             "/nix/store/aaa-x-1.0": {"narSize": 10, "references": ["/nix/store/aaa-x-1.0", "bbb-y"]},
-            "/nix/store/bbb-y": {"narSize": 5, "references": []},
+            "/nix/store/bbb-y": {"narSize": 5, "references": [], "signatures": []},
             "/nix/store/ccc-broken": null
-        });
+        }"#;
         let want = vec![
             PathInfo {
                 name: "aaa-x-1.0".into(),
@@ -667,8 +691,9 @@ mod tests {
                 references: vec![],
             },
         ];
-        assert_eq!(parse_path_infos(&list), want);
-        assert_eq!(parse_path_infos(&object), want);
+        assert_eq!(parse_path_infos(list).unwrap(), want);
+        assert_eq!(parse_path_infos(object).unwrap(), want);
+        assert!(parse_path_infos(b"3").is_err());
     }
 
     #[test]

@@ -101,8 +101,13 @@ enum TState {
     ForeignOther,
     Dangling,
     HmLink,
+    /// Home Manager's link to gen1's own file: already current.
+    HmCurrent,
+    /// A link to a link into gen0's files: Home Manager's only by resolution, not by its
+    /// own text, so a foreign link (with other content).
+    ViaAlias,
 }
-const TSTATES: [TState; 8] = [
+const TSTATES: [TState; 10] = [
     TState::Absent,
     TState::Identical,
     TState::Differing,
@@ -111,6 +116,8 @@ const TSTATES: [TState; 8] = [
     TState::ForeignOther,
     TState::Dangling,
     TState::HmLink,
+    TState::HmCurrent,
+    TState::ViaAlias,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,9 +256,9 @@ fn gen_group(index: usize, rng: &mut Rng) -> Group {
 }
 
 fn gen_case(group: &Group, rng: &mut Rng) -> Case {
-    // Half the cases are tame (mostly what Home Manager handles), so that not every case
-    // blocks and the outcomes of all actions are seen often.
-    let tame = rng.chance(50);
+    // Most targets get a state Home Manager handles safely, and only a few (0–3) are
+    // *hazards* with any state and any backup in the way: so not every case blocks, the
+    // outcome of every action is seen often, and a block can be traced to its cause.
     let mode = match rng.weighted(&[30, 15, 20, 15, 20]) {
         0 => BackupMode::Default,
         1 => BackupMode::Ext("old"),
@@ -259,11 +266,15 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
         3 => BackupMode::Overwrite,
         _ => BackupMode::Command,
     };
+    let slots = group.targets.len() + VARIED_DIRS.len();
+    let k = [0, 1, 2, 3][rng.weighted(&[30, 40, 20, 10])];
+    let mut hazards = BTreeSet::new();
+    while hazards.len() < k.min(slots) {
+        hazards.insert(rng.below(slots));
+    }
     let mut dirs = BTreeMap::new();
-    for d in VARIED_DIRS {
-        let s = if tame {
-            [DirState::Normal, DirState::Absent, DirState::LinkInside][rng.weighted(&[6, 2, 2])]
-        } else {
+    for (i, d) in VARIED_DIRS.iter().enumerate() {
+        let s = if hazards.contains(&(group.targets.len() + i)) {
             [
                 DirState::Normal,
                 DirState::Absent,
@@ -271,37 +282,45 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
                 DirState::LinkOutside,
                 DirState::File,
                 DirState::Dangling,
-            ][rng.weighted(&[10, 2, 3, 1, 1, 1])]
+            ][rng.weighted(&[1, 1, 2, 2, 2, 2])]
+        } else {
+            [DirState::Normal, DirState::Absent, DirState::LinkInside][rng.weighted(&[6, 2, 2])]
         };
         dirs.insert(*d, s);
     }
     let mut states = BTreeMap::new();
     let mut baks = BTreeMap::new();
-    for t in &group.targets {
-        let s = if tame {
-            // absent, identical, differing (only where it is safe), directory, foreign
-            // same, dangling, Home Manager's.
-            let w: [u32; 8] = if t.forced || mode.effective_ext().is_some() {
-                [3, 2, 2, 1, 1, 0, 1, 3]
-            } else if matches!(mode, BackupMode::Command) {
-                [3, 2, 2, 1, 1, 0, 1, 3]
+    for (i, t) in group.targets.iter().enumerate() {
+        let hazard = hazards.contains(&i);
+        let s = if hazard {
+            TSTATES[rng.weighted(&[1, 3, 3, 3, 1, 2, 1, 1, 1, 2])]
+        } else {
+            // absent, identical, differing (only where it is safe), directory (likewise),
+            // foreign with the same content, dangling, Home Manager's.
+            let w: [u32; 10] = if t.forced
+                || mode.effective_ext().is_some()
+                || matches!(mode, BackupMode::Command)
+            {
+                [3, 2, 2, 1, 1, 0, 1, 3, 1, 0]
             } else {
-                [3, 2, 0, 0, 1, 0, 1, 3]
+                [3, 2, 0, 0, 1, 0, 1, 3, 1, 0]
             };
             TSTATES[rng.weighted(&w)]
-        } else {
-            TSTATES[rng.weighted(&[3, 2, 3, 2, 1, 1, 1, 3])]
         };
         states.insert(t.rel, s);
-        let b = if tame || rng.chance(50) {
-            BakState::None
-        } else {
+        let b = if hazard {
             [
+                BakState::None,
                 BakState::File,
                 BakState::Dangling,
                 BakState::Link,
                 BakState::Directory,
-            ][rng.below(4)]
+            ][rng.weighted(&[1, 2, 2, 2, 2])]
+        } else if matches!(mode, BackupMode::Overwrite) && rng.chance(40) {
+            // The one backup --overwrite-backup may replace: a file.
+            BakState::File
+        } else {
+            BakState::None
         };
         baks.insert(t.rel, b);
     }
@@ -437,6 +456,7 @@ struct Ctx<'a> {
     template: PathBuf,
     cmd_script: PathBuf,
     gen0_files: PathBuf,
+    gen1_files: PathBuf,
     nix_state: PathBuf,
 }
 
@@ -501,6 +521,9 @@ fn run_group(group: &Group, seed: u64, cases: &[usize], tally: &mut Tally) {
         .map(|t| (t.rel, t.content.as_str(), t.forced))
         .collect();
     f.home_module(&f.user, &module(&f.home, &gen1)).commit();
+    let built = f.xtask(&["build-home", "--json"]);
+    let gen1_path = built.success().json()["path"].as_str().unwrap().to_string();
+    let gen1_files = fs::canonicalize(Path::new(&gen1_path).join("home-files")).unwrap();
 
     let ctx = Ctx {
         group,
@@ -509,6 +532,7 @@ fn run_group(group: &Group, seed: u64, cases: &[usize], tally: &mut Tally) {
         template,
         cmd_script,
         gen0_files,
+        gen1_files,
         nix_state,
     };
     for &c in cases {
@@ -611,6 +635,12 @@ fn prepare(ctx: &Ctx, case: &Case, rng: &mut Rng) {
             }
             TState::Dangling => make_link(&ctx.out.join("missing"), &p),
             TState::HmLink => make_link(&ctx.gen0_files.join(t.rel), &p),
+            TState::HmCurrent => make_link(&ctx.gen1_files.join(t.rel), &p),
+            TState::ViaAlias => {
+                let o = ctx.out.join(format!("alias-{}", unique("n", rng).trim()));
+                symlink(ctx.gen0_files.join(t.rel), &o).unwrap();
+                make_link(&o, &p);
+            }
         }
         let Some(ext) = case.mode.ext() else { continue };
         let b = PathBuf::from(format!("{}.{ext}", p.display()));
@@ -876,14 +906,26 @@ fn check_outcome(
         owners.push((t, s));
     }
 
-    // No byte lost: every regular file of before is at its path, or where its step moved it.
+    // No byte lost: every regular file of before is at its path, or where its step moved
+    // it; so is every symlink that is not a target itself (a link at a target is replaced
+    // by design), Home Manager's own links (the cleanup removes them) and the state aside.
     for (p, e) in before {
-        let Entry::File(bytes) = e else { continue };
+        let is_link = match e {
+            Entry::File(_) => false,
+            Entry::Link(text) => {
+                if p.starts_with(home.join(".local/state")) || is_hm_text(text) {
+                    continue;
+                }
+                true
+            }
+            Entry::Dir => continue,
+        };
         if is_lock_file(p) || overwritten.contains(p) {
             continue;
         }
         let owner = owners.iter().find(|(t, _)| p == t || p.starts_with(t));
         let expected_at = match owner {
+            Some((t, _)) if is_link && p == t => continue,
             Some((t, s)) => {
                 let suffix = p.strip_prefix(t).unwrap();
                 match s["action"].as_str().unwrap() {
@@ -900,16 +942,21 @@ fn check_outcome(
             None => Some(p.clone()),
         };
         let Some(at) = expected_at else { continue };
-        match after.get(&at) {
-            Some(Entry::File(b)) if b == bytes => {}
-            other => problems.push(format!(
-                "lost: {} ({:?}) should be at {} but that is {other:?}",
+        let now = after.get(&at);
+        if now != Some(e) {
+            problems.push(format!(
+                "lost: {} ({e:?}) should be at {} but that is {now:?}",
                 p.display(),
-                String::from_utf8_lossy(bytes),
                 at.display()
-            )),
+            ));
         }
     }
+}
+
+/// A link's own text names a file of a `*-home-manager-files` store path.
+fn is_hm_text(text: &Path) -> bool {
+    let t = text.to_string_lossy();
+    t.starts_with("/nix/store/") && t.contains("-home-manager-files/")
 }
 
 /// The physical path of `p` (a path under HOME) as it was before the switch.
@@ -957,9 +1004,18 @@ fn oracle(
     let after_home = snapshot(&ctx.f.home);
     let after_out = snapshot(&ctx.out);
     let ok = out.status.success();
-    // Every file's bytes still somewhere (HOME or outside); overwritten old backups are
-    // what --overwrite-backup asks for, a forced file without extension is Home Manager's
+    // Where each file may be afterwards: at its path, or where Home Manager backs its target
+    // up (`T.<ext>` or the command's `T.cmdbak`). Anywhere else (e.g. inside a directory
+    // `T.<ext>`) it is misplaced; nowhere, lost. Overwritten old backups are what
+    // --overwrite-backup asks for, a forced file without extension is Home Manager's
     // documented replace.
+    let home = &ctx.f.home;
+    let targets: Vec<PathBuf> = ctx
+        .group
+        .targets
+        .iter()
+        .map(|t| physical(&home.join(t.rel)))
+        .collect();
     let have: BTreeSet<&Vec<u8>> = after_home
         .values()
         .chain(after_out.values())
@@ -968,27 +1024,53 @@ fn oracle(
             _ => None,
         })
         .collect();
-    let lost: Vec<&PathBuf> = before_home
-        .iter()
-        .filter(|(p, e)| {
-            matches!(e, Entry::File(b) if !have.contains(b))
-                && !is_lock_file(p)
-                && !(matches!(case.mode, BackupMode::Overwrite)
-                    && plan.iter().any(|s| {
-                        s["path"].as_str().map(|t| format!("{t}.bak")).as_deref() == p.to_str()
-                    }))
-                && !(case.mode.effective_ext().is_none()
-                    && !matches!(case.mode, BackupMode::Command)
-                    && ctx
-                        .group
-                        .targets
-                        .iter()
-                        .any(|t| ctx.f.home.join(t.rel) == **p && forced_by(ctx.group, t.rel)))
-        })
-        .map(|(p, _)| p)
-        .collect();
+    let replaced_forced = |p: &Path| {
+        case.mode.effective_ext().is_none()
+            && !matches!(case.mode, BackupMode::Command)
+            && ctx
+                .group
+                .targets
+                .iter()
+                .any(|t| physical(&home.join(t.rel)) == p && forced_by(ctx.group, t.rel))
+    };
+    let overwritten_bak = |p: &Path| {
+        matches!(case.mode, BackupMode::Overwrite)
+            && targets
+                .iter()
+                .any(|t| Path::new(&format!("{}.bak", t.display())) == p)
+    };
+    let mut lost: Vec<&PathBuf> = Vec::new();
+    let mut misplaced: Vec<&PathBuf> = Vec::new();
+    for (p, e) in before_home {
+        let Entry::File(bytes) = e else { continue };
+        if is_lock_file(p) || replaced_forced(p) || overwritten_bak(p) {
+            continue;
+        }
+        let mut places = vec![p.clone()];
+        for t in targets.iter().filter(|t| p.starts_with(t)) {
+            let suffix = p.strip_prefix(t).unwrap();
+            if let Some(ext) = case.mode.effective_ext() {
+                places.push(PathBuf::from(format!("{}.{ext}", t.display())).join(suffix));
+            }
+            if matches!(case.mode, BackupMode::Command) {
+                places.push(PathBuf::from(format!("{}.cmdbak", t.display())).join(suffix));
+            }
+        }
+        if places
+            .iter()
+            .any(|q| after_home.get(q) == Some(&Entry::File(bytes.clone())))
+        {
+            continue;
+        }
+        if have.contains(bytes) {
+            misplaced.push(p);
+        } else {
+            lost.push(p);
+        }
+    }
     // A link that is not a target (e.g. a dangling `T.bak`) is the user's too: moving a
-    // file over it loses it. Links at targets are replaced by Home Manager by design.
+    // file over it loses it. Links at targets are replaced by Home Manager by design, and
+    // its own links by its cleanup.
     let links: BTreeSet<&PathBuf> = after_home
         .values()
         .filter_map(|e| match e {
@@ -996,24 +1078,18 @@ fn oracle(
             _ => None,
         })
         .collect();
-    let targets: BTreeSet<PathBuf> = ctx
-        .group
-        .targets
-        .iter()
-        .map(|t| physical(&ctx.f.home.join(t.rel)))
-        .collect();
-    let lost_links: Vec<&PathBuf> = before_home
-        .iter()
-        .filter(|(p, e)| {
-            matches!(e, Entry::Link(t) if !links.contains(t))
-                && !targets.contains(*p)
-                && !p.starts_with(ctx.f.home.join(".local/state"))
-        })
-        .map(|(p, _)| p)
-        .collect();
-    let lost: Vec<&PathBuf> = lost.into_iter().chain(lost_links).collect();
+    lost.extend(
+        before_home
+            .iter()
+            .filter(|(p, e)| {
+                matches!(e, Entry::Link(t) if !links.contains(t) && !is_hm_text(t))
+                    && !targets.contains(*p)
+                    && !p.starts_with(home.join(".local/state"))
+            })
+            .map(|(p, _)| p),
+    );
     let outside_changed = after_out != *before_out;
-    if ok && lost.is_empty() && !outside_changed {
+    if ok && lost.is_empty() && misplaced.is_empty() && !outside_changed {
         let reasons: Vec<String> = plan
             .iter()
             .filter(|s| s["action"] == "block")
@@ -1031,6 +1107,13 @@ fn oracle(
             reasons.join("\n  ")
         ));
     } else {
+        if std::env::var_os("FIDELITY_VERBOSE").is_some() {
+            println!(
+                "[{label}] blocked; activate alone: exit {:?}, lost {lost:?}, misplaced {misplaced:?}, outside changed: {outside_changed}\n{}",
+                out.status.code(),
+                case.describe()
+            );
+        }
         tally.justified += 1;
     }
 }
@@ -1132,6 +1215,11 @@ fn the_plan_is_what_activation_does_and_no_byte_is_lost() {
     for m in &t.mismatches {
         println!("MISMATCH {m}\n");
     }
+    assert!(
+        t.over_strict.is_empty(),
+        "{} blocked case(s) that Home Manager's activation switches safely (seed {seed:#x}); see above",
+        t.over_strict.len()
+    );
     assert!(
         t.mismatches.is_empty(),
         "{} mismatch(es) between the plan and activation (seed {seed:#x}); see above",

@@ -139,7 +139,7 @@ enum DirState {
     Dangling,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 enum BackupMode {
     Default,
     Ext(&'static str),
@@ -259,21 +259,40 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
     // Most targets get a state Home Manager handles safely, and only a few (0–3) are
     // *hazards* with any state and any backup in the way: so not every case blocks, the
     // outcome of every action is seen often, and a block can be traced to its cause.
-    let mode = match rng.weighted(&[30, 15, 20, 15, 20]) {
-        0 => BackupMode::Default,
-        1 => BackupMode::Ext("old"),
-        2 => BackupMode::NoExt,
-        3 => BackupMode::Overwrite,
-        _ => BackupMode::Command,
-    };
     let slots = group.targets.len() + VARIED_DIRS.len();
     let k = [0, 1, 2, 3][rng.weighted(&[30, 40, 20, 10])];
     let mut hazards = BTreeSet::new();
     while hazards.len() < k.min(slots) {
         hazards.insert(rng.below(slots));
     }
+    // A hazard is either in a target's own state or in its backup path.
+    let bak_hazards: BTreeSet<usize> = hazards
+        .iter()
+        .copied()
+        .filter(|&i| i < group.targets.len() && rng.chance(50))
+        .collect();
+    // A backup path only matters with an extension: mostly pick one then.
+    let mode = if !bak_hazards.is_empty() && rng.chance(85) {
+        [
+            BackupMode::Default,
+            BackupMode::Ext("old"),
+            BackupMode::Overwrite,
+        ][rng.below(3)]
+    } else {
+        [
+            BackupMode::Default,
+            BackupMode::Ext("old"),
+            BackupMode::NoExt,
+            BackupMode::Overwrite,
+            BackupMode::Command,
+        ][rng.weighted(&[30, 15, 20, 15, 20])]
+    };
     let mut dirs = BTreeMap::new();
     for (i, d) in VARIED_DIRS.iter().enumerate() {
+        // A hazard below an absent directory would be no hazard at all.
+        let holds_hazard = hazards.iter().any(|&h| {
+            h < group.targets.len() && group.targets[h].rel.starts_with(&format!("{d}/"))
+        });
         let s = if hazards.contains(&(group.targets.len() + i)) {
             [
                 DirState::Normal,
@@ -283,6 +302,8 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
                 DirState::File,
                 DirState::Dangling,
             ][rng.weighted(&[1, 1, 2, 2, 2, 2])]
+        } else if holds_hazard {
+            [DirState::Normal, DirState::LinkInside][rng.weighted(&[6, 2])]
         } else {
             [DirState::Normal, DirState::Absent, DirState::LinkInside][rng.weighted(&[6, 2, 2])]
         };
@@ -292,7 +313,10 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
     let mut baks = BTreeMap::new();
     for (i, t) in group.targets.iter().enumerate() {
         let hazard = hazards.contains(&i);
-        let s = if hazard {
+        let bak_hazard = bak_hazards.contains(&i);
+        let s = if bak_hazard {
+            [TState::Identical, TState::Differing, TState::Directory][rng.below(3)]
+        } else if hazard {
             TSTATES[rng.weighted(&[1, 3, 3, 3, 1, 2, 1, 1, 1, 2])]
         } else {
             // absent, identical, differing (only where it is safe), directory (likewise),
@@ -308,14 +332,15 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
             TSTATES[rng.weighted(&w)]
         };
         states.insert(t.rel, s);
-        let b = if hazard {
+        let b = if bak_hazard {
             [
-                BakState::None,
                 BakState::File,
                 BakState::Dangling,
                 BakState::Link,
                 BakState::Directory,
-            ][rng.weighted(&[1, 2, 2, 2, 2])]
+            ][rng.below(4)]
+        } else if hazard && rng.chance(20) {
+            BakState::File
         } else if matches!(mode, BackupMode::Overwrite) && rng.chance(40) {
             // The one backup --overwrite-backup may replace: a file.
             BakState::File
@@ -334,11 +359,21 @@ fn gen_case(group: &Group, rng: &mut Rng) -> Case {
 
 // ---- Snapshots ----------------------------------------------------------------------------
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Entry {
     File(Vec<u8>),
     Link(PathBuf),
     Dir,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Entry::File(b) => write!(f, "file {:?}", String::from_utf8_lossy(b)),
+            Entry::Link(t) => write!(f, "link -> {}", t.display()),
+            Entry::Dir => write!(f, "dir"),
+        }
+    }
 }
 
 /// Every path under `root` (not following links), absolute.
@@ -695,9 +730,12 @@ fn run_case(ctx: &Ctx, case: &Case, c: usize, rng: &mut Rng, seed: u64, tally: &
     let v: Value = match serde_json::from_str(&run.stdout) {
         Ok(v) => v,
         Err(e) => {
-            tally
-                .mismatches
-                .push(context(&format!("stdout is not JSON ({e})"), &Value::Null));
+            tally.mismatches.push(context(
+                &format!(
+                    "no JSON report on stdout ({e}): the switch failed after the pre-flight passed"
+                ),
+                &Value::Null,
+            ));
             return;
         }
     };
@@ -726,6 +764,18 @@ fn run_case(ctx: &Ctx, case: &Case, c: usize, rng: &mut Rng, seed: u64, tally: &
             .or_default() += 1;
     }
     let blocked = plan.iter().any(|s| s["action"] == "block");
+    if std::env::var_os("FIDELITY_VERBOSE").is_some() {
+        println!(
+            "[{label}] exit {}, blocked: {blocked}\n{}\n{}",
+            run.code,
+            case.describe(),
+            plan.iter()
+                .filter(|s| s["action"] != "link" && s["action"] != "relink")
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     let after_home = snapshot(home);
     let after_out = snapshot(&ctx.out);
     if after_out != before_out {
@@ -820,15 +870,13 @@ fn check_outcome(
     for s in plan {
         let path = PathBuf::from(s["path"].as_str().unwrap());
         let rel = path.strip_prefix(home).unwrap().to_path_buf();
-        let t = physical_before(&path, home, before);
+        let t = physical(&path);
         let action = s["action"].as_str().unwrap();
         let old = subtree(before, &t);
         let old_top = old.get(Path::new("")).cloned();
         let now = after.get(&t).cloned();
         let is_new_link = now == Some(Entry::Link(files.join(&rel)));
-        let bak = s["backup"]
-            .as_str()
-            .map(|b| physical_before(Path::new(b), home, before));
+        let bak = s["backup"].as_str().map(|b| physical(Path::new(b)));
         let mut bad = |msg: String| problems.push(format!("{}: {action}: {msg}", path.display()));
         match action {
             "link" => {
@@ -932,7 +980,7 @@ fn check_outcome(
                     "replace" => continue,
                     "backup" => s["backup"]
                         .as_str()
-                        .map(|b| physical_before(Path::new(b), home, before).join(suffix)),
+                        .map(|b| physical(Path::new(b)).join(suffix)),
                     "command" => {
                         Some(PathBuf::from(format!("{}.cmdbak", t.display())).join(suffix))
                     }
@@ -957,13 +1005,6 @@ fn check_outcome(
 fn is_hm_text(text: &Path) -> bool {
     let t = text.to_string_lossy();
     t.starts_with("/nix/store/") && t.contains("-home-manager-files/")
-}
-
-/// The physical path of `p` (a path under HOME) as it was before the switch.
-fn physical_before(p: &Path, _home: &Path, _before: &BTreeMap<PathBuf, Entry>) -> PathBuf {
-    // The parents of targets are not changed by the switch except by `mkdir -p`, so
-    // resolving now is resolving before (links of parents stay as they were).
-    physical(p)
 }
 
 /// A blocked case replayed with the generation's own `activate`: did Home Manager refuse

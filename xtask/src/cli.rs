@@ -62,6 +62,11 @@ pub enum Task {
     Doctor(Doctor),
     /// Update the flake's inputs (all or the named ones) and show each one's old -> new revision.
     Update(Update),
+    /// List the packages (name and version) of a home's active or a given generation.
+    Packages(Packages),
+    /// Print one option of a home or host (programs.git.enable) as JSON.
+    #[command(name = "option")]
+    EvalOption(EvalOption),
 }
 
 #[derive(Debug, Args)]
@@ -324,6 +329,32 @@ pub struct Update {
     /// Print the exact commands, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Packages {
+    /// The user whose packages to list (default: $USER).
+    pub user: Option<String>,
+    /// The generation to read (an id from `cargo xtask generations`; default: the active one).
+    #[arg(long, value_name = "ID")]
+    pub generation: Option<u64>,
+    /// Print JSON on stdout: {"user","generation","path","home_path","packages":[{"name","version","path"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalOption {
+    /// The option's attribute path under `config`: `programs.git.enable`, `home.packages`,
+    /// `home.file.".bashrc".text` (quote a segment that has dots).
+    #[arg(value_name = "NAME.PATH")]
+    pub name: String,
+    /// The user whose standalone home to evaluate (default: $USER).
+    #[arg(conflicts_with = "host")]
+    pub user: Option<String>,
+    /// Evaluate the option of this NixOS host's configuration instead.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 #[cfg(test)]

@@ -113,5 +113,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::Bench(t) => t.run(&ctx),
         Task::Doctor(t) => t.run(&ctx),
         Task::Update(t) => t.run(&ctx),
+        Task::Packages(t) => t.run(&ctx),
+        Task::EvalOption(t) => t.run(&ctx),
     }
 }

@@ -305,6 +305,29 @@ impl Nix<'_> {
     }
 }
 
+impl Nix<'_> {
+    /// The store paths `path` refers to directly (`nix-store -q --references`), without
+    /// `path` itself. `path` must be a store path, not a path inside one: nix answers for
+    /// the store path that contains it, without following a final symlink.
+    pub fn references(&self, path: &Path, what: &str) -> Result<Vec<PathBuf>> {
+        let cmd = self
+            .tool("nix-store")?
+            .args(["-q", "--references"])
+            .arg(path);
+        let (out, shown) = self.capture(cmd, self.verbose)?;
+        if !out.status.success() {
+            return Err(failure(&shown, what, &String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p != path)
+            .collect())
+    }
+}
+
 /// What a `nix eval` printed, whether or not it succeeded.
 #[derive(Debug)]
 pub struct EvalOutput {

@@ -98,9 +98,9 @@ fn diff_of_a_package_change_has_no_file_changes() {
     assert_eq!(v["added"], serde_json::json!([]));
     assert_eq!(v["removed"], serde_json::json!([]));
     assert_eq!(v["changed"], serde_json::json!([]));
-    // The package side comes from `nix store diff-closures`, one line per change (none
-    // here: the stub's packages live inside the generation, below its size threshold).
-    assert_eq!(v["packages"], serde_json::json!([]));
+    // The package side comes from `nix store diff-closures`, one line per change: the
+    // stub makes each package its own store path, as Home Manager's buildEnv has them.
+    assert_eq!(v["packages"], serde_json::json!(["hello: ∅ → ε"]));
     f.xtask(&["diff"]).success().stdout_has("no file changes");
 }
 

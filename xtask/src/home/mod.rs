@@ -7,6 +7,7 @@
 //! - `build`: which home a name means, and its one build with an out-link;
 //! - `profile`: where the profile lives, its generations, the legacy-profile migration;
 //! - `generation`: what a generation says about itself (checks, check script, features);
+//! - `packages`: the packages of a generation's `home-path`, by name and version;
 //! - `plan` (+ `glob`): the pre-flight, Home Manager's collision rules;
 //! - `lock`: one switch, rollback or gc of a profile at a time, activation included;
 //! - `activate`: the critical section, activation and restore.
@@ -19,14 +20,16 @@ mod env;
 mod generation;
 mod glob;
 mod lock;
+mod packages;
 mod plan;
 mod profile;
 
 pub use activate::{Activation, SetProfile, Transition, activation_mismatch, is_or_specialises};
-pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr};
+pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr, standalone_user};
 pub use env::{UserEnv, check_runner};
 pub use generation::{GenerationInfo, specialisation};
 pub use lock::Lock;
+pub use packages::{Package, packages};
 pub use plan::{Action, Backup, Preflight, preflight, preflight_files, preflight_locked};
 pub use profile::Generation;
 

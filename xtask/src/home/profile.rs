@@ -63,6 +63,15 @@ impl UserEnv {
     pub fn xdg_profiles(&self) -> PathBuf {
         self.state_home().join("nix/profiles")
     }
+
+    /// The store path of the active generation, the one whose files `$HOME` has: Home
+    /// Manager's GC root of it (after `switch --specialisation` that is the
+    /// specialisation), else the profile's generation; None before the first switch.
+    pub fn active_generation(&self) -> Option<PathBuf> {
+        fs::canonicalize(self.current_home_root())
+            .or_else(|_| fs::canonicalize(self.profile().link()))
+            .ok()
+    }
 }
 
 impl Profile {

@@ -11,6 +11,8 @@ mod generations;
 mod list;
 mod new_host;
 mod new_user;
+mod option;
+mod packages;
 mod rollback;
 mod switch;
 mod test;

@@ -32,7 +32,7 @@ impl Gc {
         let profile = env.profile();
         // Not while a switch, rollback or activation of this profile runs: it may be about
         // to activate one of them.
-        let _lock = if self.dry_run {
+        let lock = if self.dry_run {
             None
         } else {
             Some(Lock::acquire(
@@ -40,6 +40,9 @@ impl Gc {
                 &format!("{user}'s home"),
             )?)
         };
+        if let Some(lock) = &lock {
+            lock.announce()?;
+        }
         let gens = profile.generations()?;
         let current = profile.current_id();
         let in_home = std::fs::read_link(env.current_home_root()).ok();

@@ -9,7 +9,8 @@
 //! - `generation`: what a generation says about itself (checks, check script, features);
 //! - `plan` (+ `glob`): the pre-flight, Home Manager's collision rules;
 //! - `lock`: one switch, rollback or gc of a profile at a time, activation included;
-//! - `activate`: the critical section, activation and restore.
+//! - `activate`: the critical section, activation and restore;
+//! - `uninstall`: what `uninstall` removes from `$HOME` and the profile, and what stays.
 //!
 //! Tasks use this module; it uses `repo`, `nix` and `term`, never a task.
 
@@ -21,14 +22,16 @@ mod glob;
 mod lock;
 mod plan;
 mod profile;
+mod uninstall;
 
 pub use activate::{Activation, SetProfile, Transition, activation_mismatch, is_or_specialises};
-pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr};
+pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr, stale_roots};
 pub use env::{UserEnv, check_runner};
 pub use generation::{GenerationInfo, specialisation};
-pub use lock::Lock;
+pub use lock::{Lock, lock_path};
 pub use plan::{Action, Backup, Preflight, preflight, preflight_files, preflight_locked};
-pub use profile::Generation;
+pub use profile::{Generation, Profile, expired};
+pub use uninstall::Uninstall;
 
 /// Single-quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {

@@ -14,4 +14,5 @@ mod new_user;
 mod rollback;
 mod switch;
 mod test;
+mod uninstall;
 mod update;

@@ -325,25 +325,48 @@ fn would_free(nix: &Nix<'_>, doomed: &[&Generation], links: &[PathBuf]) -> Resul
                 ]
             })
             .collect();
+        // A root may name a path that is gone (collected, or its link outlived it); only
+        // the existing ones are asked about.
         let kept: Vec<PathBuf> = nix
             .roots()?
             .into_iter()
-            .filter(|(root, _)| !going.contains(root))
+            .filter(|(root, path)| !going.contains(root) && path.exists())
             .map(|(_, path)| path)
             .collect();
-        let live = nix.requisites(&kept)?;
         let doomed_paths: Vec<PathBuf> = doomed.iter().map(|g| g.path.clone()).collect();
-        free.extend(
-            nix.requisites(&doomed_paths)?
-                .into_iter()
-                .filter(|p| !live.contains(p)),
-        );
+        // Another nix process may collect a path between the two queries: then the
+        // estimate counts only what is dead now, and says so.
+        match nix
+            .requisites(&kept)
+            .and_then(|live| Ok((live, nix.requisites(&doomed_paths)?)))
+        {
+            Ok((live, closure)) => free.extend(closure.into_iter().filter(|p| !live.contains(p))),
+            Err(e) => term::warning(&format!(
+                "{e:#}; the estimate counts only the store paths that are dead now"
+            )),
+        }
     }
-    let paths: Vec<PathBuf> = free.into_iter().collect();
-    let sizes = nix.nar_sizes(&paths)?;
+    // Other nix processes (a store gc of another user or tool) may delete dead paths at
+    // any time: only those still there are sized, with one retry.
+    let present = |free: &BTreeSet<PathBuf>| -> Vec<PathBuf> {
+        free.iter().filter(|p| p.exists()).cloned().collect()
+    };
+    let sizes = nix
+        .nar_sizes(&present(&free))
+        .or_else(|_| nix.nar_sizes(&present(&free)));
+    let paths = present(&free);
+    let bytes = match sizes {
+        Ok(sizes) => paths.iter().filter_map(|p| sizes.get(p)).sum(),
+        Err(_) => {
+            term::warning(
+                "the store changed while it was measured (another garbage collection?); the estimate has no size, run the dry run again",
+            );
+            0
+        }
+    };
     Ok(GcSummary {
         paths: paths.len() as u64,
-        bytes: sizes.values().sum(),
+        bytes,
     })
 }
 

@@ -22,6 +22,13 @@ impl Uninstall {
         let user = self.user.clone().unwrap_or_else(|| env.user.clone());
         home::check_runner(&user, &env, !self.dry_run)?;
         let what = format!("{user}'s home");
+        // Asking needs a terminal; without one, refuse before anything (the lock too).
+        if !self.yes && !self.dry_run && !std::io::stdin().is_terminal() {
+            return Err(UsageError(
+                "uninstall asks before it removes anything, but stdin is not a terminal; pass --yes to uninstall without asking (`--dry-run` lists what goes), or run it in a terminal".into(),
+            )
+            .into());
+        }
         // No switch, rollback or gc of this profile while the list is made and carried out.
         let lock = if self.dry_run {
             None
@@ -45,12 +52,6 @@ impl Uninstall {
             return Ok(());
         }
         if !self.yes {
-            if !std::io::stdin().is_terminal() {
-                return Err(UsageError(
-                    "uninstall asks before it removes anything, but stdin is not a terminal; pass --yes to uninstall without asking (the list above is what goes), or --dry-run to only look".into(),
-                )
-                .into());
-            }
             term::raw(&format!("Really uninstall {what}? [y/N] "));
             let mut answer = String::new();
             std::io::stdin()

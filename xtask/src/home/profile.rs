@@ -159,13 +159,13 @@ impl Profile {
 /// the newest `keep`, is older than `older_than` (seconds before `now`; `None`: any age),
 /// and is not `protected`. `keep` counts positions, so after a rollback the protected
 /// current generation may be older than the kept ones and stays as well.
-pub fn expired<'a>(
-    gens: &'a [Generation],
+pub fn expired(
+    gens: &[Generation],
     keep: usize,
     older_than: Option<u64>,
     now: SystemTime,
     protected: impl Fn(&Generation) -> bool,
-) -> Vec<&'a Generation> {
+) -> Vec<&Generation> {
     let cutoff = older_than.map(|s| now - std::time::Duration::from_secs(s));
     gens.iter()
         .skip(keep)

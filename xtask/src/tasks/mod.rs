@@ -16,4 +16,5 @@ mod packages;
 mod rollback;
 mod switch;
 mod test;
+mod uninstall;
 mod update;

@@ -8,7 +8,7 @@
 //! [`Repo::ensure_valid`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt, fs,
     path::{Path, PathBuf},
 };
@@ -17,6 +17,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::nix::Nix;
+
+mod syntax;
 
 /// The naming rules and supported systems, compiled from [`Defaults`] (Cargo.toml's
 /// `[workspace.metadata.xtask]`, which flake.nix passes to lib/ too, so Nix and Rust
@@ -269,6 +271,10 @@ pub struct Finding {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+    /// 1-based, in characters; only with a line (the static analysis knows it, nix's
+    /// messages are read for the line only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
     /// A stable identifier (`bad-name`, `unknown-host`, …) for scripts and docs.
     pub code: &'static str,
     pub message: String,
@@ -287,6 +293,7 @@ impl Finding {
             severity,
             path: path.into(),
             line: None,
+            column: None,
             code,
             message,
             fix,
@@ -319,6 +326,9 @@ impl fmt::Display for Finding {
         write!(f, "{sev}: {}", self.path)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         write!(f, ": {}", self.message)?;
         if !self.fix.is_empty() {
@@ -486,6 +496,9 @@ pub struct Host {
 /// What a host's meta.nix looks like, for messages about one that does not.
 pub const HOST_META_SHAPE: &str = "{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
 
+/// The same for a home's meta.nix.
+pub const HOME_META_SHAPE: &str = "{ system = \"x86_64-linux\"; }";
+
 /// What meta.nix files say, read in one nix evaluation.
 #[derive(Debug, Deserialize)]
 struct MetaEval {
@@ -512,6 +525,8 @@ pub struct Repo {
     /// Every layout problem found while scanning (and loading meta files).
     pub findings: Vec<Finding>,
     meta_loaded: bool,
+    /// After [`Repo::load_meta_static`]: the homes and hosts whose meta.nix needs nix.
+    meta_pending: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl Repo {
@@ -550,6 +565,7 @@ impl Repo {
             hosts: BTreeMap::new(),
             findings: Vec::new(),
             meta_loaded: false,
+            meta_pending: None,
         };
         for name in list_dirs(&root.join("systems"))? {
             repo.add_host_dir(&name);
@@ -687,30 +703,22 @@ impl Repo {
         }
     }
 
-    /// Reads every meta.nix (homes and hosts) in ONE `nix eval`: they are Nix, so only nix
-    /// can read them, and one process per file would cost tens of milliseconds each.
+    /// Reads every meta.nix (homes and hosts): those whose `system` and `users` are literals
+    /// from their text ([`Repo::load_meta_static`]), the rest in ONE `nix eval`: only nix
+    /// can compute them, and one process per file would cost tens of milliseconds each.
     /// Problems become findings against the file.
     pub fn load_meta(&mut self, nix: &Nix) -> Result<()> {
         if self.meta_loaded {
             return Ok(());
         }
+        let (homes, hosts) = self.load_meta_static();
         self.meta_loaded = true;
-        let homes: Vec<String> = self
-            .users
-            .values()
-            .filter(|u| u.has_meta)
-            .map(|u| u.name.clone())
-            .collect();
-        let hosts: Vec<String> = self
-            .hosts
-            .values()
-            .filter(|h| h.has_meta)
-            .map(|h| h.name.clone())
-            .collect();
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
-        let eval: MetaEval = match nix.eval_expr_json(&self.meta_expr()) {
+        let homes: Vec<&str> = homes.iter().map(String::as_str).collect();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let eval: MetaEval = match nix.eval_expr_json(&meta_expr(&self.root, &homes, &hosts)) {
             Ok(v) => v,
             // Only a failure of the evaluation itself is a finding; nix missing or
             // without flakes is the caller's error.
@@ -731,9 +739,9 @@ impl Repo {
                     .chain(hosts.iter().map(|h| (h, false)));
                 for (name, is_home) in files {
                     let (h, s): (&[&str], &[&str]) = if is_home {
-                        (&[name.as_str()], &[])
+                        (&[name], &[])
                     } else {
-                        (&[], &[name.as_str()])
+                        (&[], &[name])
                     };
                     match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s)) {
                         Ok(one) => {
@@ -752,9 +760,103 @@ impl Repo {
                 merged
             }
         };
-        for (name, meta) in eval.homes {
+        self.apply_meta(eval);
+        Ok(())
+    }
+
+    /// Reads the meta.nix files whose `system` and `users` are literals (nearly all: they
+    /// are data) from their syntax, without nix and offline, and reports one that does not
+    /// parse, with line and column. Returns the homes and the hosts whose meta.nix computes
+    /// those values: only an evaluation can read them ([`Repo::load_meta`]).
+    pub fn load_meta_static(&mut self) -> (Vec<String>, Vec<String>) {
+        if let Some(pending) = &self.meta_pending {
+            return pending.clone();
+        }
+        let mut read = MetaEval {
+            homes: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+        };
+        let mut pending = (Vec::new(), Vec::new());
+        let files: Vec<(String, bool)> = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| (u.name.clone(), true))
+            .chain(
+                self.hosts
+                    .values()
+                    .filter(|h| h.has_meta)
+                    .map(|h| (h.name.clone(), false)),
+            )
+            .collect();
+        for (name, is_home) in files {
+            let (rel, shape) = if is_home {
+                (format!("homes/{name}/meta.nix"), HOME_META_SHAPE)
+            } else {
+                (format!("systems/{name}/meta.nix"), HOST_META_SHAPE)
+            };
+            // Unreadable: nix says why.
+            let read_one = fs::read_to_string(self.root.join(&rel))
+                .map_or(syntax::MetaRead::Computed, |t| syntax::read_meta(&t));
+            match read_one {
+                syntax::MetaRead::Literal(meta) if is_home => {
+                    read.homes.insert(name, meta);
+                }
+                syntax::MetaRead::Literal(meta) => {
+                    read.hosts.insert(name, meta);
+                }
+                syntax::MetaRead::Computed if is_home => pending.0.push(name),
+                syntax::MetaRead::Computed => pending.1.push(name),
+                syntax::MetaRead::Syntax {
+                    line,
+                    column,
+                    message,
+                } => self.findings.push(Finding {
+                    line: Some(line),
+                    column: Some(column),
+                    ..Finding::error(
+                        rel,
+                        "bad-meta",
+                        format!("cannot read meta.nix: syntax error, {message}"),
+                        format!("fix the file so that it is an attribute set like {shape}"),
+                    )
+                }),
+            }
+        }
+        self.apply_meta(read);
+        self.meta_pending = Some(pending.clone());
+        pending
+    }
+
+    /// The meta.nix files the model reads (repo-relative), whose problems
+    /// [`Repo::load_meta_static`] and [`Repo::load_meta`] report.
+    pub fn meta_files(&self) -> BTreeSet<String> {
+        let homes = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| format!("homes/{}/meta.nix", u.name));
+        let hosts = self
+            .hosts
+            .values()
+            .filter(|h| h.has_meta)
+            .map(|h| format!("systems/{}/meta.nix", h.name));
+        homes.chain(hosts).collect()
+    }
+
+    /// The static analysis of every `.nix` file (no nix): syntax errors, and relative
+    /// paths used as imports or sources that are missing, untracked or outside the repo.
+    /// The meta.nix files the model reads are left out: [`Repo::load_meta_static`] reports
+    /// those.
+    pub fn nix_file_findings(&self) -> Vec<Finding> {
+        syntax::analyse(&self.root, &self.meta_files())
+    }
+
+    /// Checks what meta.nix files say and puts it into the model.
+    fn apply_meta(&mut self, read: MetaEval) {
+        for (name, meta) in read.homes {
             let rel = format!("homes/{name}/meta.nix");
-            if self.check_shape(&rel, &meta, "{ system = \"x86_64-linux\"; }") {
+            if self.check_shape(&rel, &meta, HOME_META_SHAPE) {
                 continue;
             }
             let system = self.check_system(&rel, meta.system, &rules().supported_systems);
@@ -762,7 +864,7 @@ impl Repo {
                 u.system = system;
             }
         }
-        for (name, meta) in eval.hosts {
+        for (name, meta) in read.hosts {
             let rel = format!("systems/{name}/meta.nix");
             if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
                 continue;
@@ -785,7 +887,6 @@ impl Repo {
                 h.meta_users = users;
             }
         }
-        Ok(())
     }
 
     /// A meta.nix that nix cannot read, as a finding against the file nix names.

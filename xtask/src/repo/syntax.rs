@@ -140,14 +140,18 @@ fn parse_file(root: &Path, rel: &str) -> FileReport {
     };
     let parse = rnix::Root::parse(&text);
     let lines = LineIndex::new(&text);
-    let mut seen_lines = BTreeSet::new();
-    for err in parse.errors() {
-        let (offset, message) = describe(err, &text);
+    // The first error only, as nix reports it: the parser resynchronises after it, and
+    // what it reports next is mostly an echo (the `}` that closed what broke, the end of
+    // the file). The count says there is more to look at once it is fixed.
+    if let Some(err) = parse.errors().first() {
+        let (offset, mut message) = describe(err, &text);
         let (line, column) = lines.locate(offset);
-        // After the first error the parser resynchronises, and the errors that follow on
-        // the same line are mostly echoes of the first.
-        if !seen_lines.insert(line) {
-            continue;
+        match parse.errors().len() - 1 {
+            0 => {}
+            1 => message.push_str(" (1 more error after it, perhaps caused by this one)"),
+            n => message.push_str(&format!(
+                " ({n} more errors after it, perhaps caused by this one)"
+            )),
         }
         report.syntax.push(Finding {
             line: Some(line),
@@ -197,7 +201,10 @@ impl<'a> LineIndex<'a> {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset) - 1;
         let start = self.starts[line];
-        let column = self.text.get(start..offset).map_or(0, |s| s.chars().count());
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count());
         (line as u32 + 1, column as u32 + 1)
     }
 }
@@ -258,9 +265,17 @@ fn snippet(text: &str, r: &TextRange) -> String {
 }
 
 fn one_of(kinds: &[SyntaxKind]) -> String {
+    // When a name and '(' would do, any expression would: say that, not its first tokens.
+    let expression =
+        kinds.contains(&SyntaxKind::TOKEN_IDENT) && kinds.contains(&SyntaxKind::TOKEN_L_PAREN);
     let mut names: Vec<&str> = Vec::new();
     for k in kinds {
-        let name = kind_name(*k);
+        let name = match kind_name(*k) {
+            "'('" | "'{'" | "'['" | "a name" | "a string" | "a number" | "a path" if expression => {
+                "an expression"
+            }
+            name => name,
+        };
         if !names.contains(&name) {
             names.push(name);
         }
@@ -501,7 +516,7 @@ fn check_ref(
             format!(
                 "{what}, which is outside the repository: the flake is copied to the store without it, so nix cannot read it"
             ),
-            "move it into the repository (and git add it), or make it a flake input".into(),
+            "move it into the repository and git add it, or make it a flake input".into(),
         )));
     };
     let shown = if target.is_empty() { "." } else { &target };
@@ -513,7 +528,7 @@ fn check_ref(
         return Some(at(Finding::error(
             file,
             "missing-path",
-            format!("{what}, which does not exist ({shown})"),
+            format!("{what}, but {shown} does not exist"),
             format!("create {shown} and git add it, or correct the path"),
         )));
     };
@@ -532,7 +547,7 @@ fn check_ref(
                 file,
                 "missing-path",
                 format!(
-                    "{what}, a directory without default.nix, which importing a directory reads"
+                    "{what}, but {default} does not exist (importing a directory reads its default.nix)"
                 ),
                 format!("create {default} and git add it, or import a file of the directory"),
             )));
@@ -549,7 +564,7 @@ fn check_ref(
     let consequence = if r.guarded {
         "so the flake cannot see it and pathExists is false there"
     } else {
-        "so the flake cannot see it (nix will say it does not exist)"
+        "so the flake cannot see it and nix will say it does not exist"
     };
     Some(at(Finding {
         // Guarded: the configuration silently goes without it, which is worth a warning.
@@ -561,7 +576,7 @@ fn check_ref(
         ..Finding::error(
             file,
             "untracked-path",
-            format!("{what}, which git does not track ({shown_needed}), {consequence}"),
+            format!("{what}, but git does not track {shown_needed}, {consequence}"),
             format!("git add -N {shown_needed}"),
         )
     }))
@@ -715,7 +730,10 @@ mod tests {
         let errs = syntax_errors("{ lib, ... }:\n{\n  home.packages = [ ;\n}\n");
         assert_eq!(errs[0].0, 3, "{errs:?}");
         assert_eq!(errs[0].1, 21, "{errs:?}");
-        assert!(errs[0].2.starts_with("syntax error: unexpected ';'"), "{errs:?}");
+        assert!(
+            errs[0].2.starts_with("syntax error: unexpected ';'"),
+            "{errs:?}"
+        );
         // `1 b` is an application, so the error is at the '=' (where nix puts it too).
         let errs = syntax_errors("{\n  a = 1\n  b = 2;\n}\n");
         assert_eq!((errs[0].0, errs[0].1), (3, 5), "{errs:?}");
@@ -801,7 +819,9 @@ mod tests {
 
     #[test]
     fn literal_meta_is_read_and_computed_meta_is_left_to_nix() {
-        let MetaRead::Literal(m) = meta("{\n  system = \"aarch64-linux\"; # pi\n  users = [ \"bob\" \"Bad\" 3 ];\n  deploy.targetHost = x;\n}\n") else {
+        let MetaRead::Literal(m) = meta(
+            "{\n  system = \"aarch64-linux\"; # pi\n  users = [ \"bob\" \"Bad\" 3 ];\n  deploy.targetHost = x;\n}\n",
+        ) else {
             panic!()
         };
         assert_eq!(m.system, Some(serde_json::json!("aarch64-linux")));

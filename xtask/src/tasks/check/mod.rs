@@ -64,7 +64,11 @@ impl Check {
                 let files: Vec<String> = computed_homes
                     .iter()
                     .map(|h| format!("homes/{h}/meta.nix"))
-                    .chain(computed_hosts.iter().map(|h| format!("systems/{h}/meta.nix")))
+                    .chain(
+                        computed_hosts
+                            .iter()
+                            .map(|h| format!("systems/{h}/meta.nix")),
+                    )
                     .collect();
                 notes.push(format!(
                     "not read, since they compute their values and nix is not on PATH: {}",

@@ -514,6 +514,11 @@ struct MetaFile {
     system: Option<serde_json::Value>,
     #[serde(default)]
     users: serde_json::Value,
+    /// Where the values are (line, column), when read from the text.
+    #[serde(skip)]
+    system_at: Option<(u32, u32)>,
+    #[serde(skip)]
+    users_at: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -859,7 +864,9 @@ impl Repo {
             if self.check_shape(&rel, &meta, HOME_META_SHAPE) {
                 continue;
             }
+            let before = self.findings.len();
             let system = self.check_system(&rel, meta.system, &rules().supported_systems);
+            self.locate_since(before, meta.system_at);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
             }
@@ -869,8 +876,12 @@ impl Repo {
             if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
                 continue;
             }
+            let before = self.findings.len();
             let system = self.check_system(&rel, meta.system, &rules().host_systems);
+            self.locate_since(before, meta.system_at);
+            let before = self.findings.len();
             let users = self.check_users(&rel, meta.users);
+            self.locate_since(before, meta.users_at);
             for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
                 // lib/ still gives the user a home on the host, made of nothing.
                 self.findings.push(Finding::warning(
@@ -923,6 +934,17 @@ impl Repo {
             format!("write it like {shape}"),
         ));
         true
+    }
+
+    /// Places the findings pushed since `before` at `at` (a value read from the text; nix's
+    /// answer carries no position).
+    fn locate_since(&mut self, before: usize, at: Option<(u32, u32)>) {
+        if let Some((line, column)) = at {
+            for f in &mut self.findings[before..] {
+                f.line = Some(line);
+                f.column = Some(column);
+            }
+        }
     }
 
     fn check_system(

@@ -212,6 +212,8 @@ impl<'a> LineIndex<'a> {
 /// The parser's error as a sentence and the byte offset it is at.
 fn describe(err: &ParseError, text: &str) -> (usize, String) {
     let at = |r: &TextRange| usize::from(r.start());
+    // Just after the last token, where nix puts it (not on the line after the last one).
+    let end = text.trim_end().len();
     match err {
         ParseError::Unexpected(r) => (at(r), format!("unexpected {}", snippet(text, r))),
         ParseError::UnexpectedExtra(r) => (
@@ -233,9 +235,9 @@ fn describe(err: &ParseError, text: &str) -> (usize, String) {
             at(r),
             "the arguments are bound to a name twice (an @ on both sides)".into(),
         ),
-        ParseError::UnexpectedEOF => (text.len(), "unexpected end of file".into()),
+        ParseError::UnexpectedEOF => (end, "unexpected end of file".into()),
         ParseError::UnexpectedEOFWanted(wanted) => (
-            text.len(),
+            end,
             format!("unexpected end of file, expected {}", one_of(wanted)),
         ),
         ParseError::DuplicatedArgs(r, name) => {
@@ -614,7 +616,7 @@ pub fn read_meta(text: &str) -> MetaRead {
     };
     // nix's builtins.typeOf names, as the evaluated check reports them.
     let kind = match unparen(expr) {
-        ast::Expr::AttrSet(set) => return meta_attrs(&set),
+        ast::Expr::AttrSet(set) => return meta_attrs(&set, &LineIndex::new(text)),
         ast::Expr::List(_) => "list",
         ast::Expr::Lambda(_) => "lambda",
         ast::Expr::Str(_) => "string",
@@ -638,12 +640,14 @@ pub fn read_meta(text: &str) -> MetaRead {
         not_attrs: Some(kind.to_string()),
         system: None,
         users: serde_json::Value::Null,
+        system_at: None,
+        users_at: None,
     })
 }
 
 /// `system` and `users` of a literal attribute set; Computed as soon as either is not a
 /// literal, is set twice or through a nested path, or may come from `inherit` or `${…}`.
-fn meta_attrs(set: &ast::AttrSet) -> MetaRead {
+fn meta_attrs(set: &ast::AttrSet, lines: &LineIndex) -> MetaRead {
     let rec = set.rec_token().is_some();
     let mut system = None;
     let mut users = None;
@@ -670,9 +674,12 @@ fn meta_attrs(set: &ast::AttrSet) -> MetaRead {
                     "users" => &mut users,
                     _ => continue,
                 };
-                let value = av.value().and_then(|v| literal_value(v, rec));
-                match (slot.is_some(), attrs.next(), value) {
-                    (false, None, Some(v)) => *slot = Some(v),
+                let Some(value) = av.value() else {
+                    return MetaRead::Computed;
+                };
+                let at = lines.locate(usize::from(value.syntax().text_range().start()));
+                match (slot.is_some(), attrs.next(), literal_value(value, rec)) {
+                    (false, None, Some(v)) => *slot = Some((v, at)),
                     _ => return MetaRead::Computed,
                 }
             }
@@ -680,8 +687,10 @@ fn meta_attrs(set: &ast::AttrSet) -> MetaRead {
     }
     MetaRead::Literal(MetaFile {
         not_attrs: None,
-        system,
-        users: users.unwrap_or(serde_json::Value::Null),
+        system_at: system.as_ref().map(|(_, at)| *at),
+        users_at: users.as_ref().map(|(_, at)| *at),
+        system: system.map(|(v, _)| v),
+        users: users.map_or(serde_json::Value::Null, |(v, _)| v),
     })
 }
 
@@ -740,6 +749,8 @@ mod tests {
         assert!(errs[0].2.contains("expected ';'"), "{errs:?}");
         let errs = syntax_errors("{\n  a = \"x\";\n");
         assert!(errs[0].2.contains("end of file"), "{errs:?}");
+        // At the end of the last line, as nix says it.
+        assert_eq!((errs[0].0, errs[0].1), (2, 11), "{errs:?}");
         assert!(syntax_errors("{ a = ./x.nix; b = \"${./y}\"; c = x: x.y or 1; }\n").is_empty());
         // Columns count characters, as editors do.
         let errs = syntax_errors("{ a = \"ä\"; b = ; }");
@@ -826,6 +837,7 @@ mod tests {
         };
         assert_eq!(m.system, Some(serde_json::json!("aarch64-linux")));
         assert_eq!(m.users, serde_json::json!(["bob", "Bad", 3]));
+        assert_eq!((m.system_at, m.users_at), (Some((2, 12)), Some((3, 11))));
         assert!(m.not_attrs.is_none());
         for (text, kind) in [
             ("[ ]", "list"),

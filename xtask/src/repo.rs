@@ -849,10 +849,10 @@ impl Repo {
         homes.chain(hosts).collect()
     }
 
-    /// The static analysis of every `.nix` file (no nix): syntax errors, and relative
-    /// paths used as imports or sources that are missing, untracked or outside the repo.
-    /// The meta.nix files the model reads are left out: [`Repo::load_meta_static`] reports
-    /// those.
+    /// The static analysis of every `.nix` file (no nix): the ones git does not track,
+    /// syntax errors, and relative paths used as imports or sources that are missing,
+    /// untracked or outside the repo. Syntax errors of the meta.nix files the model reads
+    /// are left to [`Repo::load_meta_static`], which reports them as such.
     pub fn nix_file_findings(&self) -> Vec<Finding> {
         syntax::analyse(&self.root, &self.meta_files())
     }
@@ -1239,18 +1239,30 @@ pub const NIX_DIRS: [&str; 3] = ["homes", "systems", "lib"];
 /// not found"). One `git ls-files` call; outside a git repository (a `path:` flake sees
 /// every file) or without git there is nothing to report.
 pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
+    untracked_file_findings(&untracked_nix_files(root).unwrap_or_default())
+}
+
+/// The untracked `.nix` files of homes/, systems/ and lib/; None outside git.
+fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
     let out = std::process::Command::new("git")
         .args(["ls-files", "-z", "--others", "--exclude-standard", "--"])
         .args(NIX_DIRS)
         .current_dir(root)
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    if !out.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split('\0')
-        .filter(|p| p.ends_with(".nix"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|p| p.ends_with(".nix"))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+fn untracked_file_findings(files: &[String]) -> Vec<Finding> {
+    files
+        .iter()
         .map(|p| {
             Finding::error(
                 p,

@@ -8,7 +8,7 @@
 //! static finding is one nix would report too, only earlier and with the line and column.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     fs,
     path::Path,
     process::Command,
@@ -23,10 +23,41 @@ use rowan::ast::AstNode;
 
 use super::{Finding, MetaFile, NIX_DIRS};
 
-/// Every `.nix` file the flake may read: flake.nix and those under homes/, systems/ and
-/// lib/, repo-relative and sorted. Symlinked directories are not followed: git stores the
-/// link, not the files behind it, and a link cycle would never end.
-pub fn nix_files(root: &Path) -> Vec<String> {
+/// The files git tracks: the index, `git add -N` ones included, which is all a flake in a
+/// git repository sees. It lists every tracked file without a directory walk, which in a
+/// repository of a thousand homes is most of the lint's time. None outside a git
+/// repository or without git: then every file is visible (a `path:` flake), and nothing
+/// is reported about tracking.
+fn tracked_files(root: &Path) -> Option<BTreeSet<String>> {
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "--cached"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// flake.nix and the `.nix` files under homes/, systems/ and lib/.
+fn is_linted(path: &str) -> bool {
+    path == "flake.nix"
+        || (path.ends_with(".nix")
+            && NIX_DIRS.iter().any(|d| {
+                path.strip_prefix(d)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            }))
+}
+
+/// Every `.nix` file the flake may read, from the directories (without git): flake.nix and
+/// those under homes/, systems/ and lib/, repo-relative. Symlinked directories are not
+/// followed: git stores the link, not the files behind it, and a link cycle would never end.
+fn walk_nix_files(root: &Path) -> Vec<String> {
     let mut files = Vec::new();
     if root.join("flake.nix").is_file() {
         files.push("flake.nix".to_string());
@@ -34,7 +65,6 @@ pub fn nix_files(root: &Path) -> Vec<String> {
     for dir in NIX_DIRS {
         walk(root, dir, &mut files);
     }
-    files.sort();
     files
 }
 
@@ -56,7 +86,7 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
 }
 
 /// How a path literal is used, which decides what must exist behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Use {
     /// `imports = [ ./x ]`, `import ./x`, `callPackage ./x`: a file, or a directory with a
     /// default.nix.
@@ -85,24 +115,50 @@ struct FileReport {
     refs: Vec<PathRef>,
 }
 
-/// Parses every `.nix` file of the repo (except `skip`: the meta.nix files the repo model
-/// reads itself) and returns the syntax errors and the path literals that are missing,
-/// untracked or outside the repository, in file order.
+/// Finds the untracked `.nix` files, parses every `.nix` file of the repo (except the
+/// meta.nix files in `skip`, which the repo model reads itself) and returns the untracked
+/// files, the syntax errors and the path literals that are missing, untracked or outside
+/// the repository.
 pub fn analyse(root: &Path, skip: &BTreeSet<String>) -> Vec<Finding> {
-    let files: Vec<String> = nix_files(root)
-        .into_iter()
-        .filter(|f| !skip.contains(f))
-        .collect();
+    let wanted = |f: &&String| is_linted(f) && !skip.contains(*f);
     std::thread::scope(|s| {
-        // git's answer is needed only after parsing: ask while parsing runs.
-        let git = s.spawn(|| tracked_files(root));
-        let reports = parse_all(root, &files);
-        let tracked = git.join().unwrap_or(None);
-        let mut findings = Vec::new();
+        // Finding untracked files walks the directories (git's slowest part here): the
+        // tracked files are parsed meanwhile, the untracked ones after.
+        let others = s.spawn(|| super::untracked_nix_files(root));
+        let tracked = tracked_files(root);
+        let first: Vec<String> = match &tracked {
+            Some(t) => t.iter().filter(wanted).cloned().collect(),
+            None => walk_nix_files(root)
+                .iter()
+                .filter(wanted)
+                .cloned()
+                .collect(),
+        };
+        let mut reports = parse_all(root, &first);
+        let untracked = others.join().ok().flatten().unwrap_or_default();
+        if tracked.is_some() {
+            let rest: Vec<String> = untracked.iter().filter(wanted).cloned().collect();
+            reports.extend(parse_all(root, &rest));
+        }
+        reports.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let mut findings = super::untracked_file_findings(&untracked);
+        // Many homes import the same shared module: each target is looked at once.
+        let mut verdicts: HashMap<(String, Use, bool), Option<Verdict>> = HashMap::new();
         for report in reports {
             findings.extend(report.syntax);
             for r in &report.refs {
-                findings.extend(check_ref(root, &report.rel, r, tracked.as_ref()));
+                let Some(target) = resolve(&report.rel, &r.literal) else {
+                    findings.push(r.finding(&report.rel, Verdict::Outside));
+                    continue;
+                };
+                let verdict = verdicts
+                    .entry((target, r.usage, r.guarded))
+                    .or_insert_with_key(|(target, usage, guarded)| {
+                        verdict(root, target, *usage, *guarded, tracked.as_ref())
+                    });
+                if let Some(v) = verdict {
+                    findings.push(r.finding(&report.rel, v.clone()));
+                }
             }
         }
         findings
@@ -117,15 +173,20 @@ fn parse_all(root: &Path, files: &[String]) -> Vec<FileReport> {
         .min(8);
     // Below a few hundred files a thread costs more than it saves.
     let chunk = files.len().div_ceil(threads).max(256);
+    let parse =
+        |part: &[String]| -> Vec<FileReport> { part.iter().map(|f| parse_file(root, f)).collect() };
+    let mut parts = files.chunks(chunk);
+    let Some(own) = parts.next() else {
+        return Vec::new();
+    };
     std::thread::scope(|s| {
-        let workers: Vec<_> = files
-            .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(|f| parse_file(root, f)).collect()))
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|_| Vec::new()))
-            .collect()
+        let workers: Vec<_> = parts.map(|part| s.spawn(move || parse(part))).collect();
+        // This thread takes the first part rather than wait.
+        let mut reports = parse(own);
+        for w in workers {
+            reports.extend(w.join().unwrap_or_default());
+        }
+        reports
     })
 }
 
@@ -459,25 +520,6 @@ fn resolve(file: &str, literal: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// The files git tracks (the index, with `git add -N` ones), which are all a flake in a
-/// git repository sees. None outside a git repository or without git: then every file is
-/// visible (a `path:` flake) and nothing is reported about tracking.
-fn tracked_files(root: &Path) -> Option<BTreeSet<String>> {
-    let out = Command::new("git")
-        .args(["ls-files", "-z", "--cached"])
-        .current_dir(root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .split('\0')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
-}
-
 fn is_tracked(tracked: &BTreeSet<String>, path: &str, dir: bool) -> bool {
     if !dir {
         return tracked.contains(path);
@@ -494,94 +536,117 @@ fn is_tracked(tracked: &BTreeSet<String>, path: &str, dir: bool) -> bool {
         .is_some_and(|p| p.starts_with(&prefix))
 }
 
-/// The finding, if any, about one path literal of `file`.
-fn check_ref(
+/// What is wrong with the target of a path literal.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// It leaves the repository.
+    Outside,
+    /// `shown` (repo-relative, `.` for the root) does not exist.
+    Missing { shown: String },
+    /// An imported directory without default.nix.
+    NoDefault { default: String },
+    /// git does not track `shown`.
+    Untracked { shown: String },
+}
+
+/// What is wrong with `target` (repo-relative) used as `usage`, if anything.
+fn verdict(
     root: &Path,
-    file: &str,
-    r: &PathRef,
+    target: &str,
+    usage: Use,
+    guarded: bool,
     tracked: Option<&BTreeSet<String>>,
-) -> Option<Finding> {
-    let lit = &r.literal;
-    let what = match r.usage {
-        Use::Import => format!("imports {lit}"),
-        Use::Source => format!("uses {lit} as a source"),
-    };
-    let at = |f: Finding| Finding {
-        line: Some(r.line),
-        column: Some(r.column),
-        ..f
-    };
-    let Some(target) = resolve(file, lit) else {
-        return Some(at(Finding::warning(
-            file,
-            "path-outside-repo",
-            format!(
-                "{what}, which is outside the repository: the flake is copied to the store without it, so nix cannot read it"
-            ),
-            "move it into the repository and git add it, or make it a flake input".into(),
-        )));
-    };
-    let shown = if target.is_empty() { "." } else { &target };
-    let Ok(meta) = fs::metadata(root.join(&target)) else {
-        // `pathExists` tested it: its absence is allowed for.
-        if r.guarded {
-            return None;
+) -> Option<Verdict> {
+    let shown = |p: &str| {
+        if p.is_empty() {
+            ".".to_string()
+        } else {
+            p.to_string()
         }
-        return Some(at(Finding::error(
-            file,
-            "missing-path",
-            format!("{what}, but {shown} does not exist"),
-            format!("create {shown} and git add it, or correct the path"),
-        )));
+    };
+    let Ok(meta) = fs::metadata(root.join(target)) else {
+        // `pathExists` tested it: its absence is allowed for.
+        return (!guarded).then(|| Verdict::Missing {
+            shown: shown(target),
+        });
     };
     // An imported directory is its default.nix.
-    let (needed, dir) = if meta.is_dir() && r.usage == Use::Import {
+    let (needed, dir) = if meta.is_dir() && usage == Use::Import {
         let default = if target.is_empty() {
             "default.nix".to_string()
         } else {
             format!("{target}/default.nix")
         };
         if !root.join(&default).is_file() {
-            if r.guarded {
-                return None;
-            }
-            return Some(at(Finding::error(
+            return (!guarded).then_some(Verdict::NoDefault { default });
+        }
+        (default, false)
+    } else {
+        (target.to_string(), meta.is_dir())
+    };
+    if is_tracked(tracked?, &needed, dir) {
+        return None;
+    }
+    Some(Verdict::Untracked {
+        shown: shown(&needed),
+    })
+}
+
+impl PathRef {
+    /// The finding about this path literal of `file`.
+    fn finding(&self, file: &str, verdict: Verdict) -> Finding {
+        let lit = &self.literal;
+        let what = match self.usage {
+            Use::Import => format!("imports {lit}"),
+            Use::Source => format!("uses {lit} as a source"),
+        };
+        let f = match verdict {
+            Verdict::Outside => Finding::warning(
+                file,
+                "path-outside-repo",
+                format!(
+                    "{what}, which is outside the repository: the flake is copied to the store without it, so nix cannot read it"
+                ),
+                "move it into the repository and git add it, or make it a flake input".into(),
+            ),
+            Verdict::Missing { shown } => Finding::error(
+                file,
+                "missing-path",
+                format!("{what}, but {shown} does not exist"),
+                format!("create {shown} and git add it, or correct the path"),
+            ),
+            Verdict::NoDefault { default } => Finding::error(
                 file,
                 "missing-path",
                 format!(
                     "{what}, but {default} does not exist (importing a directory reads its default.nix)"
                 ),
                 format!("create {default} and git add it, or import a file of the directory"),
-            )));
+            ),
+            // Guarded by pathExists, the configuration silently goes without it: a warning.
+            Verdict::Untracked { shown } if self.guarded => Finding::warning(
+                file,
+                "untracked-path",
+                format!(
+                    "{what}, but git does not track {shown}, so the flake cannot see it and pathExists is false there"
+                ),
+                format!("git add -N {shown}"),
+            ),
+            Verdict::Untracked { shown } => Finding::error(
+                file,
+                "untracked-path",
+                format!(
+                    "{what}, but git does not track {shown}, so the flake cannot see it and nix will say it does not exist"
+                ),
+                format!("git add -N {shown}"),
+            ),
+        };
+        Finding {
+            line: Some(self.line),
+            column: Some(self.column),
+            ..f
         }
-        (default, false)
-    } else {
-        (target.clone(), meta.is_dir())
-    };
-    let tracked = tracked?;
-    if is_tracked(tracked, &needed, dir) {
-        return None;
     }
-    let shown_needed = if needed.is_empty() { "." } else { &needed };
-    let consequence = if r.guarded {
-        "so the flake cannot see it and pathExists is false there"
-    } else {
-        "so the flake cannot see it and nix will say it does not exist"
-    };
-    Some(at(Finding {
-        // Guarded: the configuration silently goes without it, which is worth a warning.
-        severity: if r.guarded {
-            super::Severity::Warning
-        } else {
-            super::Severity::Error
-        },
-        ..Finding::error(
-            file,
-            "untracked-path",
-            format!("{what}, but git does not track {shown_needed}, {consequence}"),
-            format!("git add -N {shown_needed}"),
-        )
-    }))
 }
 
 /// What a meta.nix says, as far as its text tells.

@@ -26,12 +26,12 @@ pub fn batch_expr(root: &std::path::Path, targets: &[Target]) -> String {
 }
 
 /// The static part of the lint (no nix): the layout scan, literal meta.nix files, the
-/// untracked-file check and the parse of every `.nix` file.
+/// untracked files and the parse of every `.nix` file.
 pub fn static_lint(root: &std::path::Path) -> Result<Vec<Finding>> {
     let mut repo = Repo::scan(root)?;
     repo.load_meta_static();
     let mut findings = repo.nix_file_findings();
-    findings.extend(lint(&repo));
+    findings.extend(repo.findings.iter().cloned());
     Ok(findings)
 }
 
@@ -45,8 +45,8 @@ impl Check {
         };
         let nix = ctx.nix();
 
-        // Stage 1: static lint, no nix: layout, the syntax of every .nix file and the paths
-        // it imports, meta.nix files whose values are literals; untracked files below.
+        // Stage 1: static lint, no nix: layout, untracked files, the syntax of every .nix
+        // file and the paths it imports, meta.nix files whose values are literals.
         let mut repo = ctx.repo()?;
         let selection = Selection::new(&repo, &self.only)?;
         let (computed_homes, computed_hosts) = repo.load_meta_static();
@@ -76,10 +76,10 @@ impl Check {
                 ));
             }
             findings = parsed;
-            findings.extend(lint(&repo));
+            findings.extend(repo.findings.iter().cloned());
         } else {
-            // Stage 2: evaluation. Reading meta.nix (a nix process of its own) and asking
-            // git for untracked files run while the batched evaluation runs, so `check`
+            // Stage 2: evaluation. Reading the meta.nix files that compute their values (a
+            // nix process of its own) runs while the batched evaluation runs, so `check`
             // costs little more than that one evaluation (the figure is 1.2x).
             // Targets that their findings rule out are dropped from the results afterwards.
             let systems = self.home_systems(&repo);
@@ -98,15 +98,14 @@ impl Check {
                     eval::evaluate(&Nix::new(&sh, verbose), &root, &pre_targets).map(Some)
                 });
                 let meta = repo.load_meta(&nix);
-                let untracked = repo::untracked_nix_findings(&repo.root);
                 let result = worker
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the evaluation thread panicked")));
-                (result, meta.map(|()| untracked))
+                (result, meta)
             });
-            let untracked = meta?;
+            meta?;
             findings = parsed;
-            findings.extend(repo.findings.iter().chain(&untracked).cloned());
+            findings.extend(repo.findings.iter().cloned());
             let (targets, skipped) = targets(&repo, &selection, &findings, &systems);
             notes.extend(skipped);
             if let Some(result) = result? {
@@ -186,14 +185,6 @@ fn plural(n: usize, word: &str) -> String {
     } else {
         format!("{n} {word}s")
     }
-}
-
-/// Stage 1: the repo model's findings (names, missing files, unknown hosts, meta.nix) and
-/// the `.nix` files git does not track.
-fn lint(repo: &Repo) -> Vec<Finding> {
-    let mut findings = repo.findings.clone();
-    findings.extend(repo::untracked_nix_findings(&repo.root));
-    findings
 }
 
 /// What `--only` selects: home users and hosts (everything without --only).

@@ -32,6 +32,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Task {
+    /// See it work first: the main job end to end in a throwaway $HOME, offline.
+    Demo(Demo),
     /// List users with their parts and hosts with their system and users.
     List(List),
     /// Lint, then evaluate every home and host in one nix process; --full also builds them.
@@ -56,6 +58,20 @@ pub enum Task {
     Test(Test),
     /// Measure the xtask's overhead on generated fixtures, as ratios to plain nix run alongside.
     Bench(Bench),
+    /// Check this machine and repository for what a switch needs; each problem with its fix.
+    Doctor(Doctor),
+    /// Update the flake's inputs (all or the named ones) and show each one's old -> new revision.
+    Update(Update),
+}
+
+#[derive(Debug, Args)]
+pub struct Demo {
+    /// Keep the throwaway directory (flake, $HOME, profiles) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Also print a summary on stdout: {"ok","seconds","steps":[{"command","ok","seconds","checked"}],"kept"}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +304,26 @@ pub struct Bench {
     pub runs: usize,
     /// Only run the benchmarks whose name contains this.
     pub filter: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct Doctor {
+    /// Print JSON on stdout: [{"check","ok","severity","detail","fix"}].
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Update {
+    /// The inputs to update (default: all of them), as flake.nix names them.
+    #[arg(value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Commit flake.lock with the summary of the changes as the message.
+    #[arg(long)]
+    pub commit: bool,
+    /// Print the exact commands, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[cfg(test)]

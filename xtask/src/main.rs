@@ -98,6 +98,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         verbose: cli.verbose,
     };
     match cli.task {
+        Task::Demo(t) => t.run(&ctx),
         Task::List(t) => t.run(&ctx),
         Task::Check(t) => t.run(&ctx),
         Task::BuildHome(t) => t.run(&ctx),
@@ -110,5 +111,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::NewHost(t) => t.run(&ctx),
         Task::Test(t) => t.run(&ctx),
         Task::Bench(t) => t.run(&ctx),
+        Task::Doctor(t) => t.run(&ctx),
+        Task::Update(t) => t.run(&ctx),
     }
 }

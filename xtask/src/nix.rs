@@ -21,6 +21,9 @@ use xshell::{Cmd, Shell, cmd};
 
 use crate::term;
 
+mod probe;
+pub use probe::{Bounded, Version, run_bounded};
+
 pub const FEATURES: &str = "nix-command flakes";
 
 pub const INSTALL_HELP: &str = "nix is required; install it with:\n  \
@@ -200,20 +203,52 @@ impl<'a> Nix<'a> {
         let cmd = self.cmd(&args)?;
         let shown = cmd.to_string();
         term::command(&shown);
-        // `read` captures stdout (the JSON) and leaves stderr, nix's progress, on the terminal.
-        let stdout = cmd.quiet().read().map_err(|_| {
-            // nix's message went to the terminal; the one cause it words badly is a path
-            // it cannot put into a flake URL ("… is not a valid URL").
-            let fix = if installables.iter().any(|i| i.contains(char::is_whitespace)) {
-                environment_fix("is not a valid URL").unwrap_or_default()
-            } else {
-                "fix the error nix names, or run with -v for the full build log"
-            };
-            anyhow::anyhow!(
+        // stdout is the JSON; nix's log (stderr) is passed through line by line as it
+        // comes, and its tail kept, so a failure can be explained like `check` explains it.
+        let mut child = std::process::Command::from(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {shown}"))?;
+        let mut stdout_pipe = child.stdout.take().context("nix's stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut buf = String::new();
+            stdout_pipe.read_to_string(&mut buf).map(|_| buf)
+        });
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        if let Some(err) = child.stderr.take() {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                term::raw(&format!("{line}\n"));
+                if tail.len() == 200 {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for {shown}"))?;
+        let stdout = reader.join().ok().and_then(Result::ok).unwrap_or_default();
+        if !status.success() {
+            let log: Vec<String> = tail.into_iter().collect();
+            let log = log.join("\n");
+            // nix's message is above; the causes it words badly get their fix here: no
+            // network or no flake.lock (as `check` says it), a path it cannot put into a URL.
+            let fix = environment_fix(&log)
+                .or_else(|| {
+                    installables
+                        .iter()
+                        .any(|i| i.contains(char::is_whitespace))
+                        .then(|| environment_fix("is not a valid URL"))
+                        .flatten()
+                })
+                .unwrap_or("fix the error nix names, or run with -v for the full build log");
+            bail!(
                 "nix build failed for {} (see nix's message above)\n  tried: {shown}\n  {fix}",
                 installables.join(" ")
-            )
-        })?;
+            );
+        }
         let results: Vec<BuildResult> = serde_json::from_str(&stdout).with_context(|| {
             format!("nix build printed JSON the xtask did not expect (tried: {shown})")
         })?;

@@ -176,8 +176,9 @@ fn user_names_are_checked_before_any_path_is_built() {
         "switch",
         "build-home",
     ] {
+        // A bad argument is a usage error (exit 2), as README says.
         f.xtask(&[task, "../x"])
-            .failure(1)
+            .failure(2)
             .stderr_has("a name must match [a-z_][a-z0-9_-]*");
         assert_eq!(Fixture::tree_digest(&f.home), before, "{task} ../x");
     }

@@ -1081,3 +1081,38 @@ fn a_legacy_per_user_profile_is_migrated_with_its_history() {
     assert_eq!(ids, vec![2, 1]);
     assert_eq!(read(&f.home.join(".a")), "two\n");
 }
+
+/// Offline, build-home, switch and diff say what `check` says: the inputs cannot be
+/// fetched, so lock them where the network is reachable (issue 11).
+#[test]
+fn unfetchable_inputs_name_the_fix_for_every_building_task() {
+    let f = fixture(&[(".x", "x\n")]);
+    // An input nix cannot download (nothing listens on port 9): like nixpkgs offline.
+    f.write(
+        "flake.nix",
+        &fs::read_to_string(common::fixtures_dir().join("flake.nix"))
+            .unwrap()
+            .replace(
+                "{\n  outputs",
+                "{\n  inputs.unreachable.url = \"http://127.0.0.1:9/x.tar.gz\";\n  outputs",
+            )
+            .replace("{ self }", "{ self, ... }"),
+    )
+    .commit();
+    let before = Fixture::tree_digest(&f.home);
+    for task in ["build-home", "switch", "diff"] {
+        let out = f
+            .command(&[task])
+            .env(
+                "NIX_CONFIG",
+                format!("{}download-attempts = 1\n", common::NIX_CONFIG),
+            )
+            .output()
+            .unwrap();
+        common::run(out)
+            .failure(1)
+            .stderr_has("nix build failed")
+            .stderr_has("run `nix flake lock` where the network is reachable");
+    }
+    assert_eq!(Fixture::tree_digest(&f.home), before);
+}

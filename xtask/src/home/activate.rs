@@ -73,9 +73,34 @@ impl Activation<'_> {
         cmd.stdin(Stdio::null());
         child_output(&mut cmd, true);
         lock.share_with(&mut cmd);
-        let status = cmd
-            .status()
+        let mut child = cmd
+            .spawn()
             .with_context(|| format!("running {}", self.script.display()))?;
+        // A stop signal that reaches only the xtask (`kill PID`, Ctrl-\ which bash ignores,
+        // a hang-up the activation's process group does not get) must stop the activation
+        // too, or it would run on and the stop would mean nothing: the watcher passes it
+        // on as SIGTERM. Waiting stays a plain blocking wait, so a switch pays nothing.
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let done = Arc::clone(&done);
+            let pid = rustix::process::Pid::from_raw(child.id() as i32);
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    if flag(&INTERRUPTED, false).load(Ordering::SeqCst) {
+                        if let Some(pid) = pid {
+                            let _ =
+                                rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                        }
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            })
+        };
+        let status = child.wait();
+        done.store(true, Ordering::SeqCst);
+        let _ = watcher.join();
+        let status = status.with_context(|| format!("waiting for {}", self.script.display()))?;
         if !status.success() {
             bail!("activation failed ({status}); its messages are above\n  tried: {shown}");
         }
@@ -314,6 +339,8 @@ impl Transition<'_> {
             .clone()
             .filter(|a| a.join("activate").is_file())
             .unwrap_or_else(|| self.profile.generation_link(id));
+        // The stop that led here has been acted on; only a new one stops the restore.
+        flag(&INTERRUPTED, false).store(false, Ordering::SeqCst);
         let reactivated = Activation {
             script: active.join("activate"),
             backup: self.backup,

@@ -78,7 +78,9 @@ impl HomeTarget {
 /// Checks that `name` is a user with a standalone home, or says what to run instead:
 /// `<user>@<host>` and integrated-only users deploy with `switch --host`.
 pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
-    let (user, part) = repo::parse_home_dir(name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    // A name no home can have is a usage error (exit 2), like any bad argument.
+    let (user, part) = repo::parse_home_dir(name)
+        .map_err(|e| crate::UsageError(format!("{name:?} is not a home name: {e}")))?;
     match part {
         Part::Base => {}
         Part::Global => bail!(
@@ -104,6 +106,14 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
         }
         None => {
             let homes: Vec<&str> = repo.standalone_users().map(|u| u.name.as_str()).collect();
+            // Never suggest what new-user would refuse.
+            if let Err(e) = repo::validate_new_user_name(&user, false) {
+                bail!(
+                    "there is no home for {user} in {} (homes: {}), and there cannot be one: {e}; name one of those homes",
+                    repo.root.join("homes").display(),
+                    term::list(&homes)
+                );
+            }
             bail!(
                 "there is no home for {user} in {} (homes: {}); create one with `cargo xtask new-user {user}`, or name another user",
                 repo.root.join("homes").display(),

@@ -190,7 +190,9 @@ fn non_empty(var: &str) -> Option<PathBuf> {
 /// (`generations ../x`), and `$HOME` (see [`UserEnv::check_home`]).
 pub fn check_runner(user: &str, env: &UserEnv, writes: bool) -> Result<()> {
     repo::validate_name(user).map_err(|e| {
-        anyhow::anyhow!("{user} is not a user name a home can have: {e}; name a home in homes/")
+        crate::UsageError(format!(
+            "{user:?} is not a user name a home can have: {e}; name a home in homes/"
+        ))
     })?;
     if user == env.user {
         return env.check_home(writes);

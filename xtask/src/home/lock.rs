@@ -76,6 +76,34 @@ impl Lock {
         Ok(Lock { file })
     }
 
+    /// Who holds the lock in `dir`, without creating or changing anything (for `doctor`):
+    /// `None` when there is no lock file or nobody holds it, else the holder it records
+    /// ("pid N: …", or "another process"). The probe holds the lock for an instant only.
+    pub fn holder(dir: &Path) -> Result<Option<String>> {
+        let path = lock_path(dir);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error(e, &path, "opening the lock file")),
+        };
+        match file.try_lock_shared() {
+            Ok(()) => Ok(None),
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                Ok(Some(if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    holder.to_string()
+                }))
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("probing {}", path.display()))
+            }
+        }
+    }
+
     /// Makes `cmd`'s process inherit a descriptor of the locked file, so the lock lives as
     /// long as that process, even past the xtask's own end (SIGKILL).
     pub fn share_with(&self, cmd: &mut Command) {
@@ -132,5 +160,27 @@ mod tests {
         );
         child.wait().unwrap();
         Lock::acquire(t.path(), "t's home").unwrap();
+    }
+
+    #[test]
+    fn the_probe_names_the_holder_and_creates_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("state");
+        assert_eq!(Lock::holder(&dir).unwrap(), None);
+        assert!(!dir.exists(), "the probe created the directory");
+        let lock = Lock::acquire(&dir, "t's home").unwrap();
+        let held = Lock::holder(&dir).unwrap().unwrap();
+        assert!(
+            held.starts_with(&format!("pid {}", std::process::id())),
+            "{held}"
+        );
+        drop(lock);
+        // A test spawning a child in parallel may hold a copy of the descriptor between
+        // its fork and exec: give that instant time to pass.
+        let freed = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            Lock::holder(&dir).unwrap().is_none()
+        });
+        assert!(freed, "the lock stayed held after it was dropped");
     }
 }

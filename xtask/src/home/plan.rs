@@ -240,6 +240,9 @@ enum DirState {
     Usable,
     /// Does not exist: created by `mkdir -p`.
     Absent,
+    /// Resolves outside `$HOME` or into the store: only a target activation leaves as it
+    /// is (an identical file kept) is fine; anything written there is blocked.
+    Outside(String),
     /// Writing below it would leave `$HOME` or fail midway.
     Blocked(String),
 }
@@ -326,6 +329,14 @@ impl Walk<'_> {
             } else {
                 let step = match state {
                     DirState::Blocked(reason) => block(&target, reason.clone()),
+                    DirState::Outside(reason) => {
+                        let s = self.file(&entry.path(), &target, out.plan.len());
+                        if s.action == Action::Keep {
+                            s
+                        } else {
+                            block(&target, reason.clone())
+                        }
+                    }
                     DirState::Absent => self.absent(&target),
                     DirState::Usable => self.file(&entry.path(), &target, out.plan.len()),
                 };
@@ -342,8 +353,12 @@ impl Walk<'_> {
 
     /// The state of `$HOME/<dir>` given its parent's.
     fn dir_state(&self, dir: &Path, parent: &DirState) -> DirState {
-        if !matches!(parent, DirState::Usable) {
-            return parent.clone();
+        match parent {
+            DirState::Usable => {}
+            // Below a directory that leads out, everything does.
+            DirState::Outside(_) | DirState::Blocked(_) | DirState::Absent => {
+                return parent.clone();
+            }
         }
         let t = self.env.tilde(dir);
         match fs::symlink_metadata(dir) {
@@ -353,11 +368,11 @@ impl Walk<'_> {
                 Err(_) => DirState::Blocked(format!(
                     "{t} is a dangling symlink where a directory is needed: activation would fail midway; remove it (rm {t}) and switch again"
                 )),
-                Ok(real) if real.starts_with(&self.store) => DirState::Blocked(format!(
+                Ok(real) if real.starts_with(&self.store) => DirState::Outside(format!(
                     "{t} is a symlink into the Nix store ({}), e.g. an older generation's whole-directory link: files cannot be written through it; remove it (rm {t}) and switch again",
                     real.display()
                 )),
-                Ok(real) if !real.starts_with(&self.canonical_home) => DirState::Blocked(format!(
+                Ok(real) if !real.starts_with(&self.canonical_home) => DirState::Outside(format!(
                     "{t} is a symlink to {}, outside $HOME: links and backups would be written there; replace it with a directory (or remove it) and switch again",
                     real.display()
                 )),
@@ -765,6 +780,173 @@ fn same_content(source: &Path, target: &Path, target_len: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::fs::symlink;
+
+    /// A generation tree (`files`) and a home (`home`) in a temporary directory; each
+    /// managed file's source holds `managed\n`.
+    struct Tree {
+        _t: tempfile::TempDir,
+        files: PathBuf,
+        home: PathBuf,
+        outside: PathBuf,
+    }
+
+    fn tree(managed: &[&str]) -> Tree {
+        let t = tempfile::tempdir().unwrap();
+        let (files, home, src, outside) = (
+            t.path().join("files"),
+            t.path().join("home"),
+            t.path().join("src"),
+            t.path().join("outside"),
+        );
+        for d in [&files, &home, &src, &outside] {
+            fs::create_dir_all(d).unwrap();
+        }
+        for name in managed {
+            let s = src.join(name.replace('/', "_"));
+            fs::write(&s, "managed\n").unwrap();
+            fs::create_dir_all(files.join(name).parent().unwrap()).unwrap();
+            symlink(&s, files.join(name)).unwrap();
+        }
+        Tree {
+            _t: t,
+            files,
+            home,
+            outside,
+        }
+    }
+
+    fn plan_of(
+        t: &Tree,
+        forced: &[&str],
+        backup: &Backup,
+    ) -> BTreeMap<String, (Action, Option<String>)> {
+        let env = UserEnv::new("u", &t.home);
+        let forced: Vec<String> = forced.iter().map(|f| format!("$HOME/{f}")).collect();
+        let pf = preflight_files(&t.files, &forced, &env, backup).unwrap();
+        assert_eq!(pf.files, pf.plan.len());
+        pf.plan
+            .into_iter()
+            .map(|s| {
+                let rel = s.path.strip_prefix(&t.home).unwrap().display().to_string();
+                (rel, (s.action, s.reason))
+            })
+            .collect()
+    }
+
+    fn bak() -> Backup {
+        Backup {
+            ext: Some("bak".into()),
+            ..Backup::default()
+        }
+    }
+
+    /// Each rule of the contract's "Collisions and linking", and the stricter blocks, on
+    /// one generated tree (no nix needed).
+    #[test]
+    fn the_plan_follows_home_managers_rules() {
+        let names = [
+            ".new",
+            ".same",
+            ".differs",
+            ".dir",
+            ".hm",
+            ".dangling",
+            ".foreign-same",
+            ".foreign-other",
+            ".same-bak",
+            ".bakdir",
+            ".baklink",
+            ".plain/y",
+            ".out/x",
+            ".out/kept",
+            ".c",
+            ".config/z",
+        ];
+        let t = tree(&names);
+        let h = &t.home;
+        fs::write(h.join(".same"), "managed\n").unwrap();
+        fs::write(h.join(".differs"), "mine\n").unwrap();
+        fs::create_dir(h.join(".dir")).unwrap();
+        // A Home Manager link: its text names a `*-home-manager-files` store path.
+        symlink("/nix/store/x-home-manager-files/.hm", h.join(".hm")).unwrap();
+        symlink(t.outside.join("gone"), h.join(".dangling")).unwrap();
+        fs::write(t.outside.join("same"), "managed\n").unwrap();
+        symlink(t.outside.join("same"), h.join(".foreign-same")).unwrap();
+        fs::write(t.outside.join("other"), "other\n").unwrap();
+        symlink(t.outside.join("other"), h.join(".foreign-other")).unwrap();
+        fs::write(h.join(".same-bak"), "managed\n").unwrap();
+        fs::write(h.join(".same-bak.bak"), "an old backup\n").unwrap();
+        fs::write(h.join(".bakdir"), "mine\n").unwrap();
+        fs::create_dir(h.join(".bakdir.bak")).unwrap();
+        fs::write(h.join(".baklink"), "mine\n").unwrap();
+        symlink(t.outside.join("other"), h.join(".baklink.bak")).unwrap();
+        fs::write(h.join(".plain"), "a file where a directory goes\n").unwrap();
+        fs::create_dir(t.outside.join("d")).unwrap();
+        fs::write(t.outside.join("d/kept"), "managed\n").unwrap();
+        symlink(t.outside.join("d"), h.join(".out")).unwrap();
+        fs::write(h.join(".c"), "mine\n").unwrap();
+        fs::create_dir_all(h.join(".config")).unwrap();
+        fs::write(h.join(".config/z"), "mine\n").unwrap();
+
+        use Action as A;
+        let p = plan_of(&t, &[], &bak());
+        let action = |k: &str| p[k].0;
+        assert_eq!(action(".new"), A::Link);
+        // With an extension every existing file is moved aside, identical or not.
+        assert_eq!(action(".same"), A::Backup);
+        assert_eq!(action(".differs"), A::Backup);
+        assert_eq!(action(".dir"), A::Backup);
+        assert_eq!(action(".hm"), A::Relink);
+        assert_eq!(action(".dangling"), A::Relink);
+        assert_eq!(action(".foreign-same"), A::Relink);
+        assert_eq!(action(".foreign-other"), A::Block);
+        // Stricter than Home Manager where its `mv` would destroy something.
+        assert_eq!(action(".same-bak"), A::Block, "{:?}", p[".same-bak"]);
+        assert_eq!(action(".bakdir"), A::Block);
+        assert_eq!(action(".baklink"), A::Block);
+        assert_eq!(action(".plain/y"), A::Block);
+        assert_eq!(action(".out/x"), A::Block);
+        assert!(p[".out/x"].1.as_deref().unwrap().contains("outside $HOME"));
+        // Activation writes nothing for a kept identical file, even outside: but with an
+        // extension it would move it, so it blocks.
+        assert_eq!(action(".out/kept"), A::Block);
+
+        // No extension, no command: identical files stay, differing ones are refused.
+        let none = plan_of(&t, &[], &Backup::default());
+        assert_eq!(none[".same"].0, A::Keep);
+        assert_eq!(none[".out/kept"].0, A::Keep);
+        assert_eq!(none[".differs"].0, A::Block);
+        assert_eq!(none[".dir"].0, A::Block);
+
+        // Forcing `.c` forces `.config/z` too (a string prefix); forced files are
+        // replaced without an extension, moved with one.
+        let forced = plan_of(&t, &[".c"], &Backup::default());
+        assert_eq!(forced[".c"].0, A::Replace);
+        assert_eq!(forced[".config/z"].0, A::Replace);
+        assert_eq!(plan_of(&t, &[".c"], &bak())[".config/z"].0, A::Backup);
+
+        // A backup command takes every existing non-link file.
+        let cmd = Backup {
+            command: Some("true".into()),
+            ..Backup::default()
+        };
+        let c = plan_of(&t, &[], &cmd);
+        assert_eq!(c[".differs"].0, A::Command);
+        assert_eq!(c[".same-bak"].0, A::Command);
+        assert_eq!(c[".foreign-other"].0, A::Block);
+
+        // --overwrite-backup replaces a backup file, never a symlink or a directory.
+        let ow = Backup {
+            overwrite: true,
+            ..bak()
+        };
+        let o = plan_of(&t, &[], &ow);
+        assert_eq!(o[".same-bak"].0, A::Backup);
+        assert_eq!(o[".bakdir"].0, A::Block);
+        assert_eq!(o[".baklink"].0, A::Block);
+    }
 
     #[test]
     fn reads_the_check_scripts_refusals() {

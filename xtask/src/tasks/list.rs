@@ -49,9 +49,14 @@ impl List {
             .iter()
             .filter(|f| f.severity == crate::repo::Severity::Warning)
             .count();
-        if warnings > 0 {
+        if let Some(first) = repo
+            .findings
+            .iter()
+            .find(|f| f.severity == crate::repo::Severity::Warning)
+        {
             term::warning(&format!(
-                "{warnings} layout warning(s), e.g. hosts without meta.nix; run cargo xtask check to see them"
+                "{warnings} layout warning(s), the first: {}; run cargo xtask check to see them all",
+                first.message
             ));
         }
         repo.ensure_valid()?;

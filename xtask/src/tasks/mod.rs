@@ -3,7 +3,9 @@
 mod bench;
 mod build_home;
 mod check;
+mod demo;
 mod diff;
+mod doctor;
 mod gc;
 mod generations;
 mod list;
@@ -12,3 +14,4 @@ mod new_user;
 mod rollback;
 mod switch;
 mod test;
+mod update;

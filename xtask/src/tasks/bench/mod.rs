@@ -50,21 +50,21 @@ pub const NIX_CONFIG: &str = "substituters =\nwarn-dirty = false\nsandbox = fals
 
 /// A scratch directory under the system temp dir, removed when dropped (the xtask has no
 /// tempfile dependency outside tests).
-pub struct Scratch(pub PathBuf);
+/// A benchmark's private directory (a tempfile directory: an unpredictable name, removed
+/// when the benchmark ends).
+pub struct Scratch(
+    pub PathBuf,
+    // Held only for its Drop, which removes the directory.
+    #[allow(dead_code)] tempfile::TempDir,
+);
 
 impl Scratch {
     pub fn new(tag: &str) -> Result<Scratch> {
-        let dir = std::env::temp_dir().join(format!("xtask-bench-{tag}-{}", std::process::id()));
-        // A leftover of a killed run with the same pid.
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("xtask-bench-{tag}-"))
+            .tempdir()
+            .context("creating a temporary directory for the benchmark")?;
+        Ok(Scratch(dir.path().to_path_buf(), dir))
     }
 }
 

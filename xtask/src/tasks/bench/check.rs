@@ -14,8 +14,8 @@ use crate::tasks::check::{Target, batch_expr, static_lint};
 
 /// A fixture flake with `homes` users (each with an @global part, every tenth with a host
 /// part) and `hosts` hosts with meta.nix, committed in a new git repository. Each home
-/// imports a file of its own and reads a dotfile, as real homes do, so the lint has
-/// imports and sources to resolve.
+/// imports a shared module and reads a shared dotfile (modules/), so the lint has imports
+/// and sources to resolve.
 fn fixture(b: &Bencher, tag: &str, homes: usize, hosts: usize) -> Result<Scratch> {
     let fx = Scratch::new(&format!("check-{tag}"))?;
     let mut files = Vec::new();
@@ -29,18 +29,18 @@ fn fixture(b: &Bencher, tag: &str, homes: usize, hosts: usize) -> Result<Scratch
             "{ system = \"x86_64-linux\"; }\n".to_string(),
         ));
     }
+    files.push((
+        "modules/programs.nix".to_string(),
+        "{ ... }:\n{\n  home.packages = [ \"git\" ];\n}\n".to_string(),
+    ));
+    files.push(("modules/profile".to_string(), "# profile\n".to_string()));
     for u in 0..homes {
         files.push((
             format!("homes/u{u}/default.nix"),
             format!(
-                "{{ lib, ... }}:\n{{\n  imports = [ ./programs.nix ];\n  home.packages = [ \"p{u}\" ];\n  home.file.\"f{u}\".text = \"{u}\";\n  home.file.\".profile\".text = builtins.readFile ./profile;\n}}\n"
+                "{{ lib, ... }}:\n{{\n  imports = [ ../../modules/programs.nix ];\n  home.packages = [ \"p{u}\" ];\n  home.file.\"f{u}\".text = \"{u}\";\n  home.file.\".profile\".text = builtins.readFile ../../modules/profile;\n}}\n"
             ),
         ));
-        files.push((
-            format!("homes/u{u}/programs.nix"),
-            "{ ... }:\n{\n  home.packages = [ \"git\" ];\n}\n".to_string(),
-        ));
-        files.push((format!("homes/u{u}/profile"), format!("# u{u}\n")));
         files.push((
             format!("homes/u{u}@global/default.nix"),
             "{ home.packages = [ \"g\" ]; }\n".to_string(),
@@ -121,7 +121,8 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
     }
 
     // 2. Static lint at 1000 homes and 100 hosts: in process (what the lint itself costs:
-    // the scan, ~3200 .nix files parsed, 2000 paths resolved, two git calls, 100 meta.nix)
+    // the scan, ~2200 .nix files parsed, 2000 path literals checked, two git calls, 100
+    // meta.nix)
     // and the whole `check --lint-only` (process start included; every meta.nix here is a
     // literal, so no nix process runs).
     let fx = fixture(b, "lint", 1000, 100)?;
@@ -136,8 +137,14 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
     })?;
     // The figure counts only if the files were parsed and their paths resolved: a broken
     // file and a missing import must be found in this very fixture.
-    fs::write(fx.0.join("homes/u7/programs.nix"), "{ programs = ; }\n")?;
-    fs::remove_file(fx.0.join("homes/u8/profile"))?;
+    fs::write(
+        fx.0.join("homes/u7@global/default.nix"),
+        "{ programs = ; }\n",
+    )?;
+    fs::write(
+        fx.0.join("homes/u8/default.nix"),
+        "{ imports = [ ./gone.nix ]; }\n",
+    )?;
     let codes: Vec<&str> = static_lint(&fx.0)?.iter().map(|f| f.code).collect();
     anyhow::ensure!(
         codes == ["syntax-error", "missing-path"],

@@ -126,25 +126,44 @@ impl PackageDiff {
     }
 }
 
-/// `<hash>-tool-1.2` (or `tool-1.2`) → `("tool", "1.2")`: the version starts at the first
-/// `-` followed by a digit, as nvd and dix split names (`python3.12-foo-1.0` → `python3.12-foo`,
-/// `1.0`); a name without one has the version `""`.
-pub fn split_name(base: &str) -> (&str, &str) {
-    let name = match base.split_once('-') {
+/// The outputs a multi-output package's store path name may end in (`foo-1.2-man`).
+const OUTPUTS: [&str; 7] = ["bin", "dev", "doc", "info", "lib", "man", "out"];
+
+/// A store path's file name without its hash: `<hash>-jq-1.7.1` → `jq-1.7.1`; None for a
+/// name that does not start with a store hash (32 characters and a `-`).
+pub fn strip_store_hash(file_name: &str) -> Option<&str> {
+    match file_name.split_once('-') {
         Some((hash, rest))
-            if hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            if hash.len() == 32
+                && hash.bytes().all(|b| b.is_ascii_alphanumeric())
+                && !rest.is_empty() =>
         {
-            rest
+            Some(rest)
         }
-        _ => base,
-    };
-    let bytes = name.as_bytes();
-    for i in 0..bytes.len().saturating_sub(1) {
-        if bytes[i] == b'-' && bytes[i + 1].is_ascii_digit() {
-            return (&name[..i], &name[i + 1..]);
-        }
+        _ => None,
     }
-    (name, "")
+}
+
+/// `name-version` → (name, version), as nvd and dix split store path names: the version
+/// starts at the first `-` followed by a digit (`python3.12-requests-2.31.0` →
+/// `python3.12-requests`, `2.31.0`), without an output suffix (`man-db-2.12.1-man` →
+/// `2.12.1`, so a package's outputs are one version); None for a name without one
+/// (`home-manager-files`).
+pub fn split_name_version(s: &str) -> (&str, Option<&str>) {
+    let bytes = s.as_bytes();
+    let Some(at) = (0..bytes.len().saturating_sub(1))
+        .find(|&i| bytes[i] == b'-' && bytes[i + 1].is_ascii_digit())
+    else {
+        return (s, None);
+    };
+    let mut version = &s[at + 1..];
+    if let Some((v, output)) = version.rsplit_once('-')
+        && OUTPUTS.contains(&output)
+        && !v.is_empty()
+    {
+        version = v;
+    }
+    (&s[..at], Some(version))
 }
 
 /// The union of the closures, by index: each path's name and version split once, its
@@ -172,7 +191,14 @@ impl<'a> Graph<'a> {
                     .collect()
             })
             .collect();
-        let names = infos.iter().map(|p| split_name(&p.name)).collect();
+        let names = infos
+            .iter()
+            .map(|p| {
+                let (name, version) =
+                    split_name_version(strip_store_hash(&p.name).unwrap_or(&p.name));
+                (name, version.unwrap_or_default())
+            })
+            .collect();
         Graph {
             infos,
             index,
@@ -262,22 +288,35 @@ mod tests {
 
     #[test]
     fn names_split_where_nvd_splits_them() {
+        let split = split_name_version;
+        assert_eq!(split("hello-2.12.1"), ("hello", Some("2.12.1")));
+        assert_eq!(
+            split("python3.12-requests-2.31.0"),
+            ("python3.12-requests", Some("2.31.0"))
+        );
+        assert_eq!(split("python3-3.12.4-env"), ("python3", Some("3.12.4-env")));
+        assert_eq!(
+            split("gnome-shell-extension-x-42"),
+            ("gnome-shell-extension-x", Some("42"))
+        );
+        assert_eq!(split("home-manager-files"), ("home-manager-files", None));
+        assert_eq!(split("hm-session-vars.sh"), ("hm-session-vars.sh", None));
+        assert_eq!(split("openssl-3.0.13-bin"), ("openssl", Some("3.0.13")));
+        assert_eq!(split("man-db-2.12.1-man"), ("man-db", Some("2.12.1")));
+        assert_eq!(
+            split("nixos-system-ws-24.05"),
+            ("nixos-system-ws", Some("24.05"))
+        );
+        assert_eq!(split("x-"), ("x-", None));
+    }
+
+    #[test]
+    fn store_names_lose_their_hash() {
         let h = "0123456789abcdfghijklmnpqrsvwxyz";
-        assert_eq!(
-            split_name(&format!("{h}-hello-2.12.1")),
-            ("hello", "2.12.1")
-        );
-        assert_eq!(
-            split_name("python3.12-requests-2.31.0"),
-            ("python3.12-requests", "2.31.0")
-        );
-        assert_eq!(split_name("home-manager-files"), ("home-manager-files", ""));
-        assert_eq!(split_name("openssl-3.0.13-bin"), ("openssl", "3.0.13-bin"));
-        assert_eq!(
-            split_name("nixos-system-ws-24.05"),
-            ("nixos-system-ws", "24.05")
-        );
-        assert_eq!(split_name("x-"), ("x-", ""));
+        assert_eq!(strip_store_hash(&format!("{h}-jq-1.7.1")), Some("jq-1.7.1"));
+        assert_eq!(strip_store_hash(&format!("{h}-")), None);
+        assert_eq!(strip_store_hash("short-jq-1.7"), None);
+        assert_eq!(strip_store_hash("nohash"), None);
     }
 
     fn info(name: &str, size: u64, refs: &[&str]) -> PathInfo {

@@ -109,11 +109,14 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::Generations(t) => t.run(&ctx),
         Task::Rollback(t) => t.run(&ctx),
         Task::Gc(t) => t.run(&ctx),
+        Task::Uninstall(t) => t.run(&ctx),
         Task::NewUser(t) => t.run(&ctx),
         Task::NewHost(t) => t.run(&ctx),
         Task::Test(t) => t.run(&ctx),
         Task::Bench(t) => t.run(&ctx),
         Task::Doctor(t) => t.run(&ctx),
         Task::Update(t) => t.run(&ctx),
+        Task::Packages(t) => t.run(&ctx),
+        Task::EvalOption(t) => t.run(&ctx),
     }
 }

@@ -8,7 +8,7 @@
 //! [`Repo::ensure_valid`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt, fs,
     path::{Path, PathBuf},
 };
@@ -17,6 +17,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::nix::Nix;
+
+mod syntax;
 
 /// The naming rules and supported systems, compiled from [`Defaults`] (Cargo.toml's
 /// `[workspace.metadata.xtask]`, which flake.nix passes to lib/ too, so Nix and Rust
@@ -269,6 +271,10 @@ pub struct Finding {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+    /// 1-based, in characters; only with a line (the static analysis knows it, nix's
+    /// messages are read for the line only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
     /// A stable identifier (`bad-name`, `unknown-host`, …) for scripts and docs.
     pub code: &'static str,
     pub message: String,
@@ -287,6 +293,7 @@ impl Finding {
             severity,
             path: path.into(),
             line: None,
+            column: None,
             code,
             message,
             fix,
@@ -319,6 +326,9 @@ impl fmt::Display for Finding {
         write!(f, "{sev}: {}", self.path)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         write!(f, ": {}", self.message)?;
         if !self.fix.is_empty() {
@@ -486,6 +496,9 @@ pub struct Host {
 /// What a host's meta.nix looks like, for messages about one that does not.
 pub const HOST_META_SHAPE: &str = "{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
 
+/// The same for a home's meta.nix.
+pub const HOME_META_SHAPE: &str = "{ system = \"x86_64-linux\"; }";
+
 /// What meta.nix files say, read in one nix evaluation.
 #[derive(Debug, Deserialize)]
 struct MetaEval {
@@ -501,6 +514,11 @@ struct MetaFile {
     system: Option<serde_json::Value>,
     #[serde(default)]
     users: serde_json::Value,
+    /// Where the values are (line, column), when read from the text.
+    #[serde(skip)]
+    system_at: Option<(u32, u32)>,
+    #[serde(skip)]
+    users_at: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -512,6 +530,8 @@ pub struct Repo {
     /// Every layout problem found while scanning (and loading meta files).
     pub findings: Vec<Finding>,
     meta_loaded: bool,
+    /// After [`Repo::load_meta_static`]: the homes and hosts whose meta.nix needs nix.
+    meta_pending: Option<(Vec<String>, Vec<String>)>,
 }
 
 impl Repo {
@@ -550,6 +570,7 @@ impl Repo {
             hosts: BTreeMap::new(),
             findings: Vec::new(),
             meta_loaded: false,
+            meta_pending: None,
         };
         for name in list_dirs(&root.join("systems"))? {
             repo.add_host_dir(&name);
@@ -687,30 +708,22 @@ impl Repo {
         }
     }
 
-    /// Reads every meta.nix (homes and hosts) in ONE `nix eval`: they are Nix, so only nix
-    /// can read them, and one process per file would cost tens of milliseconds each.
+    /// Reads every meta.nix (homes and hosts): those whose `system` and `users` are literals
+    /// from their text ([`Repo::load_meta_static`]), the rest in ONE `nix eval`: only nix
+    /// can compute them, and one process per file would cost tens of milliseconds each.
     /// Problems become findings against the file.
     pub fn load_meta(&mut self, nix: &Nix) -> Result<()> {
         if self.meta_loaded {
             return Ok(());
         }
+        let (homes, hosts) = self.load_meta_static();
         self.meta_loaded = true;
-        let homes: Vec<String> = self
-            .users
-            .values()
-            .filter(|u| u.has_meta)
-            .map(|u| u.name.clone())
-            .collect();
-        let hosts: Vec<String> = self
-            .hosts
-            .values()
-            .filter(|h| h.has_meta)
-            .map(|h| h.name.clone())
-            .collect();
         if homes.is_empty() && hosts.is_empty() {
             return Ok(());
         }
-        let eval: MetaEval = match nix.eval_expr_json(&self.meta_expr()) {
+        let homes: Vec<&str> = homes.iter().map(String::as_str).collect();
+        let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+        let eval: MetaEval = match nix.eval_expr_json(&meta_expr(&self.root, &homes, &hosts)) {
             Ok(v) => v,
             // Only a failure of the evaluation itself is a finding; nix missing or
             // without flakes is the caller's error.
@@ -731,9 +744,9 @@ impl Repo {
                     .chain(hosts.iter().map(|h| (h, false)));
                 for (name, is_home) in files {
                     let (h, s): (&[&str], &[&str]) = if is_home {
-                        (&[name.as_str()], &[])
+                        (&[name], &[])
                     } else {
-                        (&[], &[name.as_str()])
+                        (&[], &[name])
                     };
                     match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s)) {
                         Ok(one) => {
@@ -752,23 +765,123 @@ impl Repo {
                 merged
             }
         };
-        for (name, meta) in eval.homes {
+        self.apply_meta(eval);
+        Ok(())
+    }
+
+    /// Reads the meta.nix files whose `system` and `users` are literals (nearly all: they
+    /// are data) from their syntax, without nix and offline, and reports one that does not
+    /// parse, with line and column. Returns the homes and the hosts whose meta.nix computes
+    /// those values: only an evaluation can read them ([`Repo::load_meta`]).
+    pub fn load_meta_static(&mut self) -> (Vec<String>, Vec<String>) {
+        if let Some(pending) = &self.meta_pending {
+            return pending.clone();
+        }
+        let mut read = MetaEval {
+            homes: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+        };
+        let mut pending = (Vec::new(), Vec::new());
+        let files: Vec<(String, bool)> = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| (u.name.clone(), true))
+            .chain(
+                self.hosts
+                    .values()
+                    .filter(|h| h.has_meta)
+                    .map(|h| (h.name.clone(), false)),
+            )
+            .collect();
+        for (name, is_home) in files {
+            let (rel, shape) = if is_home {
+                (format!("homes/{name}/meta.nix"), HOME_META_SHAPE)
+            } else {
+                (format!("systems/{name}/meta.nix"), HOST_META_SHAPE)
+            };
+            // Unreadable: nix says why.
+            let read_one = fs::read_to_string(self.root.join(&rel))
+                .map_or(syntax::MetaRead::Computed, |t| syntax::read_meta(&t));
+            match read_one {
+                syntax::MetaRead::Literal(meta) if is_home => {
+                    read.homes.insert(name, meta);
+                }
+                syntax::MetaRead::Literal(meta) => {
+                    read.hosts.insert(name, meta);
+                }
+                syntax::MetaRead::Computed if is_home => pending.0.push(name),
+                syntax::MetaRead::Computed => pending.1.push(name),
+                syntax::MetaRead::Syntax {
+                    line,
+                    column,
+                    message,
+                } => self.findings.push(Finding {
+                    line: Some(line),
+                    column: Some(column),
+                    ..Finding::error(
+                        rel,
+                        "bad-meta",
+                        format!("cannot read meta.nix: syntax error, {message}"),
+                        format!("fix the file so that it is an attribute set like {shape}"),
+                    )
+                }),
+            }
+        }
+        self.apply_meta(read);
+        self.meta_pending = Some(pending.clone());
+        pending
+    }
+
+    /// The meta.nix files the model reads (repo-relative), whose problems
+    /// [`Repo::load_meta_static`] and [`Repo::load_meta`] report.
+    pub fn meta_files(&self) -> BTreeSet<String> {
+        let homes = self
+            .users
+            .values()
+            .filter(|u| u.has_meta)
+            .map(|u| format!("homes/{}/meta.nix", u.name));
+        let hosts = self
+            .hosts
+            .values()
+            .filter(|h| h.has_meta)
+            .map(|h| format!("systems/{}/meta.nix", h.name));
+        homes.chain(hosts).collect()
+    }
+
+    /// The static analysis of every `.nix` file (no nix): the ones git does not track,
+    /// syntax errors, and relative paths used as imports or sources that are missing,
+    /// untracked or outside the repo. Syntax errors of the meta.nix files the model reads
+    /// are left to [`Repo::load_meta_static`], which reports them as such.
+    pub fn nix_file_findings(&self) -> Vec<Finding> {
+        syntax::analyse(&self.root, &self.meta_files())
+    }
+
+    /// Checks what meta.nix files say and puts it into the model.
+    fn apply_meta(&mut self, read: MetaEval) {
+        for (name, meta) in read.homes {
             let rel = format!("homes/{name}/meta.nix");
-            if self.check_shape(&rel, &meta, "{ system = \"x86_64-linux\"; }") {
+            if self.check_shape(&rel, &meta, HOME_META_SHAPE) {
                 continue;
             }
+            let before = self.findings.len();
             let system = self.check_system(&rel, meta.system, &rules().supported_systems);
+            self.locate_since(before, meta.system_at);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
             }
         }
-        for (name, meta) in eval.hosts {
+        for (name, meta) in read.hosts {
             let rel = format!("systems/{name}/meta.nix");
             if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
                 continue;
             }
+            let before = self.findings.len();
             let system = self.check_system(&rel, meta.system, &rules().host_systems);
+            self.locate_since(before, meta.system_at);
+            let before = self.findings.len();
             let users = self.check_users(&rel, meta.users);
+            self.locate_since(before, meta.users_at);
             for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
                 // lib/ still gives the user a home on the host, made of nothing.
                 self.findings.push(Finding::warning(
@@ -785,7 +898,6 @@ impl Repo {
                 h.meta_users = users;
             }
         }
-        Ok(())
     }
 
     /// A meta.nix that nix cannot read, as a finding against the file nix names.
@@ -822,6 +934,17 @@ impl Repo {
             format!("write it like {shape}"),
         ));
         true
+    }
+
+    /// Places the findings pushed since `before` at `at` (a value read from the text; nix's
+    /// answer carries no position).
+    fn locate_since(&mut self, before: usize, at: Option<(u32, u32)>) {
+        if let Some((line, column)) = at {
+            for f in &mut self.findings[before..] {
+                f.line = Some(line);
+                f.column = Some(column);
+            }
+        }
     }
 
     fn check_system(
@@ -1116,18 +1239,30 @@ pub const NIX_DIRS: [&str; 3] = ["homes", "systems", "lib"];
 /// not found"). One `git ls-files` call; outside a git repository (a `path:` flake sees
 /// every file) or without git there is nothing to report.
 pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
+    untracked_file_findings(&untracked_nix_files(root).unwrap_or_default())
+}
+
+/// The untracked `.nix` files of homes/, systems/ and lib/; None outside git.
+fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
     let out = std::process::Command::new("git")
         .args(["ls-files", "-z", "--others", "--exclude-standard", "--"])
         .args(NIX_DIRS)
         .current_dir(root)
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    if !out.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split('\0')
-        .filter(|p| p.ends_with(".nix"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|p| p.ends_with(".nix"))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+fn untracked_file_findings(files: &[String]) -> Vec<Finding> {
+    files
+        .iter()
         .map(|p| {
             Finding::error(
                 p,

@@ -202,6 +202,8 @@ impl Switch {
             }
         }
 
+        // From here on this run changes things: it says so in the lock.
+        lock.announce()?;
         if !profile.exists {
             fs::create_dir_all(&profile.dir).with_context(|| {
                 format!("creating the profile directory {}", profile.dir.display())
@@ -212,7 +214,7 @@ impl Switch {
         if let Some(m) = &migration {
             m.run(&ctx.nix())?;
         }
-        Transition {
+        let switched = Transition {
             nix: ctx.nix(),
             env,
             profile: &profile,
@@ -226,7 +228,12 @@ impl Switch {
             &pf,
             "interrupted: the switch was stopped before the new generation was active",
             "the new generation failed to activate",
-        )?;
+        );
+        if let Err(e) = switched {
+            // A script reading --json gets the plan that was attempted, and exit 1.
+            report(commands)?;
+            return Err(e);
+        }
         term::info(&format!(
             "{} {user}'s home to {} (generation {})",
             term::paint(term::Style::Green, "switched"),

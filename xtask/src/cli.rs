@@ -42,14 +42,16 @@ pub enum Task {
     BuildHome(BuildHome),
     /// Build, pre-flight and activate a home (or `--host`: nixos-rebuild a host).
     Switch(Switch),
-    /// Show what a switch would change: files in $HOME and packages.
+    /// What changes between two generations (default: a new build and the active one): files, packages, sizes.
     Diff(Diff),
     /// List a home's generations, newest first.
     Generations(Generations),
     /// Go back to the previous (or a given) generation and activate it.
     Rollback(Rollback),
-    /// Delete old home generations beyond the repo's keep-generations, then collect garbage.
+    /// Delete old home (or --system) generations and stale GC roots, then collect garbage.
     Gc(Gc),
+    /// Remove the home from this machine: its links in $HOME, its generations, its GC roots.
+    Uninstall(Uninstall),
     /// Scaffold homes/<name> (and @global / @<host> parts) for a new user.
     NewUser(NewUser),
     /// Scaffold systems/<host> with default.nix and meta.nix for a new machine.
@@ -64,6 +66,11 @@ pub enum Task {
     Update(Update),
     /// Deploy hosts, homes and phones over ssh, in parallel, with automatic rollback.
     Deploy(Deploy),
+    /// List the packages (name and version) of a home's active or a given generation.
+    Packages(Packages),
+    /// Print one option of a home or host (programs.git.enable) as JSON.
+    #[command(name = "option")]
+    EvalOption(EvalOption),
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +159,8 @@ pub struct Switch {
             "specialisation",
             "force_standalone",
             "json",
+            "diff",
+            "ask",
         ]
     )]
     pub host: Option<String>,
@@ -187,6 +196,13 @@ pub struct Switch {
     /// Build and pre-flight, print the exact commands, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also show what changes (files, packages) next to the pre-flight, as `diff` does.
+    #[arg(long)]
+    pub diff: bool,
+    /// Show what changes, then ask before activating (reads y/N from stdin; without an
+    /// answer, e.g. stdin closed, nothing changes).
+    #[arg(long)]
+    pub ask: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -194,12 +210,24 @@ pub struct Switch {
 
 #[derive(Debug, Args)]
 pub struct Diff {
-    /// The user whose home to compare (default: $USER).
-    pub user: Option<String>,
+    /// USER: build USER's home (default: $USER) and compare it with the active generation.
+    /// OLD NEW: compare two generations, given as store paths or links to them (./result,
+    /// a profile's home-manager-3-link).
+    // One name is a user, two are paths: a user name never has two parts, so the forms
+    // cannot be confused, and a bad name is still reported as a name.
+    #[arg(value_name = "USER | OLD NEW", num_args = 0..=2)]
+    pub args: Vec<String>,
+    /// Compare from this generation of the profile (default: the current one).
+    #[arg(long, value_name = "ID")]
+    pub from: Option<u64>,
+    /// Compare to this generation of the profile (default: the current one).
+    #[arg(long, value_name = "ID")]
+    pub to: Option<u64>,
     /// Build for this system instead of the detected one.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["from", "to"])]
     pub system: Option<String>,
-    /// Print JSON on stdout.
+    /// Print JSON on stdout: {"user","system","current","generation","added","removed",
+    /// "changed","dangling","preflight","packages":{"added","removed","changed","size"}}.
     #[arg(long)]
     pub json: bool,
 }
@@ -228,14 +256,77 @@ pub struct Rollback {
 #[derive(Debug, Args)]
 pub struct Gc {
     /// The user whose old generations to delete (default: $USER).
+    #[arg(conflicts_with = "system")]
     pub user: Option<String>,
     /// Keep this many newest generations (default: the repo's keep-generations).
     #[arg(long, value_name = "N")]
     pub keep: Option<u32>,
-    /// Only delete old generations; skip the store-wide `nix-store --gc`.
+    /// Also keep every generation younger than this: Nh, Nd or Nw (hours, days, weeks),
+    /// e.g. 12h, 30d, 2w. A generation goes only if --keep and --older-than both let it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age, allow_hyphen_values = true)]
+    pub older_than: Option<Age>,
+    /// The NixOS system profile (/nix/var/nix/profiles/system) instead of a home, as root;
+    /// the booted and the current system are never deleted.
+    #[arg(long)]
+    pub system: bool,
+    /// Only delete old generations and stale roots; skip the store-wide `nix-store --gc`.
     #[arg(long)]
     pub no_store_gc: bool,
-    /// Print the exact commands, change nothing.
+    /// List what would go (generations with date and size, stale roots, the bytes the store
+    /// gc would free) and the exact commands; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print JSON on stdout: {"profile","keep","older_than","delete":[{"id","date","path","closure_size"}],"kept","stale_roots","store","dry_run"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A `--older-than` duration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Age {
+    pub seconds: u64,
+    /// As given (`30d`), for messages and JSON.
+    pub text: String,
+}
+
+/// `Nh`, `Nd`, `Nw` with N a whole number of at least 1. No minutes or months: `m` means
+/// one or the other depending on the tool, so it is refused rather than guessed.
+pub fn parse_age(s: &str) -> Result<Age, String> {
+    let forms = "the accepted forms are Nh, Nd and Nw: a whole number of hours, days or weeks of at least 1, e.g. 12h, 30d, 2w";
+    let unit = s.chars().last().unwrap_or(' ');
+    let number = &s[..s.len() - unit.len_utf8().min(s.len())];
+    let per = match unit {
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return Err(format!("{s:?} is not a duration; {forms}")),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a duration; {forms}"));
+    }
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is too long a duration; {forms}"))?;
+    if n == 0 {
+        return Err(format!("{s:?} is no time at all; {forms}"));
+    }
+    let seconds = n
+        .checked_mul(per)
+        .ok_or_else(|| format!("{s:?} is too long a duration; {forms}"))?;
+    Ok(Age {
+        seconds,
+        text: s.to_string(),
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct Uninstall {
+    /// The user whose home to remove (default: $USER).
+    pub user: Option<String>,
+    /// Do not ask for confirmation (needed when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// List what would go and what stays; change nothing.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -364,6 +455,32 @@ pub struct Deploy {
     pub diff: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct Packages {
+    /// The user whose packages to list (default: $USER).
+    pub user: Option<String>,
+    /// The generation to read (an id from `cargo xtask generations`; default: the active one).
+    #[arg(long, value_name = "ID")]
+    pub generation: Option<u64>,
+    /// Print JSON on stdout: {"user","generation","path","home_path","packages":[{"name","version","path"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalOption {
+    /// The option's attribute path under `config`: `programs.git.enable`, `home.packages`,
+    /// `home.file.".bashrc".text` (quote a segment that has dots).
+    #[arg(value_name = "NAME.PATH")]
+    pub name: String,
+    /// The user whose standalone home to evaluate (default: $USER).
+    #[arg(conflicts_with = "host")]
+    pub user: Option<String>,
+    /// Evaluate the option of this NixOS host's configuration instead.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +489,31 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_age("12h").unwrap().seconds, 12 * 3600);
+        assert_eq!(parse_age("30d").unwrap().seconds, 30 * 86_400);
+        assert_eq!(parse_age("2w").unwrap().seconds, 14 * 86_400);
+        for bad in [
+            "-1d",
+            "abc",
+            "30",
+            "",
+            "d",
+            "0d",
+            "1m",
+            "1.5d",
+            "+1d",
+            " 1d",
+            "1 d",
+            "1D",
+            "é",
+            "99999999999999999999w",
+        ] {
+            let e = parse_age(bad).unwrap_err();
+            assert!(e.contains("Nh, Nd and Nw"), "{bad}: {e}");
+        }
     }
 }

@@ -3,10 +3,12 @@
 //! Layout (rust-analyzer's xtask style): `cli` declares the whole command line, each task
 //! is a module in `tasks/` with one `run`, and the shared pieces are named for what they
 //! are: `repo` (the repo model), `nix` (the nix runner), `home` (a home's profile,
-//! pre-flight, lock and activation), `term` (human output). Layers point down only:
-//! tasks → home → repo → nix → term; a task never imports another task.
+//! pre-flight, lock, activation and comparison), `closure` (package changes between two
+//! store paths), `term` (human output). Layers point down only: tasks → home → repo →
+//! closure → nix → term; a task never imports another task.
 
 mod cli;
+mod closure;
 mod home;
 mod nix;
 mod remote;
@@ -108,6 +110,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::Generations(t) => t.run(&ctx),
         Task::Rollback(t) => t.run(&ctx),
         Task::Gc(t) => t.run(&ctx),
+        Task::Uninstall(t) => t.run(&ctx),
         Task::NewUser(t) => t.run(&ctx),
         Task::NewHost(t) => t.run(&ctx),
         Task::Test(t) => t.run(&ctx),
@@ -115,5 +118,7 @@ fn run(cli: cli::Cli) -> Result<()> {
         Task::Doctor(t) => t.run(&ctx),
         Task::Update(t) => t.run(&ctx),
         Task::Deploy(t) => t.run(&ctx),
+        Task::Packages(t) => t.run(&ctx),
+        Task::EvalOption(t) => t.run(&ctx),
     }
 }

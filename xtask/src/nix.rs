@@ -299,16 +299,37 @@ impl Nix<'_> {
         &self,
         paths: &[PathBuf],
     ) -> Result<std::collections::BTreeMap<PathBuf, u64>> {
+        self.path_sizes(paths, "closureSize", "the generations' closure sizes")
+    }
+
+    /// The size (bytes, the NAR size: what deleting that one path frees) of each path.
+    /// One `nix path-info --json` per 2000 paths, so any number fits the argument limit.
+    pub fn nar_sizes(&self, paths: &[PathBuf]) -> Result<std::collections::BTreeMap<PathBuf, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for chunk in paths.chunks(2000) {
+            out.extend(self.path_sizes(chunk, "narSize", "the sizes of store paths")?);
+        }
+        Ok(out)
+    }
+
+    fn path_sizes(
+        &self,
+        paths: &[PathBuf],
+        field: &str,
+        what: &str,
+    ) -> Result<std::collections::BTreeMap<PathBuf, u64>> {
         let mut out = std::collections::BTreeMap::new();
         if paths.is_empty() {
             return Ok(out);
         }
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["path-info".into(), "-S".into(), "--json".into()];
+        let mut args: Vec<std::ffi::OsString> = vec!["path-info".into()];
+        if field == "closureSize" {
+            args.push("-S".into());
+        }
+        args.push("--json".into());
         args.extend(paths.iter().map(|p| p.as_os_str().to_owned()));
-        let value: serde_json::Value =
-            self.json(self.cmd(args)?, "the generations' closure sizes")?;
-        let size = |v: &serde_json::Value| v.get("closureSize").and_then(serde_json::Value::as_u64);
+        let value: serde_json::Value = self.json(self.cmd(args)?, what)?;
+        let size = |v: &serde_json::Value| v.get(field).and_then(serde_json::Value::as_u64);
         match value {
             serde_json::Value::Array(items) => {
                 for item in &items {
@@ -330,6 +351,202 @@ impl Nix<'_> {
         }
         Ok(out)
     }
+
+    /// Runs a read-only `nix-store` query and returns its stdout lines.
+    fn store_lines(&self, cmd: Cmd<'_>, what: &str) -> Result<Vec<String>> {
+        let (out, shown) = self.capture(cmd, self.verbose)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "nix could not list {what}: {}\n  tried: {shown}",
+                trim_error(&stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// The store paths no GC root keeps alive now: what `nix-store --gc` would delete.
+    /// `--print-dead` exists from Nix 2.0 to 2.3x (`nix store gc --dry-run` from 2.4 only
+    /// prints the same list). Like every gc, nix drops stale links from
+    /// `/nix/var/nix/gcroots/auto` on the way; nothing else changes.
+    pub fn dead_paths(&self) -> Result<Vec<PathBuf>> {
+        let cmd = self.tool("nix-store")?.args(["--gc", "--print-dead"]);
+        Ok(self
+            .store_lines(cmd, "the dead store paths")?
+            .into_iter()
+            .filter(|l| l.starts_with('/'))
+            .map(PathBuf::from)
+            .collect())
+    }
+
+    /// Every GC root as `(root, store path)`: `nix-store --gc --print-roots`, whose lines
+    /// are `ROOT -> STORE-PATH` (runtime roots show `{memory:…}`, `/proc/…` or
+    /// `{censored}` as ROOT; they are kept, nothing is compared with them).
+    pub fn roots(&self) -> Result<Vec<(String, PathBuf)>> {
+        let cmd = self.tool("nix-store")?.args(["--gc", "--print-roots"]);
+        Ok(self
+            .store_lines(cmd, "the GC roots")?
+            .into_iter()
+            .filter_map(|l| {
+                let (root, path) = l.rsplit_once(" -> ")?;
+                Some((root.to_string(), PathBuf::from(path)))
+            })
+            .collect())
+    }
+
+    /// The closure of `paths` (`nix-store --query --requisites`), 2000 paths per call.
+    pub fn requisites(&self, paths: &[PathBuf]) -> Result<std::collections::BTreeSet<PathBuf>> {
+        let mut out = std::collections::BTreeSet::new();
+        for chunk in paths.chunks(2000) {
+            let cmd = self
+                .tool("nix-store")?
+                .args(["--query", "--requisites"])
+                .args(chunk);
+            out.extend(
+                self.store_lines(cmd, "the closure")?
+                    .into_iter()
+                    .map(PathBuf::from),
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// What `nix-store --gc` says it did, from its last line: `N store paths deleted, X MiB
+/// freed` (Nix 2.8 to 2.3x; the size in B, KiB, MiB, GiB or TiB, two decimals).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct GcSummary {
+    pub paths: u64,
+    pub bytes: u64,
+}
+
+impl GcSummary {
+    /// The summary in nix's whole output, if there is one.
+    pub fn parse(text: &str) -> Option<GcSummary> {
+        text.lines().rev().find_map(|line| {
+            let (count, rest) = line.trim().split_once(" store paths deleted, ")?;
+            let size = rest.strip_suffix(" freed")?;
+            let (number, unit) = size.split_once(' ')?;
+            let factor = match unit {
+                "B" | "bytes" => 1.0,
+                "KiB" => 1024.0,
+                "MiB" => 1024.0 * 1024.0,
+                "GiB" => 1024.0 * 1024.0 * 1024.0,
+                "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+                _ => return None,
+            };
+            let number: f64 = number.parse().ok()?;
+            Some(GcSummary {
+                paths: count.parse().ok()?,
+                bytes: (number * factor).round() as u64,
+            })
+        })
+    }
+}
+
+impl Nix<'_> {
+    /// The store paths `path` refers to directly (`nix-store -q --references`), without
+    /// `path` itself. `path` must be a store path, not a path inside one: nix answers for
+    /// the store path that contains it, without following a final symlink.
+    pub fn references(&self, path: &Path, what: &str) -> Result<Vec<PathBuf>> {
+        let cmd = self
+            .tool("nix-store")?
+            .args(["-q", "--references"])
+            .arg(path);
+        let (out, shown) = self.capture(cmd, self.verbose)?;
+        if !out.status.success() {
+            return Err(failure(&shown, what, &String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p != path)
+            .collect())
+    }
+}
+
+/// One store path of a closure, as `nix path-info --json` describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathInfo {
+    /// The store path's base name (`<hash>-<name>`): nix prints full paths up to 2.3x and
+    /// may print base names later, and a base name is unique within one store.
+    pub name: String,
+    pub nar_size: u64,
+    /// The base names of the paths it references (itself included, when it does).
+    pub references: Vec<String>,
+}
+
+impl Nix<'_> {
+    /// Every path of the closures of `roots`, in one `nix path-info -r --json` call: the
+    /// caller splits the union per root from the references, so two closures cost one
+    /// nix process. (`-S` is not asked for: it makes nix walk each path's closure again.)
+    pub fn closure_infos(&self, roots: &[PathBuf]) -> Result<Vec<PathInfo>> {
+        if roots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["path-info".into(), "-r".into(), "--json".into()];
+        args.extend(roots.iter().map(|p| p.as_os_str().to_owned()));
+        let (out, shown) = self.capture(self.cmd(args)?, self.verbose)?;
+        if !out.status.success() {
+            return Err(failure(
+                &shown,
+                "the closures",
+                &String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        parse_path_infos(&out.stdout)
+            .with_context(|| format!("nix printed JSON the xtask did not expect (tried: {shown})"))
+    }
+}
+
+/// One entry of `nix path-info --json`, borrowed from its output: only the fields used,
+/// so a closure of thousands of paths is read without a tree of values.
+#[derive(Deserialize)]
+struct RawInfo<'a> {
+    #[serde(borrow, default)]
+    path: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "narSize")]
+    nar_size: Option<u64>,
+    #[serde(borrow, default)]
+    references: Vec<std::borrow::Cow<'a, str>>,
+}
+
+/// `nix path-info --json`: a list of `{path, narSize, references}` up to Nix 2.18, an
+/// object keyed by path later (an invalid path's value is `null` there).
+pub fn parse_path_infos(json: &[u8]) -> Result<Vec<PathInfo>> {
+    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
+    let info = |path: &str, raw: RawInfo<'_>| {
+        Some(PathInfo {
+            name: base(path),
+            nar_size: raw.nar_size?,
+            references: raw.references.iter().map(|r| base(r)).collect(),
+        })
+    };
+    let first = json.iter().find(|b| !b.is_ascii_whitespace());
+    Ok(if first == Some(&b'[') {
+        let items: Vec<RawInfo<'_>> = serde_json::from_slice(json)?;
+        items
+            .into_iter()
+            .filter_map(|raw| {
+                let path = raw.path.clone()?;
+                info(&path, raw)
+            })
+            .collect()
+    } else {
+        let map: std::collections::BTreeMap<std::borrow::Cow<'_, str>, Option<RawInfo<'_>>> =
+            serde_json::from_slice(json)?;
+        map.into_iter()
+            .filter_map(|(path, raw)| info(&path, raw?))
+            .collect()
+    })
 }
 
 /// What a `nix eval` printed, whether or not it succeeded.
@@ -576,6 +793,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_the_store_gc_summary_in_nix_s_own_words() {
+        // The tail of a real `nix-store --gc` run (Nix 2.8), and the forms of other sizes.
+        let out = "finding garbage collector roots...\nremoving stale link from '/nix/var/nix/gcroots/auto/abc' to '/tmp/x/generation'\ndeleting garbage...\ndeleting '/nix/store/0g7k-hm-file'\ndeleting unused links...\nnote: currently hard linking saves 0.00 MiB\n12 store paths deleted, 1.50 MiB freed\n";
+        assert_eq!(
+            GcSummary::parse(out),
+            Some(GcSummary {
+                paths: 12,
+                bytes: 1_572_864
+            })
+        );
+        assert_eq!(
+            GcSummary::parse("0 store paths deleted, 0.00 MiB freed\n"),
+            Some(GcSummary { paths: 0, bytes: 0 })
+        );
+        assert_eq!(
+            GcSummary::parse("3 store paths deleted, 2.00 GiB freed"),
+            Some(GcSummary {
+                paths: 3,
+                bytes: 2 << 30
+            })
+        );
+        assert_eq!(GcSummary::parse("deleting garbage...\n"), None);
+        assert_eq!(GcSummary::parse("x store paths deleted, 1 MiB freed"), None);
+    }
+
+    #[test]
     fn trims_nix_errors_to_the_message_and_location() {
         let stderr = "warning: Git tree '/r' is dirty\nerror: undefined variable 'pkgz'\n\n       at /nix/store/abc-source/homes/bob/default.nix:3:15:\n\n            2| {\n            3|   home.packages = [ pkgz.hello ];\n             |               ^\n(use '--show-trace' to show detailed location information)\n";
         assert_eq!(
@@ -615,6 +858,35 @@ mod tests {
         assert!(!cannot_run(
             "error: undefined variable 'pkgz' at /nix/store/a-source/homes/b/default.nix:3:5:"
         ));
+    }
+
+    #[test]
+    fn path_infos_of_both_json_shapes() {
+        let list = br#"[
+            {"path": "/nix/store/aaa-x-1.0", "narSize": 10, "narHash": "sha256-x", "references": ["/nix/store/aaa-x-1.0", "/nix/store/bbb-y"]},
+            {"path": "/nix/store/bbb-y", "narSize": 5, "references": []},
+            {"path": "/nix/store/ccc-broken", "valid": false}
+        ]"#;
+        let object = br#"{
+            "/nix/store/aaa-x-1.0": {"narSize": 10, "references": ["/nix/store/aaa-x-1.0", "bbb-y"]},
+            "/nix/store/bbb-y": {"narSize": 5, "references": [], "signatures": []},
+            "/nix/store/ccc-broken": null
+        }"#;
+        let want = vec![
+            PathInfo {
+                name: "aaa-x-1.0".into(),
+                nar_size: 10,
+                references: vec!["aaa-x-1.0".into(), "bbb-y".into()],
+            },
+            PathInfo {
+                name: "bbb-y".into(),
+                nar_size: 5,
+                references: vec![],
+            },
+        ];
+        assert_eq!(parse_path_infos(list).unwrap(), want);
+        assert_eq!(parse_path_infos(object).unwrap(), want);
+        assert!(parse_path_infos(b"3").is_err());
     }
 
     #[test]

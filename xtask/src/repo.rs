@@ -8,7 +8,7 @@
 //! [`Repo::ensure_valid`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt, fs,
     path::{Path, PathBuf},
 };
@@ -17,6 +17,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::nix::Nix;
+
+mod syntax;
 
 /// The naming rules and supported systems, compiled from [`Defaults`] (Cargo.toml's
 /// `[workspace.metadata.xtask]`, which flake.nix passes to lib/ too, so Nix and Rust
@@ -269,6 +271,10 @@ pub struct Finding {
     pub path: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line: Option<u32>,
+    /// 1-based, in characters; only with a line (the static analysis knows it, nix's
+    /// messages are read for the line only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
     /// A stable identifier (`bad-name`, `unknown-host`, …) for scripts and docs.
     pub code: &'static str,
     pub message: String,
@@ -287,6 +293,7 @@ impl Finding {
             severity,
             path: path.into(),
             line: None,
+            column: None,
             code,
             message,
             fix,
@@ -319,6 +326,9 @@ impl fmt::Display for Finding {
         write!(f, "{sev}: {}", self.path)?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
         }
         write!(f, ": {}", self.message)?;
         if !self.fix.is_empty() {
@@ -600,8 +610,85 @@ impl Deploy {
 /// What a host's meta.nix looks like, for messages about one that does not.
 pub const HOST_META_SHAPE: &str = "{ system = \"x86_64-linux\"; users = [ \"alice\" ]; }";
 
-/// What meta.nix files say, read in one nix evaluation.
-#[derive(Debug, Deserialize)]
+/// The same for a home's meta.nix.
+pub const HOME_META_SHAPE: &str = "{ system = \"x86_64-linux\"; }";
+
+/// Borrowed names, as [`meta_expr`] takes them.
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// The same for a droid's meta.nix.
+pub const DROID_META_SHAPE: &str = "{ system = \"aarch64-linux\"; }";
+
+/// Which directory a meta.nix is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetaKind {
+    Home,
+    Host,
+    Droid,
+}
+
+impl MetaKind {
+    /// The repo-relative meta.nix of `name`.
+    fn meta_file(self, name: &str) -> String {
+        let dir = match self {
+            MetaKind::Home => "homes",
+            MetaKind::Host => "systems",
+            MetaKind::Droid => "droids",
+        };
+        format!("{dir}/{name}/meta.nix")
+    }
+
+    fn shape(self) -> &'static str {
+        match self {
+            MetaKind::Home => HOME_META_SHAPE,
+            MetaKind::Host => HOST_META_SHAPE,
+            MetaKind::Droid => DROID_META_SHAPE,
+        }
+    }
+}
+
+/// The homes, hosts and droids whose meta.nix computes its values: only nix can read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PendingMeta {
+    pub homes: Vec<String>,
+    pub hosts: Vec<String>,
+    pub droids: Vec<String>,
+}
+
+impl PendingMeta {
+    pub fn is_empty(&self) -> bool {
+        self.homes.is_empty() && self.hosts.is_empty() && self.droids.is_empty()
+    }
+
+    /// The files, repo-relative.
+    pub fn files(&self) -> Vec<String> {
+        let of = |kind: MetaKind, names: &[String]| {
+            names
+                .iter()
+                .map(|n| kind.meta_file(n))
+                .collect::<Vec<String>>()
+        };
+        [
+            of(MetaKind::Home, &self.homes),
+            of(MetaKind::Host, &self.hosts),
+            of(MetaKind::Droid, &self.droids),
+        ]
+        .concat()
+    }
+
+    fn of_kind(&mut self, kind: MetaKind) -> &mut Vec<String> {
+        match kind {
+            MetaKind::Home => &mut self.homes,
+            MetaKind::Host => &mut self.hosts,
+            MetaKind::Droid => &mut self.droids,
+        }
+    }
+}
+
+/// What meta.nix files say, read from their text or in one nix evaluation.
+#[derive(Debug, Default, Deserialize)]
 struct MetaEval {
     homes: BTreeMap<String, MetaFile>,
     hosts: BTreeMap<String, MetaFile>,
@@ -609,7 +696,17 @@ struct MetaEval {
     droids: BTreeMap<String, MetaFile>,
 }
 
-#[derive(Debug, Deserialize)]
+impl MetaEval {
+    fn of_kind(&mut self, kind: MetaKind) -> &mut BTreeMap<String, MetaFile> {
+        match kind {
+            MetaKind::Home => &mut self.homes,
+            MetaKind::Host => &mut self.hosts,
+            MetaKind::Droid => &mut self.droids,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
 struct MetaFile {
     /// Set (to nix's `builtins.typeOf`) when the file is not an attribute set.
     #[serde(default)]
@@ -619,6 +716,17 @@ struct MetaFile {
     users: serde_json::Value,
     #[serde(default)]
     deploy: serde_json::Value,
+    /// Where the values are (line, column), when read from the text.
+    #[serde(skip)]
+    system_at: Option<(u32, u32)>,
+    #[serde(skip)]
+    users_at: Option<(u32, u32)>,
+    /// Where `deploy` is: its value, or the first `deploy.<key> = …` of the file.
+    #[serde(skip)]
+    deploy_at: Option<(u32, u32)>,
+    /// Where each `deploy.<key>`'s value is.
+    #[serde(skip)]
+    deploy_keys_at: BTreeMap<String, (u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -631,6 +739,8 @@ pub struct Repo {
     /// Every layout problem found while scanning (and loading meta files).
     pub findings: Vec<Finding>,
     meta_loaded: bool,
+    /// After [`Repo::load_meta_static`]: the meta.nix files that need nix.
+    meta_pending: Option<PendingMeta>,
 }
 
 impl Repo {
@@ -670,6 +780,7 @@ impl Repo {
             droids: BTreeMap::new(),
             findings: Vec::new(),
             meta_loaded: false,
+            meta_pending: None,
         };
         for name in list_dirs(&root.join("systems"))? {
             repo.add_host_dir(&name);
@@ -874,113 +985,195 @@ impl Repo {
         }
     }
 
-    /// Reads every meta.nix (homes and hosts) in ONE `nix eval`: they are Nix, so only nix
-    /// can read them, and one process per file would cost tens of milliseconds each.
-    /// Problems become findings against the file.
+    /// Reads every meta.nix (homes, hosts and droids): those whose `system`, `users` and
+    /// `deploy` are literals from their text ([`Repo::load_meta_static`]), the rest in ONE
+    /// `nix eval`: only nix can compute them, and one process per file would cost tens of
+    /// milliseconds each. Problems become findings against the file.
     pub fn load_meta(&mut self, nix: &Nix) -> Result<()> {
         if self.meta_loaded {
             return Ok(());
         }
+        let pending = self.load_meta_static();
         self.meta_loaded = true;
-        let homes: Vec<String> = self
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let (homes, hosts, droids) = (
+            as_strs(&pending.homes),
+            as_strs(&pending.hosts),
+            as_strs(&pending.droids),
+        );
+        let eval: MetaEval =
+            match nix.eval_expr_json(&meta_expr(&self.root, &homes, &hosts, &droids)) {
+                Ok(v) => v,
+                // Only a failure of the evaluation itself is a finding; nix missing or
+                // without flakes is the caller's error.
+                Err(e) => {
+                    if e.downcast_ref::<crate::nix::NixError>().is_none() {
+                        return Err(e);
+                    }
+                    // One broken file stops the whole evaluation and nix names only the
+                    // first problem: on this failure path only, read each file alone, so
+                    // every broken one is reported and the good ones still count.
+                    let mut merged = MetaEval::default();
+                    let files = homes
+                        .iter()
+                        .map(|h| (h, MetaKind::Home))
+                        .chain(hosts.iter().map(|h| (h, MetaKind::Host)))
+                        .chain(droids.iter().map(|h| (h, MetaKind::Droid)));
+                    for (name, kind) in files {
+                        let one: &[&str] = &[name];
+                        let (h, s, d): (&[&str], &[&str], &[&str]) = match kind {
+                            MetaKind::Home => (one, &[], &[]),
+                            MetaKind::Host => (&[], one, &[]),
+                            MetaKind::Droid => (&[], &[], one),
+                        };
+                        match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s, d)) {
+                            Ok(one) => {
+                                merged.homes.extend(one.homes);
+                                merged.hosts.extend(one.hosts);
+                                merged.droids.extend(one.droids);
+                            }
+                            Err(e) => match e.downcast_ref::<crate::nix::NixError>() {
+                                Some(ne) => {
+                                    let finding = self.meta_finding(ne);
+                                    self.findings.push(finding);
+                                }
+                                None => return Err(e),
+                            },
+                        }
+                    }
+                    merged
+                }
+            };
+        self.apply_meta(eval);
+        Ok(())
+    }
+
+    /// The meta.nix files of the model, with their kind and name.
+    fn meta_targets(&self) -> Vec<(MetaKind, String)> {
+        let homes = self
             .users
             .values()
             .filter(|u| u.has_meta)
-            .map(|u| u.name.clone())
-            .collect();
-        let hosts: Vec<String> = self
+            .map(|u| (MetaKind::Home, u.name.clone()));
+        let hosts = self
             .hosts
             .values()
             .filter(|h| h.has_meta)
-            .map(|h| h.name.clone())
-            .collect();
-        let droids: Vec<String> = self
+            .map(|h| (MetaKind::Host, h.name.clone()));
+        let droids = self
             .droids
             .values()
             .filter(|d| d.has_meta)
-            .map(|d| d.name.clone())
-            .collect();
-        if homes.is_empty() && hosts.is_empty() && droids.is_empty() {
-            return Ok(());
+            .map(|d| (MetaKind::Droid, d.name.clone()));
+        homes.chain(hosts).chain(droids).collect()
+    }
+
+    /// Reads the meta.nix files whose `system`, `users` and `deploy` are literals (nearly
+    /// all: they are data) from their syntax, without nix and offline, and reports one that
+    /// does not parse, with line and column. Returns the homes, hosts and droids whose
+    /// meta.nix computes those values: only an evaluation can read them
+    /// ([`Repo::load_meta`]).
+    pub fn load_meta_static(&mut self) -> PendingMeta {
+        if let Some(pending) = &self.meta_pending {
+            return pending.clone();
         }
-        let eval: MetaEval = match nix.eval_expr_json(&self.meta_expr()) {
-            Ok(v) => v,
-            // Only a failure of the evaluation itself is a finding; nix missing or
-            // without flakes is the caller's error.
-            Err(e) => {
-                if e.downcast_ref::<crate::nix::NixError>().is_none() {
-                    return Err(e);
+        let mut read = MetaEval::default();
+        let mut pending = PendingMeta::default();
+        for (kind, name) in self.meta_targets() {
+            let rel = kind.meta_file(&name);
+            // Unreadable: nix says why.
+            let read_one = fs::read_to_string(self.root.join(&rel))
+                .map_or(syntax::MetaRead::Computed, |t| syntax::read_meta(&t));
+            match read_one {
+                syntax::MetaRead::Literal(meta) => {
+                    read.of_kind(kind).insert(name, meta);
                 }
-                // One broken file stops the whole evaluation and nix names only the first
-                // problem: on this failure path only, read each file alone, so every
-                // broken one is reported and the good ones still count.
-                let mut merged = MetaEval {
-                    homes: BTreeMap::new(),
-                    hosts: BTreeMap::new(),
-                    droids: BTreeMap::new(),
-                };
-                let files = homes
-                    .iter()
-                    .map(|h| (h, 0))
-                    .chain(hosts.iter().map(|h| (h, 1)))
-                    .chain(droids.iter().map(|h| (h, 2)));
-                for (name, kind) in files {
-                    let one: &[&str] = &[name.as_str()];
-                    let (h, s, d): (&[&str], &[&str], &[&str]) = match kind {
-                        0 => (one, &[], &[]),
-                        1 => (&[], one, &[]),
-                        _ => (&[], &[], one),
-                    };
-                    match nix.eval_expr_json::<MetaEval>(&meta_expr(&self.root, h, s, d)) {
-                        Ok(one) => {
-                            merged.homes.extend(one.homes);
-                            merged.hosts.extend(one.hosts);
-                            merged.droids.extend(one.droids);
-                        }
-                        Err(e) => match e.downcast_ref::<crate::nix::NixError>() {
-                            Some(ne) => {
-                                let finding = self.meta_finding(ne);
-                                self.findings.push(finding);
-                            }
-                            None => return Err(e),
-                        },
-                    }
-                }
-                merged
+                syntax::MetaRead::Computed => pending.of_kind(kind).push(name),
+                syntax::MetaRead::Syntax {
+                    line,
+                    column,
+                    message,
+                } => self.findings.push(Finding {
+                    line: Some(line),
+                    column: Some(column),
+                    ..Finding::error(
+                        rel,
+                        "bad-meta",
+                        format!("cannot read meta.nix: syntax error, {message}"),
+                        format!(
+                            "fix the file so that it is an attribute set like {}",
+                            kind.shape()
+                        ),
+                    )
+                }),
             }
-        };
-        for (name, meta) in eval.homes {
-            let rel = format!("homes/{name}/meta.nix");
-            if self.check_shape(&rel, &meta, "{ system = \"x86_64-linux\"; }") {
+        }
+        self.apply_meta(read);
+        self.meta_pending = Some(pending.clone());
+        pending
+    }
+
+    /// The meta.nix files the model reads (repo-relative), whose problems
+    /// [`Repo::load_meta_static`] and [`Repo::load_meta`] report.
+    pub fn meta_files(&self) -> BTreeSet<String> {
+        self.meta_targets()
+            .into_iter()
+            .map(|(kind, name)| kind.meta_file(&name))
+            .collect()
+    }
+
+    /// The static analysis of every `.nix` file (no nix): the ones git does not track,
+    /// syntax errors, and relative paths used as imports or sources that are missing,
+    /// untracked or outside the repo. Syntax errors of the meta.nix files the model reads
+    /// are left to [`Repo::load_meta_static`], which reports them as such.
+    pub fn nix_file_findings(&self) -> Vec<Finding> {
+        syntax::analyse(&self.root, &self.meta_files())
+    }
+
+    /// Checks what meta.nix files say and puts it into the model.
+    fn apply_meta(&mut self, read: MetaEval) {
+        for (name, meta) in read.homes {
+            let rel = MetaKind::Home.meta_file(&name);
+            if self.check_shape(&rel, &meta, HOME_META_SHAPE) {
                 continue;
             }
-            let system = self.check_system(&rel, meta.system, &rules().supported_systems);
-            let deploy = self.check_deploy(&rel, &meta.deploy);
+            let before = self.findings.len();
+            let system = self.check_system(&rel, meta.system.clone(), &rules().supported_systems);
+            self.locate_since(before, meta.system_at);
+            let deploy = self.check_deploy(&rel, &meta);
             if let Some(u) = self.users.get_mut(&name) {
                 u.system = system;
                 u.deploy = deploy;
             }
         }
-        for (name, meta) in eval.droids {
-            let rel = format!("droids/{name}/meta.nix");
-            if self.check_shape(&rel, &meta, "{ system = \"aarch64-linux\"; }") {
+        for (name, meta) in read.droids {
+            let rel = MetaKind::Droid.meta_file(&name);
+            if self.check_shape(&rel, &meta, DROID_META_SHAPE) {
                 continue;
             }
             // Nix-on-Droid runs on Linux phones (and emulators): the host systems.
-            let system = self.check_system(&rel, meta.system, &rules().host_systems);
-            let deploy = self.check_deploy(&rel, &meta.deploy);
+            let before = self.findings.len();
+            let system = self.check_system(&rel, meta.system.clone(), &rules().host_systems);
+            self.locate_since(before, meta.system_at);
+            let deploy = self.check_deploy(&rel, &meta);
             if let Some(d) = self.droids.get_mut(&name) {
                 d.system = system;
                 d.deploy = deploy;
             }
         }
-        for (name, meta) in eval.hosts {
-            let rel = format!("systems/{name}/meta.nix");
+        for (name, meta) in read.hosts {
+            let rel = MetaKind::Host.meta_file(&name);
             if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
                 continue;
             }
-            let system = self.check_system(&rel, meta.system, &rules().host_systems);
-            let users = self.check_users(&rel, meta.users);
+            let before = self.findings.len();
+            let system = self.check_system(&rel, meta.system.clone(), &rules().host_systems);
+            self.locate_since(before, meta.system_at);
+            let before = self.findings.len();
+            let users = self.check_users(&rel, meta.users.clone());
+            self.locate_since(before, meta.users_at);
             for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
                 // lib/ still gives the user a home on the host, made of nothing.
                 self.findings.push(Finding::warning(
@@ -992,14 +1185,13 @@ impl Repo {
                     format!("create it with cargo xtask new-user {user} --host {name}, or remove the name"),
                 ));
             }
-            let deploy = self.check_deploy(&rel, &meta.deploy);
+            let deploy = self.check_deploy(&rel, &meta);
             if let Some(h) = self.hosts.get_mut(&name) {
                 h.system = system;
                 h.meta_users = users;
                 h.deploy = deploy;
             }
         }
-        Ok(())
     }
 
     /// A meta.nix that nix cannot read, as a finding against the file nix names.
@@ -1038,6 +1230,17 @@ impl Repo {
         true
     }
 
+    /// Places the findings pushed since `before` at `at` (a value read from the text; nix's
+    /// answer carries no position).
+    fn locate_since(&mut self, before: usize, at: Option<(u32, u32)>) {
+        if let Some((line, column)) = at {
+            for f in &mut self.findings[before..] {
+                f.line = Some(line);
+                f.column = Some(column);
+            }
+        }
+    }
+
     fn check_system(
         &mut self,
         rel: &str,
@@ -1065,20 +1268,36 @@ impl Repo {
         }
     }
 
-    fn check_deploy(&mut self, rel: &str, deploy: &serde_json::Value) -> Option<Deploy> {
-        if deploy.is_null() {
+    /// Checks meta.nix's `deploy`; a finding read from the text is placed at the value it
+    /// is about (`deploy.buildOn = …`), else at `deploy` itself.
+    fn check_deploy(&mut self, rel: &str, meta: &MetaFile) -> Option<Deploy> {
+        if meta.deploy.is_null() {
             return None;
         }
-        match Deploy::parse(deploy) {
+        match Deploy::parse(&meta.deploy) {
             Ok(d) => Some(d),
             Err(errors) => {
                 for e in errors {
-                    self.findings.push(Finding::error(
-                        rel,
-                        "bad-deploy",
-                        e,
-                        format!("write it like {DEPLOY_SHAPE}"),
-                    ));
+                    let at = meta
+                        .deploy_keys_at
+                        .iter()
+                        .find(|(key, _)| {
+                            e.strip_prefix("deploy.")
+                                .and_then(|rest| rest.strip_prefix(key.as_str()))
+                                .is_some_and(|rest| rest.starts_with([' ', ':']))
+                        })
+                        .map(|(_, at)| *at)
+                        .or(meta.deploy_at);
+                    self.findings.push(Finding {
+                        line: at.map(|(l, _)| l),
+                        column: at.map(|(_, c)| c),
+                        ..Finding::error(
+                            rel,
+                            "bad-deploy",
+                            e,
+                            format!("write it like {DEPLOY_SHAPE}"),
+                        )
+                    });
                 }
                 None
             }
@@ -1370,23 +1589,35 @@ pub fn leftover_scaffolds(root: &Path) -> Vec<String> {
 /// The directories whose `.nix` files the flake reads.
 pub const NIX_DIRS: [&str; 4] = ["homes", "systems", "droids", "lib"];
 
-/// `.nix` files under homes/, systems/ and lib/ that git does not track: a flake in a git
+/// `.nix` files under homes/, systems/, droids/ and lib/ that git does not track: a flake in a git
 /// repository only sees tracked files, so nix reports them as missing ("the classic module
 /// not found"). One `git ls-files` call; outside a git repository (a `path:` flake sees
 /// every file) or without git there is nothing to report.
 pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
+    untracked_file_findings(&untracked_nix_files(root).unwrap_or_default())
+}
+
+/// The untracked `.nix` files of homes/, systems/, droids/ and lib/; None outside git.
+fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
     let out = std::process::Command::new("git")
         .args(["ls-files", "-z", "--others", "--exclude-standard", "--"])
         .args(NIX_DIRS)
         .current_dir(root)
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    if !out.status.success() {
-        return Vec::new();
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .split('\0')
-        .filter(|p| p.ends_with(".nix"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|p| p.ends_with(".nix"))
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+fn untracked_file_findings(files: &[String]) -> Vec<Finding> {
+    files
+        .iter()
         .map(|p| {
             Finding::error(
                 p,

@@ -128,3 +128,47 @@ pub fn list<S: AsRef<str>>(items: &[S]) -> String {
 pub fn command(shown: &str) {
     write_err(&format!("{}\n", paint(Style::Dim, &format!("$ {shown}"))));
 }
+
+/// Bytes in binary units as `nix path-info -h` prints them: `512 B`, `1.5 MiB`.
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < units.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[unit])
+    }
+}
+
+/// Asks `question [y/N]` on stderr and reads one line from stdin: `Some(true)` for y/yes,
+/// `Some(false)` for anything else (an empty line is the default, no), `None` when stdin
+/// has nothing to read (closed, /dev/null): no one could answer. A pipe is an answer like
+/// a terminal (`echo y | …`), so scripts and tests can answer.
+pub fn confirm(question: &str) -> Option<bool> {
+    write_err(&format!("{question} [y/N] "));
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(0) | Err(_) => {
+            write_err("\n");
+            None
+        }
+        Ok(_) => Some(matches!(
+            line.trim().to_ascii_lowercase().as_str(),
+            "y" | "yes"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes() {
+        assert_eq!(super::human_size(512), "512 B");
+        assert_eq!(super::human_size(3 * 1024 * 1024 / 2), "1.5 MiB");
+    }
+}

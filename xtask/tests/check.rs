@@ -318,14 +318,17 @@ fn three_broken_homes_of_ten_are_all_reported_in_one_run() {
             &format!("{{ home.packages = [ \"p{i}\" ]; }}\n"),
         );
     }
-    // One error of each kind: uncaught by tryEval (undefined variable, syntax error in an
-    // imported file) and caught (throw), so both paths of the evaluation are exercised.
+    // One error of each kind: uncaught by tryEval (undefined variables, one in an imported
+    // file) and caught (throw), so both paths of the evaluation are exercised.
     f.home_module(
         "u2",
         "{ lib, ... }:\n{\n  home.packages = [ undefinedThing ];\n}\n",
     )
     .home_module("u5", "{ imports = [ ./broken.nix ]; }\n")
-    .write("homes/u5/broken.nix", "{\n  home.packages = [ ;\n}\n")
+    .write(
+        "homes/u5/broken.nix",
+        "{\n  home.packages = [ alsoUndefined ];\n}\n",
+    )
     .home_module("u7", "{ home.packages = throw \"u7 is broken\"; }\n")
     .commit();
     let (run, findings) = check_json(&f, &[]);
@@ -387,13 +390,26 @@ fn all_systems_reports_one_finding_per_home() {
 #[test]
 fn broken_flake_is_one_finding() {
     let f = clean_fixture();
-    f.write("flake.nix", "{\n  outputs = { self }: import ./lib {\n}\n")
-        .commit();
+    f.write(
+        "flake.nix",
+        "{\n  outputs = { self }: throw \"the outputs are broken\";\n}\n",
+    )
+    .commit();
     let (run, findings) = check_json(&f, &[]);
     run.failure(1);
     let e = only_finding(&findings, "flake-error");
     assert_eq!(e["path"], "flake.nix");
     assert_eq!(findings.len(), 1, "{findings:#?}");
+    // A flake.nix that does not parse is the lint's finding, with its place; evaluating
+    // would only fail again on it.
+    f.write("flake.nix", "{\n  outputs = { self }: import ./lib {\n}\n")
+        .commit();
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1);
+    let e = only_finding(&findings, "syntax-error");
+    assert_eq!((&e["path"], &e["line"]), (&"flake.nix".into(), &3.into()));
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    run.stderr_has("nothing was evaluated: flake.nix or lib/ has the errors above");
 }
 
 #[test]
@@ -498,14 +514,231 @@ fn lint_only_does_not_evaluate() {
 fn lint_only_runs_without_nix_and_says_what_it_skipped() {
     let f = clean_fixture();
     f.home_module("bob@nohost", "{ }\n").commit();
-    // Only git on PATH: a pre-commit hook on a machine without nix.
-    let bin = common::path_with_git_only();
-    let mut cmd = f.command(&["check", "--lint-only"]);
-    cmd.env("PATH", bin.path());
-    let run = common::run(cmd.output().unwrap());
+    let run = lint_without_nix(&f, &[]);
     run.failure(1)
-        .stderr_has("homes/bob@nohost: host 'nohost' has no systems/nohost")
-        .stderr_has("meta.nix files were not read: nix is not on PATH");
+        .stderr_has("homes/bob@nohost: host 'nohost' has no systems/nohost");
+    // ws's meta.nix is a literal, read without nix: nothing was skipped.
+    assert!(!run.stderr.contains("note:"), "{}", run.stderr);
+    // One that computes its values needs nix: it is named as not read.
+    f.host(
+        "pi",
+        Some("let arch = \"aarch64\"; in { system = \"${arch}-linux\"; }\n"),
+    )
+    .commit();
+    lint_without_nix(&f, &[]).failure(1).stderr_has(
+        "note: not read, since they compute their values and nix is not on PATH: systems/pi/meta.nix",
+    );
+    // With nix, it is evaluated (and is fine).
+    f.home_module("bob@nohost", "{ }\n");
+    std::fs::remove_dir_all(f.root.join("homes/bob@nohost")).unwrap();
+    f.commit();
+    let (run, findings) = check_json(&f, &["--lint-only"]);
+    run.success();
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+/// `check --lint-only` with only git on PATH: a pre-commit hook on a machine without nix,
+/// which proves the lint needs neither nix nor the network.
+fn lint_without_nix(f: &Fixture, extra: &[&str]) -> Run {
+    let bin = common::path_with_git_only();
+    let mut args = vec!["check", "--lint-only"];
+    args.extend_from_slice(extra);
+    let mut cmd = f.command(&args);
+    cmd.env("PATH", bin.path());
+    common::run(cmd.output().unwrap())
+}
+
+/// The findings of [`lint_without_nix`] with `--json`.
+fn lint_json_without_nix(f: &Fixture) -> (Run, Vec<Value>) {
+    let run = lint_without_nix(f, &["--json"]);
+    let findings = run.json().as_array().cloned().unwrap();
+    (run, findings)
+}
+
+#[test]
+fn syntax_error_in_a_home_is_located_without_nix() {
+    let f = clean_fixture();
+    f.home_module(
+        "bob",
+        "{ pkgs, ... }:\n{\n  home.packages = [ pkgs.git ;\n  home.username = \"bob\";\n}\n",
+    )
+    .commit();
+    let run = lint_without_nix(&f, &[]);
+    run.failure(1)
+        .stderr_has("error: homes/bob/default.nix:3:30: syntax error: unexpected ';'")
+        .stderr_has("nix-instantiate --parse homes/bob/default.nix")
+        .stderr_has("check: 1 error, 0 warnings in 2 homes, 1 host");
+    let (_, findings) = lint_json_without_nix(&f);
+    let e = only_finding(&findings, "syntax-error");
+    assert_eq!((&e["line"], &e["column"]), (&3.into(), &30.into()), "{e}");
+    // The whole check reports it once, from the lint, and does not evaluate bob.
+    let (run, findings) = check_json(&f, &[]);
+    run.failure(1)
+        .stderr_has("not evaluated because of the errors above: home 'bob'");
+    assert_eq!(
+        codes(&findings),
+        vec![("homes/bob/default.nix".into(), "syntax-error".into())]
+    );
+    // Every file, imported or not, in one run.
+    f.write("lib/extra.nix", "{ a = 1 }\n")
+        .write("systems/ws/hardware.nix", "{ ... }: {\n")
+        .commit();
+    let (_, findings) = lint_json_without_nix(&f);
+    let mut paths: Vec<&str> = findings
+        .iter()
+        .filter(|x| x["code"] == "syntax-error")
+        .map(|x| x["path"].as_str().unwrap())
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        vec![
+            "homes/bob/default.nix",
+            "lib/extra.nix",
+            "systems/ws/hardware.nix"
+        ]
+    );
+    let run = lint_without_nix(&f, &["--format", "github"]);
+    assert!(
+        run.stdout.contains(
+            "::error file=homes/bob/default.nix,line=3,col=30,title=syntax-error::syntax error: unexpected ';'"
+        ),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn missing_import_is_located_without_nix() {
+    let f = clean_fixture();
+    f.home_module(
+        "bob",
+        "{ ... }:\n{\n  imports = [\n    ./hypr.nix\n  ];\n  home.file.\".vimrc\".source = ../common/vimrc;\n}\n",
+    )
+    .commit();
+    let run = lint_without_nix(&f, &[]);
+    run.failure(1)
+        .stderr_has("error: homes/bob/default.nix:4:5: imports ./hypr.nix, but homes/bob/hypr.nix does not exist (create homes/bob/hypr.nix and git add it, or correct the path)")
+        .stderr_has("error: homes/bob/default.nix:6:31: uses ../common/vimrc as a source, but homes/common/vimrc does not exist");
+    let (_, findings) = lint_json_without_nix(&f);
+    assert_eq!(
+        findings
+            .iter()
+            .filter(|x| x["code"] == "missing-path")
+            .count(),
+        2,
+        "{findings:#?}"
+    );
+    // An imported directory is its default.nix.
+    f.home_module("bob", "{ imports = [ ../modules ]; }\n")
+        .write("homes/modules/README", "modules go here\n")
+        .commit();
+    lint_without_nix(&f, &[]).failure(1).stderr_has(
+        "homes/bob/default.nix:1:15: imports ../modules, but homes/modules/default.nix does not exist",
+    );
+}
+
+#[test]
+fn untracked_import_is_located_and_names_git_add() {
+    let f = clean_fixture();
+    f.home_module("bob", "{ ... }:\n{\n  imports = [ ./hypr.nix ];\n}\n")
+        .commit();
+    // Written after the commit and never added: the flake will not see it.
+    f.write("homes/bob/hypr.nix", "{ }\n");
+    let run = lint_without_nix(&f, &[]);
+    run.failure(1).stderr_has(
+        "error: homes/bob/default.nix:3:15: imports ./hypr.nix, but git does not track homes/bob/hypr.nix, so the flake cannot see it",
+    );
+    let (_, findings) = lint_json_without_nix(&f);
+    let u = only_finding(&findings, "untracked-path");
+    assert_eq!(u["fix"], "git add -N homes/bob/hypr.nix");
+    // A dotfile (not a .nix file, so only this check sees it), and a directory of them.
+    f.home_module(
+        "bob",
+        "{\n  home.file.\".vimrc\".source = ./vimrc;\n  xdg.configFile.nvim.source = ./nvim;\n}\n",
+    )
+    .write("homes/bob/vimrc", "set nu\n")
+    .write("homes/bob/nvim/init.lua", "-- lua\n");
+    f.git(&["add", "homes/bob/default.nix"]);
+    let (_, findings) = lint_json_without_nix(&f);
+    let fixes: Vec<&str> = findings
+        .iter()
+        .filter(|x| x["code"] == "untracked-path")
+        .map(|x| x["fix"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fixes,
+        vec!["git add -N homes/bob/vimrc", "git add -N homes/bob/nvim"]
+    );
+    // The fix it names is enough.
+    f.git(&["add", "-N", "homes/bob"]);
+    let (run, findings) = lint_json_without_nix(&f);
+    run.success();
+    assert!(findings.is_empty(), "{findings:#?}");
+}
+
+/// What is not an import or source of the repo is not flagged: strings, absolute paths,
+/// interpolated and `pathExists`-guarded paths, paths in other roles; a path out of the
+/// repository is a warning.
+#[test]
+fn a_valid_repo_has_no_static_findings() {
+    let f = clean_fixture();
+    f.home_module(
+        "bob",
+        r#"{ pkgs, lib, ... }:
+let
+  name = "x";
+in
+{
+  imports = [ ./programs.nix ../common ] ++ lib.optional false ./absent.nix;
+  home.file.".vimrc".source = ./vimrc;
+  home.file."s".text = "./not-a-path.nix ${./vimrc}";
+  home.file."a".source = /etc/hostname;
+  home.file."b".source = ./${name};
+  home.sessionVariables.X = toString ./maybe-later;
+  home.file."c".text = if builtins.pathExists ./local.nix then import ./local.nix else "";
+}
+"#,
+    )
+    .write(
+        "homes/bob/programs.nix",
+        "{ home.packages = [ \"git\" ]; }\n",
+    )
+    .write("homes/bob/vimrc", "set nu\n")
+    .write("homes/common/default.nix", "{ }\n")
+    .commit();
+    let (run, findings) = lint_json_without_nix(&f);
+    run.success();
+    assert!(findings.is_empty(), "{findings:#?}");
+    // The repository's own files parse and import what exists (whether a developer's
+    // work in progress is tracked is not this test's business).
+    let git_only = common::path_with_git_only();
+    let run = common::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["check", "--lint-only", "--json"])
+            .current_dir(common::repo_root())
+            .env("PATH", git_only.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap(),
+    );
+    let own: Vec<Value> = run
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["code"] != "untracked-file" && x["code"] != "untracked-path")
+        .cloned()
+        .collect();
+    assert!(own.is_empty(), "{own:#?}");
+    // Out of the repository: the flake cannot read it, but it may be meant (a warning).
+    f.home_module("bob", "{ imports = [ ../../../shared.nix ]; }\n")
+        .commit();
+    let (run, findings) = lint_json_without_nix(&f);
+    run.success();
+    let w = only_finding(&findings, "path-outside-repo");
+    assert_eq!(w["severity"], "warning");
+    assert_eq!(w["line"], 1);
 }
 
 #[test]
@@ -643,7 +876,8 @@ fn a_repository_path_with_a_space_is_explained() {
 }
 
 /// meta.nix of the wrong shape is an error naming the file and the expected shape, in
-/// `check --lint-only` as in a full check.
+/// `check --lint-only` as in a full check; read from the text without nix when the values
+/// are literals, and by nix when they are computed (the last two cases).
 #[test]
 fn meta_nix_of_the_wrong_shape_is_an_error() {
     let cases = [
@@ -683,10 +917,39 @@ fn meta_nix_of_the_wrong_shape_is_an_error() {
             "x86_64-windows",
             "aarch64-darwin",
         ),
+        (
+            "systems/box/meta.nix",
+            "let arch = \"x86_64\"; in { system = \"${arch}-windows\"; }\n",
+            "x86_64-windows",
+            "use one of x86_64-linux, aarch64-linux",
+        ),
+        (
+            "systems/box/meta.nix",
+            "builtins.map (x: x) [ ]\n",
+            "meta.nix is a list, not an attribute set",
+            "users = [ \"alice\" ]",
+        ),
     ];
-    for (file, meta, message, fix) in cases {
+    for (i, (file, meta, message, fix)) in cases.into_iter().enumerate() {
+        let computed = i >= 6;
         let f = clean_fixture();
         f.host("box", Some("{ }\n")).write(file, meta).commit();
+        let (run, findings) = lint_json_without_nix(&f);
+        let found = findings.iter().find(|x| x["path"] == file);
+        if computed {
+            // Only nix can tell: statically nothing is said but that it was not read.
+            assert!(found.is_none(), "{meta:?}: {findings:#?}");
+            run.stderr_has(&format!(
+                "not read, since they compute their values and nix is not on PATH: {file}"
+            ));
+        } else {
+            let found = found.unwrap_or_else(|| panic!("{meta:?} without nix: {findings:#?}"));
+            assert!(
+                found["message"].as_str().unwrap().contains(message),
+                "{found}"
+            );
+            run.failure(1);
+        }
         for extra in [&["--lint-only"][..], &[][..]] {
             let (run, findings) = check_json(&f, extra);
             run.failure(1);

@@ -64,7 +64,191 @@ fn droids_and_deploy_settings_in_list_and_check() {
     .commit();
     f.xtask(&["check", "--lint-only"])
         .failure(1)
-        .stderr_has("droids/phone/meta.nix: deploy.buildOn = \"cloud\" is neither");
+        .stderr_has("droids/phone/meta.nix:1:42: deploy.buildOn = \"cloud\" is neither");
+}
+
+/// `check --lint-only` with only git on PATH (no nix): the findings, with the run.
+fn lint_without_nix(f: &Fixture) -> (common::Run, Vec<serde_json::Value>) {
+    let bin = common::path_with_git_only();
+    let mut cmd = f.command(&["check", "--lint-only", "--json"]);
+    cmd.env("PATH", bin.path());
+    let run = common::run(cmd.output().unwrap());
+    let findings = run.json().as_array().cloned().unwrap();
+    (run, findings)
+}
+
+/// The (path, code, line, column) of each finding.
+fn located(findings: &[serde_json::Value]) -> Vec<(String, String, u64, u64)> {
+    findings
+        .iter()
+        .map(|x| {
+            (
+                x["path"].as_str().unwrap().to_string(),
+                x["code"].as_str().unwrap().to_string(),
+                x["line"].as_u64().unwrap_or(0),
+                x["column"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A droid's files go through the lint like a host's, without nix: its meta.nix (syntax,
+/// `system`, `deploy` as a set or by keys, with line and column), its other `.nix` files
+/// (syntax, missing and untracked imports), and a computed meta.nix is named as not read.
+#[test]
+fn droid_meta_and_files_are_linted_without_nix() {
+    let f = Fixture::new();
+    f.home_module("alice", "{ ... }: { }\n")
+        .write("droids/phone/default.nix", "{ ... }: { }\n")
+        .write(
+            "droids/phone/meta.nix",
+            "{\n  system = \"aarch64-linux\";\n  deploy = { targetHost = ;\n}\n",
+        )
+        .commit();
+    let (run, findings) = lint_without_nix(&f);
+    run.failure(1);
+    assert_eq!(
+        located(&findings),
+        vec![("droids/phone/meta.nix".into(), "bad-meta".into(), 3, 27)],
+        "{findings:#?}"
+    );
+    assert!(
+        findings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("syntax error"),
+        "{findings:#?}"
+    );
+
+    // Literal values are checked where they are written.
+    f.write(
+        "droids/phone/meta.nix",
+        "{\n  system = \"x86_64-darwin\";\n  deploy.targetHost = \"nix-on-droid@phone\";\n  deploy.buildOn = \"cloud\";\n}\n",
+    )
+    .commit();
+    let (run, findings) = lint_without_nix(&f);
+    run.failure(1);
+    assert_eq!(
+        located(&findings),
+        vec![
+            (
+                "droids/phone/meta.nix".into(),
+                "unknown-system".into(),
+                2,
+                12
+            ),
+            ("droids/phone/meta.nix".into(), "bad-deploy".into(), 4, 20),
+        ],
+        "{findings:#?}"
+    );
+    f.write(
+        "droids/phone/meta.nix",
+        "{\n  deploy = {\n    targetHost = \"-oProxyCommand=x\";\n    tags = [ \"Bad Tag\" ];\n  };\n}\n",
+    )
+    .commit();
+    let (_, findings) = lint_without_nix(&f);
+    assert_eq!(
+        located(&findings),
+        vec![
+            ("droids/phone/meta.nix".into(), "bad-deploy".into(), 3, 18),
+            ("droids/phone/meta.nix".into(), "bad-deploy".into(), 4, 12),
+        ],
+        "{findings:#?}"
+    );
+    f.write("droids/phone/meta.nix", "{\n  deploy = \"phone\";\n}\n")
+        .commit();
+    let (_, findings) = lint_without_nix(&f);
+    assert_eq!(
+        located(&findings),
+        vec![("droids/phone/meta.nix".into(), "bad-deploy".into(), 2, 12)],
+        "{findings:#?}"
+    );
+    assert!(
+        findings[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not an attribute set"),
+        "{findings:#?}"
+    );
+
+    // The droid's other files: a syntax error, a missing import, an untracked one.
+    f.write(
+        "droids/phone/meta.nix",
+        "{ system = \"aarch64-linux\"; deploy.targetHost = \"phone\"; }\n",
+    )
+    .write(
+        "droids/phone/default.nix",
+        "{ ... }:\n{\n  imports = [ ./termux.nix ./fonts.nix ];\n  x = [ 1 ;\n}\n",
+    )
+    .write("droids/phone/termux.nix", "{ }\n")
+    .commit();
+    f.write("droids/phone/fonts.nix", "{ }\n");
+    let (run, findings) = lint_without_nix(&f);
+    run.failure(1);
+    let mut got = located(&findings);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "droids/phone/default.nix".into(),
+                "syntax-error".into(),
+                4,
+                11
+            ),
+            (
+                "droids/phone/default.nix".into(),
+                "untracked-path".into(),
+                3,
+                28
+            ),
+            (
+                "droids/phone/fonts.nix".into(),
+                "untracked-file".into(),
+                0,
+                0
+            ),
+        ],
+        "{findings:#?}"
+    );
+    fs::remove_file(f.root.join("droids/phone/fonts.nix")).unwrap();
+    let (_, findings) = lint_without_nix(&f);
+    let missing: Vec<_> = located(&findings)
+        .into_iter()
+        .filter(|x| x.1 == "missing-path")
+        .collect();
+    assert_eq!(
+        missing,
+        vec![(
+            "droids/phone/default.nix".into(),
+            "missing-path".into(),
+            3,
+            28
+        )],
+        "{findings:#?}"
+    );
+
+    // A computed meta.nix needs nix: without it, the droid's is named as not read.
+    f.write("droids/phone/default.nix", "{ ... }: { }\n")
+        .write(
+            "droids/phone/meta.nix",
+            "let h = \"phone\"; in { deploy.targetHost = \"nix-on-droid@${h}\"; }\n",
+        )
+        .commit();
+    let (run, findings) = lint_without_nix(&f);
+    run.success().stderr_has(
+        "note: not read, since they compute their values and nix is not on PATH: droids/phone/meta.nix",
+    );
+    assert!(findings.is_empty(), "{findings:#?}");
+    // With nix, the same file is evaluated and its value checked.
+    f.write(
+        "droids/phone/meta.nix",
+        "let h = \"phone\"; in { deploy.targetHost = \"nix-on-droid@${h}\"; deploy.buildOn = \"c${h}\"; }\n",
+    )
+    .commit();
+    f.xtask(&["check", "--lint-only"])
+        .failure(1)
+        .stderr_has("droids/phone/meta.nix: deploy.buildOn = \"cphone\" is neither");
 }
 
 use std::{

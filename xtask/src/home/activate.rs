@@ -242,6 +242,7 @@ impl Transition<'_> {
         interrupted: &str,
         failed: &str,
     ) -> Result<()> {
+        self.lock.announce()?;
         let previous = Previous::read(self.env, self.profile);
         let critical = Critical::enter();
         let mut guard = RestoreGuard {

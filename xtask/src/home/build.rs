@@ -129,6 +129,37 @@ pub fn gc_root(ctx: &Ctx, user: &str) -> PathBuf {
     ctx.root.join(format!("result-home-{user}"))
 }
 
+/// GC roots this repository's tasks made that nothing live uses any more, for `gc`:
+/// - `result-home-<user>` links in the repository for a user who has no standalone home
+///   in homes/ any more (a home that exists keeps its last build's root; it is replaced
+///   by the next build);
+/// - out-link directories of runs that are over ([`OutLinkDir::stale`]).
+///
+/// Their indirect roots in `/nix/var/nix/gcroots/auto` then point nowhere, and nix drops
+/// those itself at the next collection.
+pub fn stale_roots(repo: &Repo) -> Vec<PathBuf> {
+    let mut stale: Vec<PathBuf> = fs::read_dir(&repo.root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    let name = e.file_name();
+                    let Some(user) = name.to_str().and_then(|n| n.strip_prefix("result-home-"))
+                    else {
+                        return false;
+                    };
+                    e.file_type().is_ok_and(|t| t.is_symlink())
+                        && !repo.standalone_users().any(|u| u.name == user)
+                })
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    stale.sort();
+    stale.extend(OutLinkDir::stale());
+    stale
+}
+
 /// The flake attribute of a user's home for `system`.
 pub fn home_attr(user: &str, system: &str) -> String {
     format!("legacyPackages.{system}.homeConfigurations.{user}.activationPackage")
@@ -150,26 +181,46 @@ pub struct OutLinkDir {
 const OUT_LINK_PREFIX: &str = "xtask-out-";
 
 impl OutLinkDir {
+    /// The directories of runs that are over (killed outright): an `xtask-out-*` in the
+    /// temporary directory whose `alive` lock is free. A directory without that file is
+    /// not ours to judge (a run between creating it and locking, or someone else's) and
+    /// is left alone; so is one whose lock is held.
+    pub fn stale() -> Vec<PathBuf> {
+        let mut stale: Vec<PathBuf> = fs::read_dir(std::env::temp_dir())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|entry| {
+                        entry
+                            .file_name()
+                            .to_str()
+                            .is_some_and(|n| n.starts_with(OUT_LINK_PREFIX))
+                            && File::open(entry.path().join("alive"))
+                                .is_ok_and(|f| f.try_lock().is_ok())
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        stale.sort();
+        stale
+    }
+
     pub fn new() -> Result<OutLinkDir> {
         let tmp = std::env::temp_dir();
-        if let Ok(entries) = fs::read_dir(&tmp) {
-            for entry in entries.flatten() {
-                let stale = entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with(OUT_LINK_PREFIX))
-                    && File::open(entry.path().join("alive")).is_ok_and(|f| f.try_lock().is_ok());
-                if stale {
-                    let _ = fs::remove_dir_all(entry.path());
-                }
-            }
+        for dir in OutLinkDir::stale() {
+            let _ = fs::remove_dir_all(dir);
         }
         let dir = tempfile::Builder::new()
             .prefix(OUT_LINK_PREFIX)
             .tempdir()
             .with_context(|| format!("creating a temporary directory in {}", tmp.display()))?;
-        let alive = File::create(dir.path().join("alive"))
+        // Locked before it is named `alive`: a gc never sees this run's file unlocked.
+        let alive = File::create(dir.path().join("alive.new"))
             .and_then(|f| f.lock().map(|()| f))
+            .and_then(|f| {
+                fs::rename(dir.path().join("alive.new"), dir.path().join("alive")).map(|()| f)
+            })
             .with_context(|| format!("creating {}", dir.path().display()))?;
         Ok(OutLinkDir { dir, _alive: alive })
     }

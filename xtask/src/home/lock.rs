@@ -19,6 +19,9 @@ use anyhow::{Context, Result, bail};
 
 pub struct Lock {
     file: File,
+    path: PathBuf,
+    /// This run created the lock file (a first switch).
+    created: bool,
 }
 
 impl Lock {
@@ -56,24 +59,11 @@ impl Lock {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
         }
-        // Say who holds it, for the message of the one that has to wait. A full disk must
-        // not leave an empty lock file behind that a later run reads as "another process".
-        let me = format!(
-            "pid {}: {}",
-            std::process::id(),
-            std::env::args().collect::<Vec<_>>().join(" ")
-        );
-        let written = file
-            .set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| file.write_all(me.as_bytes()));
-        if let Err(e) = written {
-            if !existed {
-                let _ = fs::remove_file(&path);
-            }
-            return Err(io_error(e, &path, "writing the lock file"));
-        }
-        Ok(Lock { file })
+        Ok(Lock {
+            file,
+            path,
+            created: !existed,
+        })
     }
 
     /// Who holds the lock in `dir`, without creating or changing anything (for `doctor`):
@@ -102,6 +92,31 @@ impl Lock {
                 Err(e).with_context(|| format!("probing {}", path.display()))
             }
         }
+    }
+
+    /// Writes who holds the lock into it, for the message of a run that has to wait.
+    /// Called only once the holder is about to change something: a run that only looks
+    /// (a blocked pre-flight) leaves the file as it was, byte for byte. A full disk must not
+    /// leave an empty lock file behind that a later run reads as "another process".
+    pub fn announce(&self) -> Result<()> {
+        let me = format!(
+            "pid {}: {}",
+            std::process::id(),
+            std::env::args().collect::<Vec<_>>().join(" ")
+        );
+        let mut f = &self.file;
+        let written = self
+            .file
+            .set_len(0)
+            .and_then(|()| f.rewind())
+            .and_then(|()| f.write_all(me.as_bytes()));
+        if let Err(e) = written {
+            if self.created {
+                let _ = fs::remove_file(&self.path);
+            }
+            return Err(io_error(e, &self.path, "writing the lock file"));
+        }
+        Ok(())
     }
 
     /// Makes `cmd`'s process inherit a descriptor of the locked file, so the lock lives as
@@ -169,6 +184,7 @@ mod tests {
         assert_eq!(Lock::holder(&dir).unwrap(), None);
         assert!(!dir.exists(), "the probe created the directory");
         let lock = Lock::acquire(&dir, "t's home").unwrap();
+        lock.announce().unwrap();
         let held = Lock::holder(&dir).unwrap().unwrap();
         assert!(
             held.starts_with(&format!("pid {}", std::process::id())),

@@ -21,6 +21,9 @@ pub struct Profile {
     pub dir: PathBuf,
     /// False on first install: the directory still has to be created.
     pub exists: bool,
+    /// The profile link's name in `dir`: `home-manager`, or `system` for a NixOS host's
+    /// profile (`gc --system`); generations are `<name>-<N>-link`.
+    pub name: String,
 }
 
 /// One generation link `home-manager-<id>-link`.
@@ -32,6 +35,9 @@ pub struct Generation {
     /// The store path of the generation.
     pub path: PathBuf,
     pub current: bool,
+    /// The link's mtime: when the generation was made (`gc --older-than`).
+    #[serde(skip)]
+    pub made: SystemTime,
 }
 
 impl UserEnv {
@@ -41,21 +47,15 @@ impl UserEnv {
     pub fn profile(&self) -> Profile {
         let xdg = self.xdg_profiles();
         if xdg.is_dir() {
-            return Profile {
-                dir: xdg,
-                exists: true,
-            };
+            return Profile::new(xdg, "home-manager");
         }
         let global = self.per_user_profiles();
         if global.is_dir() {
-            return Profile {
-                dir: global,
-                exists: true,
-            };
+            return Profile::new(global, "home-manager");
         }
         Profile {
-            dir: xdg,
             exists: false,
+            ..Profile::new(xdg, "home-manager")
         }
     }
 
@@ -63,23 +63,67 @@ impl UserEnv {
     pub fn xdg_profiles(&self) -> PathBuf {
         self.state_home().join("nix/profiles")
     }
+
+    /// The store path of the active generation, the one whose files `$HOME` has: Home
+    /// Manager's GC root of it (after `switch --specialisation` that is the
+    /// specialisation), else the profile's generation; None before the first switch.
+    pub fn active_generation(&self) -> Option<PathBuf> {
+        fs::canonicalize(self.current_home_root())
+            .or_else(|_| fs::canonicalize(self.profile().link()))
+            .ok()
+    }
 }
 
 impl Profile {
+    /// The profile `dir/name` (as it is, existing or not).
+    pub fn new(dir: PathBuf, name: &str) -> Profile {
+        Profile {
+            exists: dir.is_dir(),
+            dir,
+            name: name.to_string(),
+        }
+    }
+
+    /// The profile whose link is `link` (`/nix/var/nix/profiles/system`).
+    pub fn at(link: &Path) -> Profile {
+        let name = link
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Profile::new(link.parent().unwrap_or(Path::new("/")).to_path_buf(), &name)
+    }
+
     /// The profile link `nix-env --profile` takes.
     pub fn link(&self) -> PathBuf {
-        self.dir.join("home-manager")
+        self.dir.join(&self.name)
     }
 
     /// The link of generation `id`.
     pub fn generation_link(&self, id: u64) -> PathBuf {
-        self.dir.join(format!("home-manager-{id}-link"))
+        self.dir.join(format!("{}-{id}-link", self.name))
     }
 
     /// The id of the generation the profile points to, if any.
     pub fn current_id(&self) -> Option<u64> {
         let target = fs::read_link(self.link()).ok()?;
-        generation_id(target.file_name()?.to_str()?)
+        generation_id(&self.name, target.file_name()?.to_str()?)
+    }
+
+    /// The profile link and every generation link (what `uninstall` removes).
+    pub fn links(&self) -> Vec<PathBuf> {
+        let mut links: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map(|d| {
+                d.filter_map(|e| {
+                    let e = e.ok()?;
+                    let name = e.file_name().into_string().ok()?;
+                    (name == self.name || generation_id(&self.name, &name).is_some())
+                        .then(|| e.path())
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        links.sort();
+        links
     }
 
     /// Every generation, newest (highest id) first.
@@ -93,7 +137,11 @@ impl Profile {
         let mut gens = Vec::new();
         for entry in entries {
             let entry = entry.with_context(|| format!("reading {}", self.dir.display()))?;
-            let Some(id) = entry.file_name().to_str().and_then(generation_id) else {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| generation_id(&self.name, n))
+            else {
                 continue;
             };
             let link = entry.path();
@@ -108,6 +156,7 @@ impl Profile {
                 date: format_local(mtime),
                 path,
                 current: current == Some(id),
+                made: mtime,
             });
         }
         gens.sort_by_key(|g| std::cmp::Reverse(g.id));
@@ -115,12 +164,36 @@ impl Profile {
     }
 }
 
-/// `home-manager-17-link` → 17.
-fn generation_id(name: &str) -> Option<u64> {
-    name.strip_prefix("home-manager-")?
-        .strip_suffix("-link")?
-        .parse()
-        .ok()
+/// What `gc` deletes of `gens` (newest first): a generation goes only if it is not among
+/// the newest `keep`, is older than `older_than` (seconds before `now`; `None`: any age),
+/// and is not `protected`. `keep` counts positions, so after a rollback the protected
+/// current generation may be older than the kept ones and stays as well.
+pub fn expired(
+    gens: &[Generation],
+    keep: usize,
+    older_than: Option<u64>,
+    now: SystemTime,
+    protected: impl Fn(&Generation) -> bool,
+) -> Vec<&Generation> {
+    let cutoff = older_than.map(|s| now - std::time::Duration::from_secs(s));
+    gens.iter()
+        .skip(keep)
+        .filter(|g| cutoff.is_none_or(|c| g.made < c))
+        .filter(|g| !protected(g))
+        .collect()
+}
+
+/// `home-manager-17-link` → 17 (for the profile `home-manager`).
+fn generation_id(profile: &str, name: &str) -> Option<u64> {
+    let id = name
+        .strip_prefix(profile)?
+        .strip_prefix('-')?
+        .strip_suffix("-link")?;
+    // `u64::parse` takes a leading `+`; nix-env's names never have one.
+    if !id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    id.parse().ok()
 }
 
 /// `YYYY-MM-DD HH:MM` in the machine's time zone (`TZ`, else /etc/localtime), as Home
@@ -285,9 +358,57 @@ mod tests {
 
     #[test]
     fn generation_ids() {
-        assert_eq!(generation_id("home-manager-12-link"), Some(12));
-        assert_eq!(generation_id("home-manager"), None);
-        assert_eq!(generation_id("home-manager-x-link"), None);
+        assert_eq!(
+            generation_id("home-manager", "home-manager-12-link"),
+            Some(12)
+        );
+        assert_eq!(generation_id("home-manager", "home-manager"), None);
+        assert_eq!(generation_id("home-manager", "home-manager-x-link"), None);
+        assert_eq!(generation_id("home-manager", "home-manager-+1-link"), None);
+        assert_eq!(generation_id("system", "system-3-link"), Some(3));
+        assert_eq!(generation_id("system", "home-manager-3-link"), None);
+    }
+
+    fn gen_at(id: u64, days_ago: u64, now: SystemTime) -> Generation {
+        Generation {
+            id,
+            date: String::new(),
+            path: PathBuf::from(format!("/nix/store/{id}-home-manager-generation")),
+            current: false,
+            made: now - std::time::Duration::from_secs(days_ago * 86_400),
+        }
+    }
+
+    #[test]
+    fn a_generation_goes_only_if_keep_and_age_both_let_it() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        // Newest first: 6 is a day old, 1 sixty days.
+        let gens: Vec<Generation> = [(6, 1), (5, 10), (4, 20), (3, 40), (2, 50), (1, 60)]
+            .iter()
+            .map(|&(id, d)| gen_at(id, d, now))
+            .collect();
+        let ids = |v: Vec<&Generation>| v.iter().map(|g| g.id).collect::<Vec<_>>();
+        assert_eq!(ids(expired(&gens, 2, None, now, |_| false)), [4, 3, 2, 1]);
+        // Older than 30 days: 3, 2, 1; the newest two are kept anyway.
+        assert_eq!(
+            ids(expired(&gens, 2, Some(30 * 86_400), now, |_| false)),
+            [3, 2, 1]
+        );
+        // --keep 5 protects 2 although it is old.
+        assert_eq!(
+            ids(expired(&gens, 5, Some(30 * 86_400), now, |_| false)),
+            [1]
+        );
+        // The protected one stays whatever both say.
+        assert_eq!(
+            ids(expired(&gens, 1, Some(30 * 86_400), now, |g| g.id == 2)),
+            [3, 1]
+        );
+        // Exactly at the cutoff is not older than it.
+        assert_eq!(
+            ids(expired(&gens, 1, Some(60 * 86_400), now, |_| false)),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]

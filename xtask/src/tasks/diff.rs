@@ -1,304 +1,210 @@
-//! `cargo xtask diff [USER]`: what a switch would change, without changing it: the files
-//! of the new generation against the active one (a unified diff for text), what the
-//! pre-flight would do in `$HOME`, and the package changes (`nix store diff-closures`).
+//! `cargo xtask diff`: what changes from one generation to another, without changing
+//! anything: the files (a unified diff for text), the packages and closure sizes (computed
+//! from the two closures, `closure`), and, when the old side is what `$HOME` has, what the
+//! pre-flight would do there. Three ways to name the two sides:
+//! - `diff [USER]`: the home built now against the active generation;
+//! - `diff --from ID --to ID`: two generations of the profile (either defaults to the
+//!   current one);
+//! - `diff OLD NEW`: two store paths (or links to them).
 
 use std::{
-    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
-use similar::TextDiff;
 
 use crate::{
-    Ctx,
+    Ctx, UsageError,
     cli::Diff,
-    home::{self, Backup, GenerationInfo, HomeTarget, OutLinkDir, Preflight},
+    closure::PackageDiff,
+    home::{
+        self, Backup, Comparison, FileDiff, GenerationInfo, HomeTarget, OutLinkDir, Preflight,
+        UserEnv, active_generation,
+    },
+    repo::Defaults,
     term,
 };
 
 #[derive(Debug, Serialize)]
 struct Report<'a> {
-    user: &'a str,
-    system: &'a str,
-    /// The active generation, if there is one.
+    /// The user whose home or profile was compared; none for two paths.
+    user: Option<&'a str>,
+    /// The system of the home built; none when nothing was built.
+    system: Option<&'a str>,
+    /// The old side (the active generation for `diff [USER]`), none on a first install.
     current: Option<&'a Path>,
+    /// The new side.
     generation: &'a Path,
-    added: Vec<&'a str>,
-    removed: Vec<&'a str>,
-    changed: Vec<Changed>,
-    preflight: &'a Preflight,
-    /// `nix store diff-closures` output, one line per package (versions and sizes).
-    packages: Vec<&'a str>,
+    /// `added`, `removed`, `changed`, `dangling`.
+    #[serde(flatten)]
+    files: &'a FileDiff,
+    /// What switching to the new side would do in `$HOME`; only when the old side is what
+    /// `$HOME` has (otherwise the pre-flight would answer a question nobody asked).
+    preflight: Option<&'a Preflight>,
+    packages: &'a PackageDiff,
 }
 
-#[derive(Debug, Serialize)]
-struct Changed {
-    path: String,
-    /// A unified diff, or a note for binary files.
-    diff: String,
-}
-
-/// What a file of `home-files/` is, for comparison: its bytes, or, for a link to a
-/// directory (a `home.file` with a directory source), where it points.
-#[derive(Debug, PartialEq, Eq)]
-enum Entry {
-    File(Vec<u8>),
-    Dir(PathBuf),
+/// The two sides and whose they are.
+struct Sides {
+    user: Option<String>,
+    system: Option<String>,
+    old: Option<PathBuf>,
+    new: PathBuf,
+    /// Keeps the new build's GC root for as long as the diff runs.
+    _work: Option<OutLinkDir>,
 }
 
 impl Diff {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let target =
-            HomeTarget::resolve(ctx, self.user.clone(), self.system.as_deref(), true, false)?;
-        // A read-only task leaves nothing in the repo: the GC root lives as long as the diff.
-        let work = OutLinkDir::new()?;
-        let generation = target.build(ctx, &work.link())?;
-        let HomeTarget {
-            env,
-            user,
-            repo,
-            system,
-        } = target;
-        let profile = env.profile();
-        // The active generation is the one whose files $HOME has: Home Manager's GC root of
-        // it, which after `switch --specialisation` is the specialisation, not the profile's
-        // generation. The profile is the fallback for a machine that never had the root.
-        let current = fs::canonicalize(env.current_home_root())
-            .or_else(|_| fs::canonicalize(profile.link()))
-            .ok();
-
-        // Both `home-files` are links to `*-home-manager-files` store paths: the same path
-        // is the same tree (a change of packages only), with nothing to read.
-        let new_files = generation.join("home-files");
-        let same_files = current.as_ref().is_some_and(|c| {
-            let old_files = fs::canonicalize(c.join("home-files")).ok();
-            old_files.is_some() && old_files == fs::canonicalize(&new_files).ok()
-        });
-        let new = read_tree(&new_files)?;
-        let old = match &current {
-            Some(_) if same_files => new.clone(),
-            Some(c) => read_tree(&c.join("home-files"))?,
-            None => BTreeMap::new(),
-        };
-        let added: Vec<&str> = new
-            .keys()
-            .filter(|k| !old.contains_key(*k))
-            .map(String::as_str)
-            .collect();
-        let removed: Vec<&str> = old
-            .keys()
-            .filter(|k| !new.contains_key(*k))
-            .map(String::as_str)
-            .collect();
-        let mut changed = Vec::new();
-        for (rel, n) in &new {
-            let Some(o) = old.get(rel) else { continue };
-            // Files are links into the store: the same target is the same content, and
-            // only files that point elsewhere are read.
-            if o.target == n.target {
-                continue;
+        let sides = self.sides(ctx)?;
+        let (old, new) = (sides.old.as_deref(), sides.new.as_path());
+        // The pre-flight needs the user's $HOME and backup settings; two paths may be
+        // compared without either.
+        let env = UserEnv::from_process().ok();
+        let active = env
+            .as_ref()
+            .and_then(|e| active_generation(e, &e.profile()));
+        let preflight = match &env {
+            Some(env) if old == active.as_deref() && old != Some(new) => {
+                let backup = Backup::new(&Defaults::load(&ctx.root)?, None, None, false);
+                Some(home::preflight(&GenerationInfo::read(new)?, env, &backup)?)
             }
-            let (o, n) = (o.load()?, n.load()?);
-            if o != n {
-                changed.push(Changed {
-                    path: rel.clone(),
-                    diff: describe(rel, &o, &n),
-                });
-            }
-        }
-
-        // What a plain `switch` would do.
-        let backup = Backup::new(&repo.defaults, None, None, false);
-        let pf = home::preflight(&GenerationInfo::read(&generation)?, &env, &backup)?;
-
-        // Package changes come from nix itself; its output is the familiar one.
-        let packages = match &current {
-            Some(c) if c != &generation => ctx
-                .nix()
-                .cmd(["store", "diff-closures"])?
-                .arg(c)
-                .arg(&generation)
-                .quiet()
-                .read()
-                .context("comparing the closures with nix store diff-closures")?,
-            _ => String::new(),
+            _ => None,
         };
+        let cmp = Comparison::between(&ctx.nix(), old, new)?;
 
         if self.json {
             let report = Report {
-                user: &user,
-                system: &system,
-                current: current.as_deref(),
-                generation: &generation,
-                added,
-                removed,
-                changed,
-                preflight: &pf,
-                packages: packages.lines().filter(|l| !l.trim().is_empty()).collect(),
+                user: sides.user.as_deref(),
+                system: sides.system.as_deref(),
+                current: old,
+                generation: new,
+                files: &cmp.files,
+                preflight: preflight.as_ref(),
+                packages: &cmp.packages,
             };
             term::out(&serde_json::to_string_pretty(&report)?);
             return Ok(());
         }
-        match &current {
-            Some(c) => term::info(&format!(
-                "{user}: {} → {}",
-                c.display(),
-                generation.display()
-            )),
+        let whose = sides
+            .user
+            .as_deref()
+            .map_or_else(String::new, |u| format!("{u}: "));
+        match old {
+            Some(o) => term::info(&format!("{whose}{} → {}", o.display(), new.display())),
             None => term::info(&format!(
-                "{user} has no active generation yet: every file is new ({})",
-                generation.display()
+                "{whose}no active generation yet: every file and package is new ({})",
+                new.display()
             )),
         }
-        if current.as_deref() == Some(generation.as_path()) {
-            term::info("the new generation is the active one: a switch would change nothing");
+        if old == Some(new) {
+            term::info("the two generations are the same: a switch would change nothing");
             return Ok(());
         }
-        for a in &added {
-            term::out(&format!("{} {a}", term::paint(term::Style::Green, "+")));
+        cmp.print(term::out);
+        if let (Some(pf), Some(env)) = (&preflight, &env) {
+            pf.print(env);
         }
-        for r in &removed {
-            term::out(&format!("{} {r}", term::paint(term::Style::Red, "-")));
-        }
-        for c in &changed {
-            term::out(&format!(
-                "{} {}",
-                term::paint(term::Style::Yellow, "~"),
-                c.path
-            ));
-            term::out(c.diff.trim_end_matches('\n'));
-        }
-        if added.is_empty() && removed.is_empty() && changed.is_empty() {
-            term::out("no file changes");
-        }
-        if !packages.trim().is_empty() {
-            term::out(&format!("packages:\n{}", packages.trim_end()));
-        }
-        pf.print(&env);
         Ok(())
     }
-}
 
-/// One file of `home-files/`, read only when it has to be compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Node {
-    path: PathBuf,
-    /// Where the link points (Home Manager's files are links into the store), or, for a
-    /// plain file, its own path.
-    target: PathBuf,
-    /// A link to a directory (a `home.file` with a directory source).
-    dir: bool,
-}
-
-impl Node {
-    fn load(&self) -> Result<Entry> {
-        if self.dir {
-            return Ok(Entry::Dir(self.target.clone()));
-        }
-        fs::read(&self.path)
-            .map(Entry::File)
-            .with_context(|| format!("reading {}", self.path.display()))
-    }
-}
-
-/// Every file under `dir` by relative path (symlinks followed, as activation links them),
-/// without reading contents.
-fn read_tree(dir: &Path) -> Result<BTreeMap<String, Node>> {
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out)?;
-    Ok(out)
-}
-
-fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) -> Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    for entry in entries {
-        let path = entry
-            .with_context(|| format!("reading {}", dir.display()))?
-            .path();
-        let rel = path
-            .strip_prefix(base)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
-        let link = fs::read_link(&path).ok();
-        let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
-        if meta.is_dir() && link.is_none() {
-            walk(base, &path, out)?;
-            continue;
-        }
-        out.insert(
-            rel,
-            Node {
-                target: link.unwrap_or_else(|| path.clone()),
-                path,
-                dir: meta.is_dir(),
-            },
-        );
-    }
-    Ok(())
-}
-
-/// A unified diff of two versions of a file, or a one-line note when it is not text.
-fn describe(rel: &str, old: &Entry, new: &Entry) -> String {
-    match (old, new) {
-        (Entry::File(o), Entry::File(n)) => {
-            match (std::str::from_utf8(o), std::str::from_utf8(n)) {
-                (Ok(o), Ok(n)) => TextDiff::from_lines(o, n)
-                    .unified_diff()
-                    .context_radius(3)
-                    .header(&format!("a/{rel}"), &format!("b/{rel}"))
-                    .to_string(),
-                _ => format!("  binary file: {} → {} bytes\n", o.len(), n.len()),
+    fn sides(&self, ctx: &Ctx) -> Result<Sides> {
+        let from_to = self.from.is_some() || self.to.is_some();
+        if let [old, new] = self.args.as_slice() {
+            if from_to || self.system.is_some() {
+                return Err(UsageError(format!(
+                    "diff {old} {new} compares two store paths; --from, --to and --system mean a profile or a build: drop them, or name one user instead of two paths"
+                ))
+                .into());
             }
+            return Ok(Sides {
+                user: None,
+                system: None,
+                old: Some(store_path(old)?),
+                new: store_path(new)?,
+                _work: None,
+            });
         }
-        (Entry::Dir(o), Entry::Dir(n)) => {
-            format!("  directory: {} → {}\n", o.display(), n.display())
+        let user = self.args.first().cloned();
+        if from_to {
+            return profile_sides(user, self.from, self.to);
         }
-        (Entry::Dir(_), Entry::File(_)) => "  a directory becomes a file\n".into(),
-        (Entry::File(_), Entry::Dir(_)) => "  a file becomes a directory\n".into(),
+        let target = HomeTarget::resolve(ctx, user, self.system.as_deref(), true, false)?;
+        // A read-only task leaves nothing in the repo: the GC root lives as long as the diff.
+        let work = OutLinkDir::new()?;
+        let new = target.build(ctx, &work.link())?;
+        Ok(Sides {
+            old: active_generation(&target.env, &target.env.profile()),
+            new,
+            user: Some(target.user),
+            system: Some(target.system),
+            _work: Some(work),
+        })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// `--from ID --to ID` of `user`'s profile; a side not given is the current generation.
+fn profile_sides(user: Option<String>, from: Option<u64>, to: Option<u64>) -> Result<Sides> {
+    let env = UserEnv::from_process()?;
+    let user = user.unwrap_or_else(|| env.user.clone());
+    home::check_runner(&user, &env, false)?;
+    let profile = env.profile();
+    let gens = profile.generations()?;
+    let ids = gens
+        .iter()
+        .map(|g| g.id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pick = |id: Option<u64>, flag: &str| -> Result<PathBuf> {
+        let generation = match id {
+            Some(id) => gens.iter().find(|g| g.id == id).with_context(|| {
+                format!(
+                    "{flag} {id}: {user} has no generation {id} (generations: {}); see `cargo xtask generations`",
+                    if ids.is_empty() { "none" } else { &ids }
+                )
+            })?,
+            None => gens.iter().find(|g| g.current).with_context(|| {
+                format!(
+                    "{user}'s profile has no current generation (looked in {}); give both --from and --to",
+                    profile.dir.display()
+                )
+            })?,
+        };
+        fs::canonicalize(&generation.path).with_context(|| {
+            format!(
+                "generation {} points to {}, which is not in the store any more",
+                generation.id,
+                generation.path.display()
+            )
+        })
+    };
+    Ok(Sides {
+        old: Some(pick(from, "--from")?),
+        new: pick(to, "--to")?,
+        user: Some(user),
+        system: None,
+        _work: None,
+    })
+}
 
-    #[test]
-    fn text_changes_are_unified_diffs() {
-        let d = describe(
-            ".bashrc",
-            &Entry::File(b"a\nb\n".to_vec()),
-            &Entry::File(b"a\nc\n".to_vec()),
-        );
-        assert!(
-            d.contains("--- a/.bashrc") && d.contains("-b") && d.contains("+c"),
-            "{d}"
-        );
-        let d = describe("x", &Entry::File(vec![0xff, 0]), &Entry::File(vec![0xfe]));
-        assert!(d.contains("binary file: 2 → 1 bytes"), "{d}");
-    }
-
-    #[test]
-    fn trees_are_read_through_links() {
-        let t = tempfile::tempdir().unwrap();
-        fs::create_dir_all(t.path().join("src/d")).unwrap();
-        fs::write(t.path().join("src/f"), "x").unwrap();
-        fs::create_dir_all(t.path().join("tree/a")).unwrap();
-        std::os::unix::fs::symlink(t.path().join("src/f"), t.path().join("tree/a/f")).unwrap();
-        std::os::unix::fs::symlink(t.path().join("src/d"), t.path().join("tree/d")).unwrap();
-        let tree = read_tree(&t.path().join("tree")).unwrap();
-        assert_eq!(tree["a/f"].target, t.path().join("src/f"));
-        assert_eq!(tree["a/f"].load().unwrap(), Entry::File(b"x".to_vec()));
-        assert_eq!(
-            tree["d"].load().unwrap(),
-            Entry::Dir(t.path().join("src/d"))
+/// A generation named on the command line: the store path it is or links to.
+fn store_path(arg: &str) -> Result<PathBuf> {
+    let path = fs::canonicalize(arg).with_context(|| {
+        format!(
+            "{arg} does not exist; give two generations as store paths or links to them (./result, ~/.local/state/nix/profiles/home-manager-3-link)"
+        )
+    })?;
+    let store = std::env::var_os("NIX_STORE_DIR")
+        .map_or_else(|| PathBuf::from("/nix/store"), PathBuf::from);
+    let store = fs::canonicalize(&store).unwrap_or(store);
+    if path.parent() != Some(store.as_path()) {
+        bail!(
+            "{arg} is {}, not a store path in {}; give two generations as store paths or links to them (./result, a profile's home-manager-3-link)",
+            path.display(),
+            store.display()
         );
     }
+    Ok(path)
 }

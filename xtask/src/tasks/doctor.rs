@@ -738,7 +738,7 @@ fn check_git(r: &mut Report, root: &Path) {
     if untracked.is_empty() {
         r.ok(
             "git",
-            format!("{version}; every .nix file of homes/, systems/, lib/ is tracked"),
+            format!("{version}; every .nix file of homes/, systems/, droids/, lib/ is tracked"),
         );
     } else {
         r.fail(

@@ -8,7 +8,7 @@ use crate::{
     Ctx,
     cli::Generations,
     home::{self, Generation, UserEnv},
-    term,
+    term::{self, human_size},
 };
 
 #[derive(Debug, Serialize)]
@@ -59,29 +59,5 @@ impl Generations {
             ));
         }
         Ok(())
-    }
-}
-
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < units.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", units[unit])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::human_size(512), "512 B");
-        assert_eq!(super::human_size(3 * 1024 * 1024 / 2), "1.5 MiB");
     }
 }

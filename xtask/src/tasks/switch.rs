@@ -116,6 +116,11 @@ impl Switch {
                 start.elapsed().as_secs_f64() * 1000.0
             ));
         }
+        if self.diff || self.ask {
+            // What changes, from what $HOME has now; on stderr, beside the pre-flight.
+            let old = home::active_generation(env, &profile);
+            home::Comparison::between(&ctx.nix(), old.as_deref(), &active)?.print(term::info);
+        }
         pf.print(env);
         let report = |commands: Vec<String>| -> Result<()> {
             if self.json {
@@ -183,7 +188,22 @@ impl Switch {
             }
             return report(commands);
         };
+        if self.ask {
+            // Under the lock: the answer is about exactly the pre-flight shown above.
+            match term::confirm("activate this generation?") {
+                Some(true) => {}
+                Some(false) => {
+                    term::info("not switched: nothing was changed");
+                    return Err(Reported.into());
+                }
+                None => bail!(
+                    "--ask: no answer on stdin (closed or not a terminal); nothing was changed. Answer on a terminal, pipe `echo y |`, or switch without --ask"
+                ),
+            }
+        }
 
+        // From here on this run changes things: it says so in the lock.
+        lock.announce()?;
         if !profile.exists {
             fs::create_dir_all(&profile.dir).with_context(|| {
                 format!("creating the profile directory {}", profile.dir.display())
@@ -194,7 +214,7 @@ impl Switch {
         if let Some(m) = &migration {
             m.run(&ctx.nix())?;
         }
-        Transition {
+        let switched = Transition {
             nix: ctx.nix(),
             env,
             profile: &profile,
@@ -208,7 +228,12 @@ impl Switch {
             &pf,
             "interrupted: the switch was stopped before the new generation was active",
             "the new generation failed to activate",
-        )?;
+        );
+        if let Err(e) = switched {
+            // A script reading --json gets the plan that was attempted, and exit 1.
+            report(commands)?;
+            return Err(e);
+        }
         term::info(&format!(
             "{} {user}'s home to {} (generation {})",
             term::paint(term::Style::Green, "switched"),

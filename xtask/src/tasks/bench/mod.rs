@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use crate::{Ctx, cli::Bench};
 
 mod check;
+mod diff;
 mod list;
 mod switch;
 
@@ -24,6 +25,7 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("list", list::run),
     ("check", check::run),
     ("switch", switch::run),
+    ("diff", diff::run),
 ];
 
 /// One reported figure: our time, the baseline's, and the bound the issue sets.

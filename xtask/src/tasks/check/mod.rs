@@ -25,9 +25,14 @@ pub fn batch_expr(root: &std::path::Path, targets: &[Target]) -> String {
     eval::batch_expr(root, targets, &all)
 }
 
-/// The static part of the lint (no nix): the layout scan and the untracked-file check.
+/// The static part of the lint (no nix): the layout scan, literal meta.nix files, the
+/// untracked files and the parse of every `.nix` file.
 pub fn static_lint(root: &std::path::Path) -> Result<Vec<Finding>> {
-    Ok(lint(&Repo::scan(root)?))
+    let mut repo = Repo::scan(root)?;
+    repo.load_meta_static();
+    let mut findings = repo.nix_file_findings();
+    findings.extend(repo.findings.iter().cloned());
+    Ok(findings)
 }
 
 impl Check {
@@ -40,28 +45,38 @@ impl Check {
         };
         let nix = ctx.nix();
 
-        // Stage 1: static lint (layout, untracked files); meta.nix below.
+        // Stage 1: static lint, no nix: layout, untracked files, the syntax of every .nix
+        // file and the paths it imports, meta.nix files whose values are literals.
         let mut repo = ctx.repo()?;
         let selection = Selection::new(&repo, &self.only)?;
+        let computed = repo.load_meta_static();
+        let parsed = repo.nix_file_findings();
 
         let mut notes = Vec::new();
         let mut findings: Vec<Finding>;
         if self.lint_only {
             // The lint must run where nix cannot (a pre-commit hook on a fresh machine);
-            // only meta.nix needs nix, so without it that part is skipped, and said so.
+            // only a meta.nix that computes its values needs nix, so without nix those are
+            // skipped, and said so.
             if nix::find_on_path("nix").is_some() {
                 repo.load_meta(&nix)?;
-            } else {
-                notes.push("meta.nix files were not read: nix is not on PATH".to_string());
+            } else if !computed.is_empty() {
+                let files = computed.files();
+                notes.push(format!(
+                    "not read, since they compute their values and nix is not on PATH: {}",
+                    term::list(&files)
+                ));
             }
-            findings = lint(&repo);
+            findings = parsed;
+            findings.extend(repo.findings.iter().cloned());
         } else {
-            // Stage 2: evaluation. Reading meta.nix (a nix process of its own) and asking
-            // git for untracked files run while the batched evaluation runs, so `check`
+            // Stage 2: evaluation. Reading the meta.nix files that compute their values (a
+            // nix process of its own) runs while the batched evaluation runs, so `check`
             // costs little more than that one evaluation (the figure is 1.2x).
             // Targets that their findings rule out are dropped from the results afterwards.
             let systems = self.home_systems(&repo);
-            let (pre_targets, _) = targets(&repo, &selection, &repo.findings, &systems);
+            let known: Vec<Finding> = parsed.iter().chain(&repo.findings).cloned().collect();
+            let (pre_targets, _) = targets(&repo, &selection, &known, &systems);
             let root = repo.root.clone();
             let verbose = ctx.verbose;
             let (result, meta) = std::thread::scope(|s| {
@@ -75,14 +90,14 @@ impl Check {
                     eval::evaluate(&Nix::new(&sh, verbose), &root, &pre_targets).map(Some)
                 });
                 let meta = repo.load_meta(&nix);
-                let untracked = repo::untracked_nix_findings(&repo.root);
                 let result = worker
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the evaluation thread panicked")));
-                (result, meta.map(|()| untracked))
+                (result, meta)
             });
-            let untracked = meta?;
-            findings = repo.findings.iter().chain(&untracked).cloned().collect();
+            meta?;
+            findings = parsed;
+            findings.extend(repo.findings.iter().cloned());
             let (targets, skipped) = targets(&repo, &selection, &findings, &systems);
             notes.extend(skipped);
             if let Some(result) = result? {
@@ -162,14 +177,6 @@ fn plural(n: usize, word: &str) -> String {
     } else {
         format!("{n} {word}s")
     }
-}
-
-/// Stage 1: the repo model's findings (names, missing files, unknown hosts, meta.nix) and
-/// the `.nix` files git does not track.
-fn lint(repo: &Repo) -> Vec<Finding> {
-    let mut findings = repo.findings.clone();
-    findings.extend(repo::untracked_nix_findings(&repo.root));
-    findings
 }
 
 /// What `--only` selects: home users and hosts (everything without --only).
@@ -289,11 +296,21 @@ fn targets(
                     .is_some_and(|r| r.starts_with('/') && !r[1..].contains('/'))
         })
     };
+    // flake.nix or lib/ that does not parse, or imports what the flake cannot see, fails
+    // every evaluation with one error the lint has already reported, with its place.
+    let flake_broken = findings.iter().any(|f| {
+        f.severity == Severity::Error
+            && matches!(f.code, "syntax-error" | "missing-path" | "untracked-path")
+            && (f.path == "flake.nix" || f.path.starts_with("lib/"))
+    });
     let mut notes = Vec::new();
     let mut targets = Vec::new();
-    let homes_blocked = bad_dir_name("homes");
+    let homes_blocked = flake_broken || bad_dir_name("homes");
     let hosts_blocked = homes_blocked || bad_dir_name("systems");
-    if homes_blocked && !(sel.homes.is_empty() && sel.hosts.is_empty()) {
+    let anything = !(sel.homes.is_empty() && sel.hosts.is_empty());
+    if flake_broken && anything {
+        notes.push("nothing was evaluated: flake.nix or lib/ has the errors above, and every home and host goes through them; fix those first".into());
+    } else if homes_blocked && anything {
         notes.push("nothing was evaluated: an invalid name under homes/ stops the flake's discovery of every home and host; fix the names first".into());
     } else if hosts_blocked && !sel.hosts.is_empty() {
         notes.push("hosts were not evaluated: an invalid name under systems/ stops the flake's discovery of every host; fix the names first".into());
@@ -553,6 +570,9 @@ fn github_annotation(f: &Finding) -> String {
     let mut props = format!("file={}", prop(&f.path));
     if let Some(line) = f.line {
         props.push_str(&format!(",line={line}"));
+        if let Some(col) = f.column {
+            props.push_str(&format!(",col={col}"));
+        }
     }
     props.push_str(&format!(",title={}", prop(f.code)));
     let mut msg = f.message.clone();

@@ -1,0 +1,1099 @@
+//! Static analysis of the repo's `.nix` files, in process and without nix: syntax errors,
+//! relative path literals the flake will not see, and the literal values of meta.nix.
+//!
+//! Nix is not needed for any of it, so it works offline, on a machine without nix (a
+//! pre-commit hook), and in milliseconds for a thousand homes. The parser is rnix, not
+//! nix's own: whatever it cannot decide from the text alone (a computed value, an
+//! interpolated path, an import chosen at evaluation time) is left to the evaluation, so a
+//! static finding is one nix would report too, only earlier and with the line and column.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    fs,
+    path::Path,
+    process::Command,
+};
+
+use rnix::{
+    ParseError, SyntaxKind, TextRange,
+    ast::{self, HasEntry},
+};
+// rnix's nodes get `cast` and `syntax` from rowan's trait (rnix re-exports only its alias).
+use rowan::ast::AstNode;
+
+use super::{Finding, MetaFile, NIX_DIRS};
+
+/// The files git tracks: the index, `git add -N` ones included, which is all a flake in a
+/// git repository sees. It lists every tracked file without a directory walk, which in a
+/// repository of a thousand homes is most of the lint's time. None outside a git
+/// repository or without git: then every file is visible (a `path:` flake), and nothing
+/// is reported about tracking.
+fn tracked_files(root: &Path) -> Option<BTreeSet<String>> {
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "--cached"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// flake.nix and the `.nix` files under homes/, systems/, droids/ and lib/.
+fn is_linted(path: &str) -> bool {
+    path == "flake.nix"
+        || (path.ends_with(".nix")
+            && NIX_DIRS.iter().any(|d| {
+                path.strip_prefix(d)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            }))
+}
+
+/// Every `.nix` file the flake may read, from the directories (without git): flake.nix and
+/// those under homes/, systems/, droids/ and lib/, repo-relative. Symlinked directories are not
+/// followed: git stores the link, not the files behind it, and a link cycle would never end.
+fn walk_nix_files(root: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    if root.join("flake.nix").is_file() {
+        files.push("flake.nix".to_string());
+    }
+    for dir in NIX_DIRS {
+        walk(root, dir, &mut files);
+    }
+    files
+}
+
+fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(root.join(rel)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let (Ok(name), Ok(ty)) = (entry.file_name().into_string(), entry.file_type()) else {
+            continue;
+        };
+        let child = format!("{rel}/{name}");
+        if ty.is_dir() {
+            walk(root, &child, out);
+        } else if name.ends_with(".nix") {
+            out.push(child);
+        }
+    }
+}
+
+/// How a path literal is used, which decides what must exist behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Use {
+    /// `imports = [ ./x ]`, `import ./x`, `callPackage ./x`: a file, or a directory with a
+    /// default.nix.
+    Import,
+    /// `source = ./x`, `src = ./x`, `readFile ./x`: a file or a directory.
+    Source,
+}
+
+/// A relative path literal in a context where it must exist.
+#[derive(Debug)]
+struct PathRef {
+    literal: String,
+    line: u32,
+    column: u32,
+    usage: Use,
+    /// The same literal is also tested with `pathExists` in the file, so its absence is
+    /// expected (`if pathExists ./local.nix then import ./local.nix else { }`).
+    guarded: bool,
+}
+
+/// What one file's syntax says.
+#[derive(Debug, Default)]
+struct FileReport {
+    rel: String,
+    syntax: Vec<Finding>,
+    refs: Vec<PathRef>,
+}
+
+/// Finds the untracked `.nix` files, parses every `.nix` file of the repo (except the
+/// meta.nix files in `skip`, which the repo model reads itself) and returns the untracked
+/// files, the syntax errors and the path literals that are missing, untracked or outside
+/// the repository.
+pub fn analyse(root: &Path, skip: &BTreeSet<String>) -> Vec<Finding> {
+    let wanted = |f: &&String| is_linted(f) && !skip.contains(*f);
+    std::thread::scope(|s| {
+        // Finding untracked files walks the directories (git's slowest part here): the
+        // tracked files are parsed meanwhile, the untracked ones after.
+        let others = s.spawn(|| super::untracked_nix_files(root));
+        let tracked = tracked_files(root);
+        let first: Vec<String> = match &tracked {
+            Some(t) => t.iter().filter(wanted).cloned().collect(),
+            None => walk_nix_files(root)
+                .iter()
+                .filter(wanted)
+                .cloned()
+                .collect(),
+        };
+        let mut reports = parse_all(root, &first);
+        let untracked = others.join().ok().flatten().unwrap_or_default();
+        if tracked.is_some() {
+            let rest: Vec<String> = untracked.iter().filter(wanted).cloned().collect();
+            reports.extend(parse_all(root, &rest));
+        }
+        reports.sort_by(|a, b| a.rel.cmp(&b.rel));
+        let mut findings = super::untracked_file_findings(&untracked);
+        // Many homes import the same shared module: each target is looked at once.
+        let mut verdicts: HashMap<(String, Use, bool), Option<Verdict>> = HashMap::new();
+        for report in reports {
+            findings.extend(report.syntax);
+            for r in &report.refs {
+                let Some(target) = resolve(&report.rel, &r.literal) else {
+                    findings.push(r.finding(&report.rel, Verdict::Outside));
+                    continue;
+                };
+                let verdict = verdicts
+                    .entry((target, r.usage, r.guarded))
+                    .or_insert_with_key(|(target, usage, guarded)| {
+                        verdict(root, target, *usage, *guarded, tracked.as_ref())
+                    });
+                if let Some(v) = verdict {
+                    findings.push(r.finding(&report.rel, v.clone()));
+                }
+            }
+        }
+        findings
+    })
+}
+
+/// Parses the files on every core (a thousand homes are a few thousand files), keeping
+/// their order.
+fn parse_all(root: &Path, files: &[String]) -> Vec<FileReport> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    // Below a few hundred files a thread costs more than it saves.
+    let chunk = files.len().div_ceil(threads).max(256);
+    let parse =
+        |part: &[String]| -> Vec<FileReport> { part.iter().map(|f| parse_file(root, f)).collect() };
+    let mut parts = files.chunks(chunk);
+    let Some(own) = parts.next() else {
+        return Vec::new();
+    };
+    std::thread::scope(|s| {
+        let workers: Vec<_> = parts.map(|part| s.spawn(move || parse(part))).collect();
+        // This thread takes the first part rather than wait.
+        let mut reports = parse(own);
+        for w in workers {
+            reports.extend(w.join().unwrap_or_default());
+        }
+        reports
+    })
+}
+
+fn parse_file(root: &Path, rel: &str) -> FileReport {
+    let mut report = FileReport {
+        rel: rel.to_string(),
+        ..FileReport::default()
+    };
+    // Unreadable or not UTF-8: nix reports that itself, better than a guess could.
+    let Ok(text) = fs::read_to_string(root.join(rel)) else {
+        return report;
+    };
+    let parse = rnix::Root::parse(&text);
+    let lines = LineIndex::new(&text);
+    // The first error only, as nix reports it: the parser resynchronises after it, and
+    // what it reports next is mostly an echo (the `}` that closed what broke, the end of
+    // the file). The count says there is more to look at once it is fixed.
+    if let Some(err) = parse.errors().first() {
+        let (offset, mut message) = describe(err, &text);
+        let (line, column) = lines.locate(offset);
+        match parse.errors().len() - 1 {
+            0 => {}
+            1 => message.push_str(" (1 more error after it, perhaps caused by this one)"),
+            n => message.push_str(&format!(
+                " ({n} more errors after it, perhaps caused by this one)"
+            )),
+        }
+        report.syntax.push(Finding {
+            line: Some(line),
+            column: Some(column),
+            ..Finding::error(
+                rel,
+                "syntax-error",
+                format!("syntax error: {message}"),
+                format!(
+                    "fix the syntax there; nix-instantiate --parse {rel} shows how nix reads the file"
+                ),
+            )
+        });
+    }
+    let (refs, guarded) = path_refs(&parse.syntax());
+    report.refs = refs
+        .into_iter()
+        .map(|(literal, range, usage)| {
+            let (line, column) = lines.locate(usize::from(range.start()));
+            PathRef {
+                guarded: guarded.contains(&literal),
+                literal,
+                line,
+                column,
+                usage,
+            }
+        })
+        .collect();
+    report
+}
+
+/// Byte offsets to 1-based lines and columns (columns in characters, as editors count).
+struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        LineIndex { text, starts }
+    }
+
+    fn locate(&self, offset: usize) -> (u32, u32) {
+        let offset = offset.min(self.text.len());
+        let line = self.starts.partition_point(|&s| s <= offset) - 1;
+        let start = self.starts[line];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count());
+        (line as u32 + 1, column as u32 + 1)
+    }
+}
+
+/// The parser's error as a sentence and the byte offset it is at.
+fn describe(err: &ParseError, text: &str) -> (usize, String) {
+    let at = |r: &TextRange| usize::from(r.start());
+    // Just after the last token, where nix puts it (not on the line after the last one).
+    let end = text.trim_end().len();
+    match err {
+        ParseError::Unexpected(r) => (at(r), format!("unexpected {}", snippet(text, r))),
+        ParseError::UnexpectedExtra(r) => (
+            at(r),
+            format!(
+                "unexpected {} after the end of the expression",
+                snippet(text, r)
+            ),
+        ),
+        ParseError::UnexpectedWanted(_, r, wanted) => (
+            at(r),
+            format!(
+                "unexpected {}, expected {}",
+                snippet(text, r),
+                one_of(wanted)
+            ),
+        ),
+        ParseError::UnexpectedDoubleBind(r) => (
+            at(r),
+            "the arguments are bound to a name twice (an @ on both sides)".into(),
+        ),
+        ParseError::UnexpectedEOF => (end, "unexpected end of file".into()),
+        ParseError::UnexpectedEOFWanted(wanted) => (
+            end,
+            format!("unexpected end of file, expected {}", one_of(wanted)),
+        ),
+        ParseError::DuplicatedArgs(r, name) => {
+            (at(r), format!("the argument '{name}' is listed twice"))
+        }
+        ParseError::RecursionLimitExceeded => (0, "the file is nested too deeply".into()),
+        other => (0, other.to_string()),
+    }
+}
+
+/// The source text of an error's range, quoted and cut to a readable length.
+fn snippet(text: &str, r: &TextRange) -> String {
+    let s = text
+        .get(usize::from(r.start())..usize::from(r.end()))
+        .unwrap_or_default()
+        .trim();
+    let line = s.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return "text".into();
+    }
+    let short: String = line.chars().take(30).collect();
+    if short.len() < s.len() {
+        format!("'{short}…'")
+    } else {
+        format!("'{short}'")
+    }
+}
+
+fn one_of(kinds: &[SyntaxKind]) -> String {
+    // When a name and '(' would do, any expression would: say that, not its first tokens.
+    let expression =
+        kinds.contains(&SyntaxKind::TOKEN_IDENT) && kinds.contains(&SyntaxKind::TOKEN_L_PAREN);
+    let mut names: Vec<&str> = Vec::new();
+    for k in kinds {
+        let name = match kind_name(*k) {
+            "'('" | "'{'" | "'['" | "a name" | "a string" | "a number" | "a path" if expression => {
+                "an expression"
+            }
+            name => name,
+        };
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    match names.as_slice() {
+        [] => "something else".into(),
+        [one] => one.to_string(),
+        _ if names.len() > 6 => format!("one of {}, …", names[..6].join(", ")),
+        _ => format!("one of {}", names.join(", ")),
+    }
+}
+
+/// A token kind as a person writes it.
+fn kind_name(kind: SyntaxKind) -> &'static str {
+    use SyntaxKind::*;
+    match kind {
+        TOKEN_SEMICOLON => "';'",
+        TOKEN_ASSIGN => "'='",
+        TOKEN_COLON => "':'",
+        TOKEN_COMMA => "','",
+        TOKEN_DOT => "'.'",
+        TOKEN_AT => "'@'",
+        TOKEN_QUESTION => "'?'",
+        TOKEN_ELLIPSIS => "'...'",
+        TOKEN_L_BRACE => "'{'",
+        TOKEN_R_BRACE => "'}'",
+        TOKEN_L_BRACK => "'['",
+        TOKEN_R_BRACK => "']'",
+        TOKEN_L_PAREN => "'('",
+        TOKEN_R_PAREN => "')'",
+        TOKEN_INTERPOL_START => "'${'",
+        TOKEN_INTERPOL_END => "'}'",
+        TOKEN_IN => "'in'",
+        TOKEN_THEN => "'then'",
+        TOKEN_ELSE => "'else'",
+        TOKEN_IDENT => "a name",
+        TOKEN_STRING_START | TOKEN_STRING_END | TOKEN_STRING_CONTENT => "a string",
+        TOKEN_INTEGER | TOKEN_FLOAT => "a number",
+        TOKEN_PATH_ABS | TOKEN_PATH_REL | TOKEN_PATH_HOME | TOKEN_PATH_SEARCH => "a path",
+        _ => "an expression",
+    }
+}
+
+/// `(x)` is `x`.
+fn unparen(mut e: ast::Expr) -> ast::Expr {
+    while let ast::Expr::Paren(p) = &e {
+        match p.expr() {
+            Some(inner) => e = inner,
+            None => break,
+        }
+    }
+    e
+}
+
+/// The static name of an attribute (`a`, `"a"`); None for `${…}`.
+fn attr_name(attr: &ast::Attr) -> Option<String> {
+    match attr {
+        ast::Attr::Ident(i) => i.ident_token().map(|t| t.text().to_string()),
+        ast::Attr::Str(s) => literal_string(s),
+        ast::Attr::Dynamic(_) => None,
+    }
+}
+
+/// A string without interpolation, unescaped.
+fn literal_string(s: &ast::Str) -> Option<String> {
+    let mut out = String::new();
+    for part in s.normalized_parts() {
+        match part {
+            ast::InterpolPart::Literal(l) => out.push_str(&l),
+            ast::InterpolPart::Interpolation(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The name a function is called by: `import`, `builtins.import`, `pkgs.callPackage`.
+fn function_name(f: ast::Expr) -> Option<String> {
+    match unparen(f) {
+        ast::Expr::Ident(i) => i.ident_token().map(|t| t.text().to_string()),
+        ast::Expr::Select(s) if s.default_expr().is_none() => {
+            attr_name(&s.attrpath()?.attrs().last()?)
+        }
+        _ => None,
+    }
+}
+
+/// A relative path literal without interpolation (`./hypr.nix`, `../modules`): its text
+/// and where it is.
+fn relative_path(e: ast::Expr) -> Option<(String, TextRange)> {
+    match unparen(e) {
+        ast::Expr::PathRel(p) if p.syntax().children().next().is_none() => {
+            Some((p.syntax().text().to_string(), p.syntax().text_range()))
+        }
+        _ => None,
+    }
+}
+
+/// The relative path literals used as imports or sources, and those tested with
+/// `pathExists`. Only these contexts are checked: elsewhere a path may well name something
+/// that is optional (`lib.optional (pathExists ./x) ./x`) or produced at evaluation.
+type Refs = Vec<(String, TextRange, Use)>;
+
+fn path_refs(root: &rnix::SyntaxNode) -> (Refs, HashSet<String>) {
+    let mut refs = Vec::new();
+    let mut guarded = HashSet::new();
+    for node in root.descendants() {
+        if let Some(av) = ast::AttrpathValue::cast(node.clone()) {
+            let name = av
+                .attrpath()
+                .and_then(|p| p.attrs().last())
+                .and_then(|a| attr_name(&a));
+            let Some(value) = av.value() else { continue };
+            match name.as_deref() {
+                Some("imports") => import_list(value, &mut refs),
+                Some("source" | "src") => {
+                    if let Some((lit, range)) = relative_path(value) {
+                        refs.push((lit, range, Use::Source));
+                    }
+                }
+                _ => {}
+            }
+        } else if let Some(apply) = ast::Apply::cast(node) {
+            let (Some(f), Some(arg)) = (apply.lambda(), apply.argument()) else {
+                continue;
+            };
+            let usage = match function_name(f).as_deref() {
+                Some("import" | "callPackage" | "scopedImport") => Use::Import,
+                Some("readFile" | "readDir" | "fileContents") => Use::Source,
+                Some("pathExists") => {
+                    if let Some((lit, _)) = relative_path(arg) {
+                        guarded.insert(lit);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            if let Some((lit, range)) = relative_path(arg) {
+                refs.push((lit, range, usage));
+            }
+        }
+    }
+    (refs, guarded)
+}
+
+/// The paths of an `imports` value: list items, through `++` and parentheses. Anything
+/// computed (`lib.optional …`, a `map`) is the evaluation's business.
+fn import_list(value: ast::Expr, refs: &mut Refs) {
+    match unparen(value) {
+        ast::Expr::List(list) => {
+            for item in list.items() {
+                if let Some((lit, range)) = relative_path(item) {
+                    refs.push((lit, range, Use::Import));
+                }
+            }
+        }
+        ast::Expr::BinOp(op) if op.operator() == Some(ast::BinOpKind::Concat) => {
+            for side in [op.lhs(), op.rhs()].into_iter().flatten() {
+                import_list(side, refs);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Resolves `literal` against the directory of `file` (both repo-relative) as nix does:
+/// lexically, `..` removing a component. None when it leaves the repository.
+fn resolve(file: &str, literal: &str) -> Option<String> {
+    let mut parts: Vec<&str> = file.split('/').collect();
+    parts.pop();
+    for c in literal.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn is_tracked(tracked: &BTreeSet<String>, path: &str, dir: bool) -> bool {
+    if !dir {
+        return tracked.contains(path);
+    }
+    // A directory is in the flake when some file under it is.
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    tracked
+        .range(prefix.clone()..)
+        .next()
+        .is_some_and(|p| p.starts_with(&prefix))
+}
+
+/// What is wrong with the target of a path literal.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// It leaves the repository.
+    Outside,
+    /// `shown` (repo-relative, `.` for the root) does not exist.
+    Missing { shown: String },
+    /// An imported directory without default.nix.
+    NoDefault { default: String },
+    /// git does not track `shown`.
+    Untracked { shown: String },
+}
+
+/// What is wrong with `target` (repo-relative) used as `usage`, if anything.
+fn verdict(
+    root: &Path,
+    target: &str,
+    usage: Use,
+    guarded: bool,
+    tracked: Option<&BTreeSet<String>>,
+) -> Option<Verdict> {
+    let shown = |p: &str| {
+        if p.is_empty() {
+            ".".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    let Ok(meta) = fs::metadata(root.join(target)) else {
+        // `pathExists` tested it: its absence is allowed for.
+        return (!guarded).then(|| Verdict::Missing {
+            shown: shown(target),
+        });
+    };
+    // An imported directory is its default.nix.
+    let (needed, dir) = if meta.is_dir() && usage == Use::Import {
+        let default = if target.is_empty() {
+            "default.nix".to_string()
+        } else {
+            format!("{target}/default.nix")
+        };
+        if !root.join(&default).is_file() {
+            return (!guarded).then_some(Verdict::NoDefault { default });
+        }
+        (default, false)
+    } else {
+        (target.to_string(), meta.is_dir())
+    };
+    if is_tracked(tracked?, &needed, dir) {
+        return None;
+    }
+    Some(Verdict::Untracked {
+        shown: shown(&needed),
+    })
+}
+
+impl PathRef {
+    /// The finding about this path literal of `file`.
+    fn finding(&self, file: &str, verdict: Verdict) -> Finding {
+        let lit = &self.literal;
+        let what = match self.usage {
+            Use::Import => format!("imports {lit}"),
+            Use::Source => format!("uses {lit} as a source"),
+        };
+        let f = match verdict {
+            Verdict::Outside => Finding::warning(
+                file,
+                "path-outside-repo",
+                format!(
+                    "{what}, which is outside the repository: the flake is copied to the store without it, so nix cannot read it"
+                ),
+                "move it into the repository and git add it, or make it a flake input".into(),
+            ),
+            Verdict::Missing { shown } => Finding::error(
+                file,
+                "missing-path",
+                format!("{what}, but {shown} does not exist"),
+                format!("create {shown} and git add it, or correct the path"),
+            ),
+            Verdict::NoDefault { default } => Finding::error(
+                file,
+                "missing-path",
+                format!(
+                    "{what}, but {default} does not exist (importing a directory reads its default.nix)"
+                ),
+                format!("create {default} and git add it, or import a file of the directory"),
+            ),
+            // Guarded by pathExists, the configuration silently goes without it: a warning.
+            Verdict::Untracked { shown } if self.guarded => Finding::warning(
+                file,
+                "untracked-path",
+                format!(
+                    "{what}, but git does not track {shown}, so the flake cannot see it and pathExists is false there"
+                ),
+                format!("git add -N {shown}"),
+            ),
+            Verdict::Untracked { shown } => Finding::error(
+                file,
+                "untracked-path",
+                format!(
+                    "{what}, but git does not track {shown}, so the flake cannot see it and nix will say it does not exist"
+                ),
+                format!("git add -N {shown}"),
+            ),
+        };
+        Finding {
+            line: Some(self.line),
+            column: Some(self.column),
+            ..f
+        }
+    }
+}
+
+/// What a meta.nix says, as far as its text tells.
+#[derive(Debug)]
+pub enum MetaRead {
+    /// Every value the xtask reads is a literal: this is what nix would read too.
+    Literal(MetaFile),
+    /// The file does not parse.
+    Syntax {
+        line: u32,
+        column: u32,
+        message: String,
+    },
+    /// Only an evaluation can tell (`import ./common.nix // { … }`, `system = sys;`).
+    Computed,
+}
+
+/// Reads a meta.nix statically: its shape, `system`, `users` and `deploy`, when they are
+/// literals.
+pub fn read_meta(text: &str) -> MetaRead {
+    let parse = rnix::Root::parse(text);
+    if let Some(err) = parse.errors().first() {
+        let (offset, message) = describe(err, text);
+        let (line, column) = LineIndex::new(text).locate(offset);
+        return MetaRead::Syntax {
+            line,
+            column,
+            message,
+        };
+    }
+    let Some(expr) = parse.tree().expr() else {
+        return MetaRead::Computed;
+    };
+    // nix's builtins.typeOf names, as the evaluated check reports them.
+    let kind = match unparen(expr) {
+        ast::Expr::AttrSet(set) => return meta_attrs(&set, &LineIndex::new(text)),
+        ast::Expr::List(_) => "list",
+        ast::Expr::Lambda(_) => "lambda",
+        ast::Expr::Str(_) => "string",
+        ast::Expr::Literal(l) => match l.kind() {
+            ast::LiteralKind::Integer(_) => "int",
+            ast::LiteralKind::Float(_) => "float",
+            ast::LiteralKind::Uri(_) => "string",
+        },
+        ast::Expr::PathAbs(_)
+        | ast::Expr::PathRel(_)
+        | ast::Expr::PathHome(_)
+        | ast::Expr::PathSearch(_) => "path",
+        ast::Expr::Ident(i) => match i.ident_token().as_ref().map(|t| t.text()) {
+            Some("true" | "false") => "bool",
+            Some("null") => "null",
+            _ => return MetaRead::Computed,
+        },
+        _ => return MetaRead::Computed,
+    };
+    MetaRead::Literal(MetaFile {
+        not_attrs: Some(kind.to_string()),
+        system: None,
+        ..MetaFile::default()
+    })
+}
+
+/// `system`, `users` and `deploy` of a literal attribute set; Computed as soon as one is
+/// not a literal, is set twice or through a deeper path, or may come from `inherit` or
+/// `${…}`. `deploy` may be one set (`deploy = { targetHost = …; }`) or its keys
+/// (`deploy.targetHost = …;`), not both: how nix merges them is nix's to say.
+fn meta_attrs(set: &ast::AttrSet, lines: &LineIndex) -> MetaRead {
+    let rec = set.rec_token().is_some();
+    let mut system = None;
+    let mut users = None;
+    let mut deploy = DeployRead::default();
+    for entry in set.entries() {
+        match entry {
+            ast::Entry::Inherit(inherit) => {
+                for a in inherit.attrs() {
+                    match attr_name(&a).as_deref() {
+                        Some("system" | "users" | "deploy") | None => return MetaRead::Computed,
+                        _ => {}
+                    }
+                }
+            }
+            ast::Entry::AttrpathValue(av) => {
+                let Some(path) = av.attrpath() else {
+                    return MetaRead::Computed;
+                };
+                let mut attrs = path.attrs();
+                let Some(first) = attrs.next().and_then(|a| attr_name(&a)) else {
+                    return MetaRead::Computed;
+                };
+                let slot = match first.as_str() {
+                    "system" => &mut system,
+                    "users" => &mut users,
+                    "deploy" => {
+                        let Some(value) = av.value() else {
+                            return MetaRead::Computed;
+                        };
+                        let key = match attrs.next() {
+                            None => None,
+                            Some(a) => match (attr_name(&a), attrs.next()) {
+                                (Some(k), None) => Some(k),
+                                _ => return MetaRead::Computed,
+                            },
+                        };
+                        if deploy.add(key, value, rec, lines).is_none() {
+                            return MetaRead::Computed;
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let Some(value) = av.value() else {
+                    return MetaRead::Computed;
+                };
+                let at = lines.locate(usize::from(value.syntax().text_range().start()));
+                match (slot.is_some(), attrs.next(), literal_value(value, rec)) {
+                    (false, None, Some(v)) => *slot = Some((v, at)),
+                    _ => return MetaRead::Computed,
+                }
+            }
+        }
+    }
+    MetaRead::Literal(MetaFile {
+        not_attrs: None,
+        system_at: system.as_ref().map(|(_, at)| *at),
+        users_at: users.as_ref().map(|(_, at)| *at),
+        system: system.map(|(v, _)| v),
+        users: users.map_or(serde_json::Value::Null, |(v, _)| v),
+        deploy: deploy.value.unwrap_or_default(),
+        deploy_at: deploy.at,
+        deploy_keys_at: deploy.keys_at,
+    })
+}
+
+/// A meta.nix's `deploy`, as far as read.
+#[derive(Default)]
+struct DeployRead {
+    value: Option<serde_json::Value>,
+    at: Option<(u32, u32)>,
+    keys_at: BTreeMap<String, (u32, u32)>,
+    /// Set by `deploy.<key> = …` entries (else by one `deploy = …`).
+    by_keys: bool,
+}
+
+impl DeployRead {
+    /// Adds `deploy = value` (`key` None) or `deploy.<key> = value`; None when only nix can
+    /// tell the result.
+    fn add(
+        &mut self,
+        key: Option<String>,
+        value: ast::Expr,
+        rec: bool,
+        lines: &LineIndex,
+    ) -> Option<()> {
+        let at = lines.locate(usize::from(value.syntax().text_range().start()));
+        match key {
+            None => {
+                if self.value.is_some() {
+                    return None;
+                }
+                self.at = Some(at);
+                self.value = Some(match unparen(value) {
+                    // A set's values are read one by one; anything else (a string, a
+                    // list) is read whole and the check says it is not a set.
+                    ast::Expr::AttrSet(inner) => {
+                        let rec = rec || inner.rec_token().is_some();
+                        let mut map = serde_json::Map::new();
+                        for entry in inner.entries() {
+                            let ast::Entry::AttrpathValue(av) = entry else {
+                                return None;
+                            };
+                            let mut attrs = av.attrpath()?.attrs();
+                            let key = attrs.next().and_then(|a| attr_name(&a))?;
+                            let value = av.value()?;
+                            if attrs.next().is_some() || map.contains_key(&key) {
+                                return None;
+                            }
+                            let at = lines.locate(usize::from(value.syntax().text_range().start()));
+                            map.insert(key.clone(), literal_value(value, rec)?);
+                            self.keys_at.insert(key, at);
+                        }
+                        serde_json::Value::Object(map)
+                    }
+                    other => literal_value(other, rec)?,
+                });
+            }
+            Some(key) => {
+                if self.value.is_some() && !self.by_keys {
+                    return None;
+                }
+                self.by_keys = true;
+                let map = self
+                    .value
+                    .get_or_insert_with(|| serde_json::Value::Object(Default::default()));
+                let serde_json::Value::Object(map) = map else {
+                    return None;
+                };
+                if map.contains_key(&key) {
+                    return None;
+                }
+                map.insert(key.clone(), literal_value(value, rec)?);
+                self.at.get_or_insert(at);
+                self.keys_at.insert(key, at);
+            }
+        }
+        Some(())
+    }
+}
+
+/// A literal value as JSON: strings, numbers, booleans, null and lists of them. In a
+/// `rec` set a name may be one of its attributes, so names count as computed there.
+fn literal_value(e: ast::Expr, rec: bool) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    Some(match unparen(e) {
+        ast::Expr::Str(s) => Value::String(literal_string(&s)?),
+        ast::Expr::Literal(l) => match l.kind() {
+            ast::LiteralKind::Integer(i) => Value::from(i.value().ok()?),
+            ast::LiteralKind::Float(f) => Value::from(f.value().ok()?),
+            ast::LiteralKind::Uri(u) => Value::String(u.to_string()),
+        },
+        ast::Expr::Ident(i) if !rec => match i.ident_token()?.text() {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            "null" => Value::Null,
+            _ => return None,
+        },
+        ast::Expr::List(list) => Value::Array(
+            list.items()
+                .map(|i| literal_value(i, rec))
+                .collect::<Option<_>>()?,
+        ),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syntax_errors(text: &str) -> Vec<(u32, u32, String)> {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f.nix"), text).unwrap();
+        parse_file(t.path(), "f.nix")
+            .syntax
+            .into_iter()
+            .map(|f| (f.line.unwrap(), f.column.unwrap(), f.message))
+            .collect()
+    }
+
+    #[test]
+    fn syntax_errors_have_line_column_and_the_parsers_words() {
+        let errs = syntax_errors("{ lib, ... }:\n{\n  home.packages = [ ;\n}\n");
+        assert_eq!(errs[0].0, 3, "{errs:?}");
+        assert_eq!(errs[0].1, 21, "{errs:?}");
+        assert!(
+            errs[0].2.starts_with("syntax error: unexpected ';'"),
+            "{errs:?}"
+        );
+        // `1 b` is an application, so the error is at the '=' (where nix puts it too).
+        let errs = syntax_errors("{\n  a = 1\n  b = 2;\n}\n");
+        assert_eq!((errs[0].0, errs[0].1), (3, 5), "{errs:?}");
+        assert!(errs[0].2.contains("expected ';'"), "{errs:?}");
+        let errs = syntax_errors("{\n  a = \"x\";\n");
+        assert!(errs[0].2.contains("end of file"), "{errs:?}");
+        // At the end of the last line, as nix says it.
+        assert_eq!((errs[0].0, errs[0].1), (2, 11), "{errs:?}");
+        assert!(syntax_errors("{ a = ./x.nix; b = \"${./y}\"; c = x: x.y or 1; }\n").is_empty());
+        // Columns count characters, as editors do.
+        let errs = syntax_errors("{ a = \"ä\"; b = ; }");
+        assert_eq!(errs[0].1, 16, "{errs:?}");
+    }
+
+    fn refs(text: &str) -> Vec<(String, Use, bool)> {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("f.nix"), text).unwrap();
+        parse_file(t.path(), "f.nix")
+            .refs
+            .into_iter()
+            .map(|r| (r.literal, r.usage, r.guarded))
+            .collect()
+    }
+
+    #[test]
+    fn only_paths_used_as_imports_or_sources_are_checked() {
+        let found = refs(
+            "{ pkgs, lib, ... }:\n{\n  imports = [ ./a.nix (./b.nix) \"./c.nix\" /abs.nix ] ++ [ ../d ] ++ lib.optional true ./e.nix;\n  home.file.x.source = ./dot;\n  xdg.configFile.\"y\".source = ./${\"n\"};\n  p = pkgs.callPackage ./pkg.nix { };\n  q = import ../q.nix;\n  r = builtins.readFile ./r.txt;\n  s = ./not-checked;\n  t = if builtins.pathExists ./local.nix then import ./local.nix else { };\n}\n",
+        );
+        let lits: Vec<&str> = found.iter().map(|(l, _, _)| l.as_str()).collect();
+        assert_eq!(
+            lits,
+            vec![
+                "./a.nix",
+                "./b.nix",
+                "../d",
+                "./dot",
+                "./pkg.nix",
+                "../q.nix",
+                "./r.txt",
+                "./local.nix"
+            ]
+        );
+        assert_eq!(found[3].1, Use::Source);
+        assert_eq!(found[4].1, Use::Import);
+        assert!(found[7].2, "pathExists guards ./local.nix");
+        assert!(!found[0].2);
+    }
+
+    #[test]
+    fn paths_resolve_lexically_and_may_leave_the_repo() {
+        assert_eq!(
+            resolve("homes/bob/default.nix", "./hypr.nix").as_deref(),
+            Some("homes/bob/hypr.nix")
+        );
+        assert_eq!(
+            resolve("homes/bob/default.nix", "../../lib/x.nix").as_deref(),
+            Some("lib/x.nix")
+        );
+        assert_eq!(resolve("flake.nix", "./.").as_deref(), Some(""));
+        assert_eq!(resolve("homes/bob/default.nix", "../../../x"), None);
+        assert_eq!(
+            LineIndex::new("ab\ncd\n").locate(4),
+            (2, 2),
+            "offset 4 is 'd'"
+        );
+    }
+
+    #[test]
+    fn tracked_directories_are_those_with_a_tracked_file() {
+        let tracked: BTreeSet<String> = ["homes/bob/default.nix", "homes/bobby/x"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(is_tracked(&tracked, "homes/bob", true));
+        assert!(!is_tracked(&tracked, "homes/bo", true));
+        assert!(!is_tracked(&tracked, "homes/carol", true));
+        assert!(is_tracked(&tracked, "", true));
+        assert!(is_tracked(&tracked, "homes/bob/default.nix", false));
+    }
+
+    fn meta(text: &str) -> MetaRead {
+        read_meta(text)
+    }
+
+    #[test]
+    fn literal_meta_is_read_and_computed_meta_is_left_to_nix() {
+        let MetaRead::Literal(m) = meta(
+            "{\n  system = \"aarch64-linux\"; # pi\n  users = [ \"bob\" \"Bad\" 3 ];\n  other.x = y;\n}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(m.system, Some(serde_json::json!("aarch64-linux")));
+        assert_eq!(m.users, serde_json::json!(["bob", "Bad", 3]));
+        assert_eq!((m.system_at, m.users_at), (Some((2, 12)), Some((3, 11))));
+        assert!(m.not_attrs.is_none());
+        for (text, kind) in [
+            ("[ ]", "list"),
+            ("x: x", "lambda"),
+            ("{ ... }: { }", "lambda"),
+            ("\"x86_64-linux\"", "string"),
+            ("(3)", "int"),
+            ("null", "null"),
+            ("./meta.json", "path"),
+        ] {
+            let MetaRead::Literal(m) = meta(text) else {
+                panic!("{text}")
+            };
+            assert_eq!(m.not_attrs.as_deref(), Some(kind), "{text}");
+        }
+        for computed in [
+            "import ./common.nix",
+            "{ system = sys; }",
+            "{ users = [ \"a\" ] ++ [ \"b\" ]; }",
+            "{ system = \"x86_64-${os}\"; }",
+            "{ inherit system; }",
+            "{ ${k} = 1; }",
+            "{ system = \"a\"; system = \"b\"; }",
+            "{ system.x = 1; }",
+            "rec { users = [ null ]; }",
+            "let s = \"x\"; in { system = s; }",
+        ] {
+            assert!(
+                matches!(meta(computed), MetaRead::Computed),
+                "{computed}: {:?}",
+                meta(computed)
+            );
+        }
+        let MetaRead::Syntax { line, column, .. } = meta("{\n  system = ;\n}\n") else {
+            panic!()
+        };
+        assert_eq!((line, column), (2, 12));
+        let MetaRead::Literal(m) = meta("{ }") else {
+            panic!()
+        };
+        assert_eq!((m.system, m.users), (None, serde_json::Value::Null));
+    }
+
+    #[test]
+    fn literal_deploy_is_read_as_a_set_or_by_keys_with_positions() {
+        let MetaRead::Literal(m) = meta(
+            "{\n  deploy = {\n    targetHost = \"root@pi\";\n    tags = [ \"rack\" ];\n  };\n}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            m.deploy,
+            serde_json::json!({ "targetHost": "root@pi", "tags": ["rack"] })
+        );
+        assert_eq!(m.deploy_at, Some((2, 12)));
+        assert_eq!(m.deploy_keys_at["tags"], (4, 12));
+        let MetaRead::Literal(m) = meta(
+            "{\n  system = \"x86_64-linux\";\n  deploy.targetHost = \"pi\";\n  deploy.buildOn = 3;\n}\n",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            m.deploy,
+            serde_json::json!({ "targetHost": "pi", "buildOn": 3 })
+        );
+        assert_eq!(m.deploy_at, Some((3, 23)));
+        assert_eq!(m.deploy_keys_at["buildOn"], (4, 20));
+        // Not a set: read whole, and the check says what it is.
+        let MetaRead::Literal(m) = meta("{ deploy = \"pi\"; }") else {
+            panic!()
+        };
+        assert_eq!(m.deploy, serde_json::json!("pi"));
+        let MetaRead::Literal(m) = meta("{ system = \"x86_64-linux\"; }") else {
+            panic!()
+        };
+        assert!(m.deploy.is_null());
+        for computed in [
+            "{ deploy.targetHost = host; }",
+            "{ deploy = { targetHost = \"root@${h}\"; }; }",
+            "{ deploy = { inherit targetHost; }; }",
+            "{ deploy = { targetHost = \"a\"; }; deploy.tags = [ ]; }",
+            "{ deploy.tags = [ ]; deploy = { targetHost = \"a\"; }; }",
+            "{ deploy.tags = [ ]; deploy.tags = [ ]; }",
+            "{ deploy.ssh.opts = [ ]; }",
+            "{ deploy = { ssh.opts = [ ]; }; }",
+            "{ deploy = { sshOpts = { }; }; }",
+            "{ deploy = rec { targetHost = \"a\"; tags = [ true ]; }; }",
+            "{ inherit deploy; }",
+            "{ deploy = import ./deploy.nix; }",
+        ] {
+            assert!(
+                matches!(meta(computed), MetaRead::Computed),
+                "{computed}: {:?}",
+                meta(computed)
+            );
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Figures of issue 12's `diff`: two generations of 2000 store paths with 200 differences
+//! (100 version changes, 50 added and 50 removed packages), compared
+//! - by `diff`'s package part (`closure::PackageDiff`, one `nix path-info -r --json` call
+//!   and the grouping here), in process;
+//! - by the whole `cargo xtask diff OLD NEW --json` command;
+//!
+//! each against `nix store diff-closures OLD NEW` on the same pair in the same run (issue:
+//! ours faster). The generations are built from `builtins.toFile` packages named
+//! `pkgN-1.0`, so nothing but the two roots needs a builder.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+
+use super::{Bencher, Figure, Scratch, median};
+use crate::{closure::PackageDiff, nix::Nix};
+
+const PATHS: usize = 2000;
+
+/// `gen "a"`: pkg0-1.0 … pkg1999-1.0; `gen "b"`: pkg1800…1899 at 2.0, pkg1900…1949 gone,
+/// new0…new49 added.
+const GENERATIONS: &str = r#"
+let
+  pkgs = variant:
+    if variant == "a" then
+      builtins.genList (i: "pkg${toString i}-1.0") 2000
+    else
+      builtins.genList (i: "pkg${toString i}-1.0") 1800
+      ++ builtins.genList (i: "pkg${toString (i + 1800)}-2.0") 100
+      ++ builtins.genList (i: "pkg${toString (i + 1950)}-1.0") 50
+      ++ builtins.genList (i: "new${toString i}-1.0") 50;
+  gen = variant: derivation {
+    name = "bench-generation";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    refs = builtins.concatStringsSep "\n" (map (n: builtins.toFile n "${n}\n") (pkgs variant));
+    # Two thousand paths are longer than one environment variable may be.
+    passAsFile = [ "refs" ];
+    PATH = "/usr/bin:/bin";
+    args = [ "-c" "mkdir -p $out/home-files && while read -r p; do echo \"$p\"; done < \"$refsPath\" > $out/refs" ];
+  };
+in
+{ a = gen "a"; b = gen "b"; }
+"#;
+
+pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
+    let tmp = Scratch::new("diff")?;
+    let (old, new) = generations(b, &tmp.0)?;
+    let sh = xshell::Shell::new()?;
+    let nix = Nix::new(&sh, false);
+
+    let ours = || -> Result<()> {
+        let d = PackageDiff::between(&nix, Some(&old), &new)?;
+        ensure!(
+            (d.changed.len(), d.added.len(), d.removed.len()) == (100, 50, 50),
+            "the package diff found {} changed, {} added, {} removed; expected 100, 50, 50",
+            d.changed.len(),
+            d.added.len(),
+            d.removed.len()
+        );
+        Ok(())
+    };
+    let command = || {
+        let mut cmd = b.xtask(&tmp.0);
+        // Any flake will do: two paths need no home.
+        cmd.arg("--flake").arg(&b.root);
+        cmd.arg("diff").arg(&old).arg(&new).arg("--json");
+        Bencher::run(&mut cmd)
+    };
+    let baseline = || {
+        let mut cmd = b.nix(&tmp.0);
+        cmd.args(["store", "diff-closures"]).arg(&old).arg(&new);
+        Bencher::run(&mut cmd)
+    };
+    // Alternating runs, as in the switch figure: a load spike must not decide the ratio.
+    let (part, whole, base) = alternate(b.runs, [&ours, &command, &baseline])?;
+    let what = "nix store diff-closures OLD NEW".to_string();
+    Ok(vec![
+        Figure {
+            name: format!("diff packages, {PATHS} paths, 200 changes"),
+            ours: part,
+            baseline: Some((what.clone(), base)),
+            bound: format!(
+                "{:.2}x diff-closures (issue: faster)",
+                part.as_secs_f64() / base.as_secs_f64()
+            ),
+        },
+        Figure {
+            name: "`diff OLD NEW --json`, the whole command".into(),
+            ours: whole,
+            baseline: Some((what, base)),
+            bound: format!(
+                "{:.2}x diff-closures (issue: faster)",
+                whole.as_secs_f64() / base.as_secs_f64()
+            ),
+        },
+    ])
+}
+
+/// The medians of `runs` rounds of the three measurements, one of each per round, after
+/// a warm-up round.
+fn alternate(
+    runs: usize,
+    fs: [&dyn Fn() -> Result<()>; 3],
+) -> Result<(Duration, Duration, Duration)> {
+    for f in fs {
+        f()?;
+    }
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..runs.max(1) {
+        for (f, t) in fs.iter().zip(times.iter_mut()) {
+            let start = Instant::now();
+            f()?;
+            t.push(start.elapsed());
+        }
+    }
+    let [a, b, c] = times;
+    Ok((median(a), median(b), median(c)))
+}
+
+/// Builds the two generations (out-links in `dir`, so they survive a collection while
+/// the benchmark runs) and returns their store paths.
+fn generations(b: &Bencher, dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let file = dir.join("generations.nix");
+    fs::write(&file, GENERATIONS)?;
+    let mut paths = Vec::new();
+    for variant in ["a", "b"] {
+        let link = dir.join(format!("gen-{variant}"));
+        let mut cmd: Command = b.nix(dir);
+        cmd.args(["build", "--impure", "--out-link"])
+            .arg(&link)
+            .arg("--file")
+            .arg(&file)
+            .arg(variant);
+        Bencher::run(&mut cmd)?;
+        paths.push(fs::canonicalize(&link).with_context(|| format!("reading {}", link.display()))?);
+    }
+    let new = paths.pop().context("no generation b")?;
+    let old = paths.pop().context("no generation a")?;
+    Ok((old, new))
+}

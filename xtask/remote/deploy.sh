@@ -16,7 +16,7 @@
 #
 # Exit status: 0 done; 1 activation failed (the previous generation restored); 2 the
 # pre-flight refused (nothing changed); 3 confirm came too late (rolled back); 4 usage;
-# 5 still activating.
+# 5 still activating; 6 busy: the profile's lock is held (nothing changed).
 set -u
 
 dir=$1
@@ -97,11 +97,35 @@ restore() { # PREVIOUS_NUMBER PREVIOUS_PATH
   fi
 }
 
+# One change of a profile at a time. A home's lock is the one `cargo xtask switch`,
+# rollback and gc take on this machine (an flock on the same file), so a local switch
+# and a deployment of the same home never run at once; the holder is written into it, as
+# they do, once the deployment is about to change something (announce).
 lock() {
-  if command -v flock > /dev/null; then
-    exec 9>> "$dir/$kind.lock"
-    flock -n 9 || fail "another deployment of this $kind is running here (lock $dir/$kind.lock); wait for it and deploy again"
+  if [ "$kind" = home ]; then
+    lockfile=${XDG_STATE_HOME:-$HOME/.local/state}/home-manager/switch.lock
+    mkdir -p "$(dirname "$lockfile")" || fail "cannot create $(dirname "$lockfile")"
+  else
+    lockfile=$dir/$kind.lock
   fi
+  command -v flock > /dev/null || return 0
+  # Tried in a subshell first: a failed redirection of `exec` would end this shell with
+  # status 2, which reads as "the pre-flight refused".
+  (: >> "$lockfile") 2> /dev/null || fail "cannot open $lockfile"
+  # Read-write without truncating: a blocked run leaves the holder's record as it was.
+  exec 9<> "$lockfile"
+  flock -n 9 && return 0
+  if [ "$kind" = home ]; then
+    holder=$(head -c 300 "$lockfile" 2> /dev/null)
+    code=6 fail "a switch, rollback, gc or deployment of this home is running here (${holder:-another process}), or an activation it started is still running; wait for it to finish and deploy again (lock $lockfile)"
+  fi
+  code=6 fail "another deployment of this $kind is running here (lock $lockfile); wait for it and deploy again"
+}
+
+# Records this deployment as the lock's holder, for the message of a run that has to wait.
+announce() {
+  [ "$kind" = home ] || return 0
+  printf 'pid %s: cargo xtask deploy of %s\n' "$$" "$gen" > "$lockfile" 2> /dev/null || true
 }
 
 preflight() { # GENERATION
@@ -137,6 +161,7 @@ case $cmd in
     [ "$kind" != home ] || preflight "$gen"
     lock
     [ "$kind" != home ] || preflight "$gen"
+    announce
     log=$dir/$token.log status=$dir/$token.status
     rm -f "$log" "$status"
     if command -v setsid > /dev/null; then

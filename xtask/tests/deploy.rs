@@ -757,3 +757,94 @@ fn a_cut_connection_rolls_back_by_itself() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// A home's deployment takes the lock `cargo xtask switch` takes on that machine
+/// (`~/.local/state/home-manager/switch.lock`): a deploy waits for a local switch (busy,
+/// nothing changed, the holder named), and a local switch waits for a deployment that has
+/// activated and is not yet confirmed.
+#[test]
+fn a_home_deployment_and_a_local_switch_share_the_lock() {
+    let Some(lab) = Lab::new() else { return };
+    let f = Fixture::new();
+    let m = lab.machine("laptop", "alice");
+    f.home_module("alice", &home_module(&m, &[(".a", "one")]))
+        .write(
+            "homes/alice/meta.nix",
+            &format!("{{ {} }}\n", m.deploy(&lab, "")),
+        )
+        .commit();
+    // A local switch holds it, as home::Lock does: an flock, and its holder in the file.
+    let lock_path = m.home().join(".local/state/home-manager/switch.lock");
+    fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+    fs::write(&lock_path, "pid 4242: cargo xtask switch alice").unwrap();
+    let held = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    held.try_lock().unwrap();
+    let before = Fixture::tree_digest(&m.home());
+    let run = f.xtask(&["deploy", "--json", "--confirm-timeout", "10"]);
+    run.failure(1);
+    assert_eq!(outcomes(&run), pairs(&[("homes/alice", "failed")]));
+    let msg = run.json()[0]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("busy, nothing changed")
+            && msg.contains("(pid 4242: cargo xtask switch alice)"),
+        "{msg}"
+    );
+    // Nothing changed there, the lock file included.
+    assert_eq!(Fixture::tree_digest(&m.home()), before);
+    assert!(m.current("home").is_none());
+    drop(held);
+
+    // Free: the deployment takes it and records itself as its holder.
+    f.xtask(&["deploy", "--confirm-timeout", "10"]).success();
+    let generation = m.current("home").unwrap();
+    assert!(fs::read_to_string(m.home().join(".a")).unwrap() == "one");
+    let holder = fs::read_to_string(&lock_path).unwrap();
+    assert!(
+        holder.contains(&format!("cargo xtask deploy of {generation}")),
+        "{holder}"
+    );
+
+    // The other way: the target side activates as a deployment does (the script the
+    // deployer sends, run here without ssh) and waits for its confirmation, holding the
+    // lock; a local switch of that home is refused meanwhile, and runs after the confirm.
+    let state = m.dir.join("state");
+    let script = common::repo_root().join("xtask/remote/deploy.sh");
+    let target_side = |args: &[&str]| {
+        let out = Command::new("sh")
+            .arg(&script)
+            .arg(&state)
+            .args(args)
+            .env("HOME", m.home())
+            .env("USER", "alice")
+            .env("LOGNAME", "alice")
+            .env("STUB_STATE_DIR", &m.dir)
+            .env("TMPDIR", &m.dir)
+            .env("NIX_CONFIG", "substituters =")
+            .env_remove("XDG_STATE_HOME")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    target_side(&["activate", "home", &generation, "tok", "60", "bak"]);
+    let switch = |f: &Fixture| {
+        let mut cmd = f.command(&["switch", "alice"]);
+        cmd.env("HOME", m.home());
+        common::run(cmd.output().unwrap())
+    };
+    switch(&f)
+        .failure(1)
+        .stderr_has("another switch, rollback or gc of alice's home is running")
+        .stderr_has(&format!("cargo xtask deploy of {generation}"));
+    target_side(&["confirm", "home", &generation, "tok"]);
+    switch(&f).success();
+}

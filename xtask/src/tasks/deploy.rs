@@ -472,6 +472,10 @@ impl Job<'_> {
                     ran.reason()
                 )));
             }
+            // The profile's lock is held there (a local switch, another deployment).
+            Some(6) => {
+                return Err(failed(format!("busy, nothing changed: {}", ran.reason())));
+            }
             Some(1) => {
                 return Err(failed(format!(
                     "activation failed, the previous generation is restored: {}",

@@ -1,5 +1,5 @@
 //! Package changes between two closures, computed here rather than by
-//! `nix store diff-closures`: one `nix path-info -r --json` call for both sides, then
+//! `nix store diff-closures`: one `nix path-info -rs` per side, both running at once, then
 //! every store path's `name-version` grouped by name, as nvd and dix do. A name only in
 //! the new closure is added, only in the old one removed, in both with other versions
 //! changed; rebuilds of the same version are no package change. The closure sizes are the
@@ -8,17 +8,14 @@
 //! Generic over store paths (generations, systems); `home` and the tasks use it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::{
-    nix::{Nix, PathInfo},
-    term,
-};
+use crate::{nix::Nix, term};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Package {
@@ -60,11 +57,10 @@ impl PackageDiff {
             .chain([new])
             .map(Path::to_path_buf)
             .collect();
-        let infos = nix.closure_infos(&roots)?;
-        let graph = Graph::new(&infos);
-        let old = old.map(|o| graph.closure(o)).transpose()?;
-        let new = graph.closure(new)?;
-        Ok(graph.diff(old.as_deref(), &new))
+        let mut sides = nix.closures(&roots)?;
+        let new = sides.pop().context("nix described no closure")?;
+        let old = sides.pop();
+        Ok(diff(old.as_deref(), &new))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,120 +162,57 @@ pub fn split_name_version(s: &str) -> (&str, Option<&str>) {
     (&s[..at], Some(version))
 }
 
-/// The union of the closures, by index: each path's name and version split once, its
-/// references as indices, so each side's closure is a walk over integers.
-struct Graph<'a> {
-    infos: &'a [PathInfo],
-    index: HashMap<&'a str, usize>,
-    refs: Vec<Vec<usize>>,
-    names: Vec<(&'a str, &'a str)>,
+/// name → its versions, and the size, of one closure (base names with their sizes).
+fn versions(closure: &[(String, u64)]) -> (BTreeMap<&str, BTreeSet<&str>>, u64) {
+    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut size = 0;
+    for (path, nar_size) in closure {
+        let (name, version) = split_name_version(strip_store_hash(path).unwrap_or(path));
+        out.entry(name)
+            .or_default()
+            .insert(version.unwrap_or_default());
+        size += nar_size;
+    }
+    (out, size)
 }
 
-impl<'a> Graph<'a> {
-    fn new(infos: &'a [PathInfo]) -> Graph<'a> {
-        let index: HashMap<&str, usize> = infos
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.name.as_str(), i))
-            .collect();
-        let refs = infos
-            .iter()
-            .map(|p| {
-                p.references
-                    .iter()
-                    .filter_map(|r| index.get(r.as_str()).copied())
-                    .collect()
-            })
-            .collect();
-        let names = infos
-            .iter()
-            .map(|p| {
-                let (name, version) =
-                    split_name_version(strip_store_hash(&p.name).unwrap_or(&p.name));
-                (name, version.unwrap_or_default())
-            })
-            .collect();
-        Graph {
-            infos,
-            index,
-            refs,
-            names,
+fn diff(old: Option<&[(String, u64)]>, new: &[(String, u64)]) -> PackageDiff {
+    let (ov, before) = old.map(versions).unwrap_or_default();
+    let (nv, after) = versions(new);
+    let join = |v: &BTreeSet<&str>| v.iter().copied().collect::<Vec<_>>().join(", ");
+    let mut d = PackageDiff {
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+        size: Size {
+            before,
+            after,
+            delta: after as i64 - before as i64,
+        },
+    };
+    for (name, n) in &nv {
+        match ov.get(name) {
+            None => d.added.push(Package {
+                name: name.to_string(),
+                version: join(n),
+            }),
+            Some(o) if o != n => d.changed.push(Change {
+                name: name.to_string(),
+                old: join(o),
+                new: join(n),
+            }),
+            Some(_) => {}
         }
     }
-
-    /// Which paths are reachable from `root` through the references.
-    fn closure(&self, root: &Path) -> Result<Vec<bool>> {
-        let resolved = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
-        let base = resolved
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        let Some(&start) = self.index.get(base) else {
-            bail!(
-                "nix did not describe {} (is it a store path?); name a generation in the nix store",
-                root.display()
-            );
-        };
-        let mut seen = vec![false; self.infos.len()];
-        let mut todo = vec![start];
-        while let Some(i) = todo.pop() {
-            if !std::mem::replace(&mut seen[i], true) {
-                todo.extend(self.refs[i].iter().copied().filter(|&r| !seen[r]));
-            }
+    for (name, o) in &ov {
+        if !nv.contains_key(name) {
+            d.removed.push(Package {
+                name: name.to_string(),
+                version: join(o),
+            });
         }
-        Ok(seen)
     }
-
-    /// name → its versions, and the size, of one closure.
-    fn versions(&self, closure: &[bool]) -> (BTreeMap<&'a str, BTreeSet<&'a str>>, u64) {
-        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        let mut size = 0;
-        for (i, _) in closure.iter().enumerate().filter(|(_, in_it)| **in_it) {
-            let (name, version) = self.names[i];
-            out.entry(name).or_default().insert(version);
-            size += self.infos[i].nar_size;
-        }
-        (out, size)
-    }
-
-    fn diff(&self, old: Option<&[bool]>, new: &[bool]) -> PackageDiff {
-        let (ov, before) = old.map(|o| self.versions(o)).unwrap_or_default();
-        let (nv, after) = self.versions(new);
-        let join = |v: &BTreeSet<&str>| v.iter().copied().collect::<Vec<_>>().join(", ");
-        let mut d = PackageDiff {
-            added: Vec::new(),
-            removed: Vec::new(),
-            changed: Vec::new(),
-            size: Size {
-                before,
-                after,
-                delta: after as i64 - before as i64,
-            },
-        };
-        for (name, n) in &nv {
-            match ov.get(name) {
-                None => d.added.push(Package {
-                    name: name.to_string(),
-                    version: join(n),
-                }),
-                Some(o) if o != n => d.changed.push(Change {
-                    name: name.to_string(),
-                    old: join(o),
-                    new: join(n),
-                }),
-                Some(_) => {}
-            }
-        }
-        for (name, o) in &ov {
-            if !nv.contains_key(name) {
-                d.removed.push(Package {
-                    name: name.to_string(),
-                    version: join(o),
-                });
-            }
-        }
-        d
-    }
+    d
 }
 
 #[cfg(test)]
@@ -319,55 +252,25 @@ mod tests {
         assert_eq!(strip_store_hash("nohash"), None);
     }
 
-    fn info(name: &str, size: u64, refs: &[&str]) -> PathInfo {
-        PathInfo {
-            name: name.into(),
-            nar_size: size,
-            references: refs.iter().map(|r| r.to_string()).collect(),
-        }
-    }
-
     #[test]
     fn packages_are_grouped_by_name_each_once() {
         let h = |c: char| c.to_string().repeat(32);
-        let (a, b) = (format!("{}-gen", h('a')), format!("{}-gen", h('b')));
         let n = |c: char, rest: &str| format!("{}-{rest}", h(c));
-        let infos = vec![
-            info(
-                &a,
-                100,
-                &[
-                    &a,
-                    &n('c', "tool-1.0"),
-                    &n('d', "gone-2"),
-                    &n('e', "same-3"),
-                ],
-            ),
-            info(
-                &b,
-                110,
-                &[
-                    &n('f', "tool-1.1"),
-                    &n('g', "fresh-0.5"),
-                    &n('e', "same-3"),
-                    &n('h', "same-3"),
-                ],
-            ),
-            info(&n('c', "tool-1.0"), 10, &[]),
-            info(&n('d', "gone-2"), 20, &[]),
-            info(&n('e', "same-3"), 30, &[]),
-            info(&n('h', "same-3"), 31, &[]),
-            info(&n('f', "tool-1.1"), 12, &[]),
-            info(&n('g', "fresh-0.5"), 5, &[]),
+        // Each side's closure, as `nix path-info -rs` lists it (the root included).
+        let old = vec![
+            (n('a', "gen"), 100),
+            (n('c', "tool-1.0"), 10),
+            (n('d', "gone-2"), 20),
+            (n('e', "same-3"), 30),
         ];
-        let graph = Graph::new(&infos);
-        let old = graph
-            .closure(Path::new(&format!("/nix/store/{a}")))
-            .unwrap();
-        let new = graph
-            .closure(Path::new(&format!("/nix/store/{b}")))
-            .unwrap();
-        let d = graph.diff(Some(&old), &new);
+        let new = vec![
+            (n('b', "gen"), 110),
+            (n('f', "tool-1.1"), 12),
+            (n('g', "fresh-0.5"), 5),
+            (n('e', "same-3"), 30),
+            (n('h', "same-3"), 31),
+        ];
+        let d = diff(Some(&old), &new);
         assert_eq!(
             d.changed,
             vec![Change {
@@ -399,7 +302,7 @@ mod tests {
             }
         );
         // A first install: everything is added.
-        let first = graph.diff(None, &new);
+        let first = diff(None, &new);
         assert_eq!(first.added.len(), 4);
         assert!(first.removed.is_empty() && first.changed.is_empty());
         assert_eq!(first.size.before, 0);

@@ -472,81 +472,71 @@ impl Nix<'_> {
     }
 }
 
-/// One store path of a closure, as `nix path-info --json` describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathInfo {
-    /// The store path's base name (`<hash>-<name>`): nix prints full paths up to 2.3x and
-    /// may print base names later, and a base name is unique within one store.
-    pub name: String,
-    pub nar_size: u64,
-    /// The base names of the paths it references (itself included, when it does).
-    pub references: Vec<String>,
-}
-
 impl Nix<'_> {
-    /// Every path of the closures of `roots`, in one `nix path-info -r --json` call: the
-    /// caller splits the union per root from the references, so two closures cost one
-    /// nix process. (`-S` is not asked for: it makes nix walk each path's closure again.)
-    pub fn closure_infos(&self, roots: &[PathBuf]) -> Result<Vec<PathInfo>> {
-        if roots.is_empty() {
-            return Ok(Vec::new());
+    /// The closure of each root, every path with its NAR size: `nix path-info -rs ROOT`
+    /// per root, all running side by side. The store query is what costs the time, so
+    /// two of them at once cost about one, and their text is read without a JSON parse
+    /// (Nix 2.8 to 2.3x print `PATH<whitespace>SIZE` per line). Paths are base names
+    /// (`<hash>-<name>`), unique within one store.
+    pub fn closures(&self, roots: &[PathBuf]) -> Result<Vec<Vec<(String, u64)>>> {
+        let mut children = Vec::new();
+        for root in roots {
+            let cmd = self.cmd(["path-info", "-rs"])?.arg(root);
+            let shown = cmd.to_string();
+            if self.verbose {
+                term::command(&shown);
+            }
+            let child = std::process::Command::from(cmd)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("running {shown}"))?;
+            children.push((child, shown));
         }
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["path-info".into(), "-r".into(), "--json".into()];
-        args.extend(roots.iter().map(|p| p.as_os_str().to_owned()));
-        let (out, shown) = self.capture(self.cmd(args)?, self.verbose)?;
-        if !out.status.success() {
-            return Err(failure(
-                &shown,
-                "the closures",
-                &String::from_utf8_lossy(&out.stderr),
-            ));
-        }
-        parse_path_infos(&out.stdout)
-            .with_context(|| format!("nix printed JSON the xtask did not expect (tried: {shown})"))
+        let outputs: Vec<_> = std::thread::scope(|s| {
+            let readers: Vec<_> = children
+                .into_iter()
+                .map(|(child, shown)| s.spawn(move || (child.wait_with_output(), shown)))
+                .collect();
+            readers.into_iter().map(|r| r.join()).collect()
+        });
+        outputs
+            .into_iter()
+            .map(|joined| {
+                let (out, shown) =
+                    joined.map_err(|_| anyhow::anyhow!("reading nix's output failed"))?;
+                let out = out.with_context(|| format!("running {shown}"))?;
+                if !out.status.success() {
+                    return Err(failure(
+                        &shown,
+                        "the closure",
+                        &String::from_utf8_lossy(&out.stderr),
+                    ));
+                }
+                parse_sized_paths(&out.stdout).with_context(|| {
+                    format!("nix printed a closure the xtask did not expect (tried: {shown})")
+                })
+            })
+            .collect()
     }
 }
 
-/// One entry of `nix path-info --json`, borrowed from its output: only the fields used,
-/// so a closure of thousands of paths is read without a tree of values.
-#[derive(Deserialize)]
-struct RawInfo<'a> {
-    #[serde(borrow, default)]
-    path: Option<std::borrow::Cow<'a, str>>,
-    #[serde(rename = "narSize")]
-    nar_size: Option<u64>,
-    #[serde(borrow, default)]
-    references: Vec<std::borrow::Cow<'a, str>>,
-}
-
-/// `nix path-info --json`: a list of `{path, narSize, references}` up to Nix 2.18, an
-/// object keyed by path later (an invalid path's value is `null` there).
-pub fn parse_path_infos(json: &[u8]) -> Result<Vec<PathInfo>> {
-    let base = |p: &str| p.rsplit('/').next().unwrap_or(p).to_string();
-    let info = |path: &str, raw: RawInfo<'_>| {
-        Some(PathInfo {
-            name: base(path),
-            nar_size: raw.nar_size?,
-            references: raw.references.iter().map(|r| base(r)).collect(),
+/// `PATH  SIZE` lines of `nix path-info -s` as (base name, size).
+pub fn parse_sized_paths(text: &[u8]) -> Result<Vec<(String, u64)>> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut words = l.split_whitespace();
+            let path = words.next().context("an empty line")?;
+            let size = words
+                .last()
+                .and_then(|w| w.parse().ok())
+                .with_context(|| format!("no size in {l:?}"))?;
+            Ok((path.rsplit('/').next().unwrap_or(path).to_string(), size))
         })
-    };
-    let first = json.iter().find(|b| !b.is_ascii_whitespace());
-    Ok(if first == Some(&b'[') {
-        let items: Vec<RawInfo<'_>> = serde_json::from_slice(json)?;
-        items
-            .into_iter()
-            .filter_map(|raw| {
-                let path = raw.path.clone()?;
-                info(&path, raw)
-            })
-            .collect()
-    } else {
-        let map: std::collections::BTreeMap<std::borrow::Cow<'_, str>, Option<RawInfo<'_>>> =
-            serde_json::from_slice(json)?;
-        map.into_iter()
-            .filter_map(|(path, raw)| info(&path, raw?))
-            .collect()
-    })
+        .collect()
 }
 
 /// What a `nix eval` printed, whether or not it succeeded.
@@ -861,32 +851,13 @@ mod tests {
     }
 
     #[test]
-    fn path_infos_of_both_json_shapes() {
-        let list = br#"[
-            {"path": "/nix/store/aaa-x-1.0", "narSize": 10, "narHash": "sha256-x", "references": ["/nix/store/aaa-x-1.0", "/nix/store/bbb-y"]},
-            {"path": "/nix/store/bbb-y", "narSize": 5, "references": []},
-            {"path": "/nix/store/ccc-broken", "valid": false}
-        ]"#;
-        let object = br#"{
-            "/nix/store/aaa-x-1.0": {"narSize": 10, "references": ["/nix/store/aaa-x-1.0", "bbb-y"]},
-            "/nix/store/bbb-y": {"narSize": 5, "references": [], "signatures": []},
-            "/nix/store/ccc-broken": null
-        }"#;
-        let want = vec![
-            PathInfo {
-                name: "aaa-x-1.0".into(),
-                nar_size: 10,
-                references: vec!["aaa-x-1.0".into(), "bbb-y".into()],
-            },
-            PathInfo {
-                name: "bbb-y".into(),
-                nar_size: 5,
-                references: vec![],
-            },
-        ];
-        assert_eq!(parse_path_infos(list).unwrap(), want);
-        assert_eq!(parse_path_infos(object).unwrap(), want);
-        assert!(parse_path_infos(b"3").is_err());
+    fn sized_paths_of_path_info() {
+        let out = b"/nix/store/aaa-pkg-1.0       \t        128\n/nix/store/bbb-gen \t 4096\n\n";
+        assert_eq!(
+            parse_sized_paths(out).unwrap(),
+            vec![("aaa-pkg-1.0".to_string(), 128), ("bbb-gen".to_string(), 4096)]
+        );
+        assert!(parse_sized_paths(b"/nix/store/x no-size\n").is_err());
     }
 
     #[test]

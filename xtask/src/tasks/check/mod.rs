@@ -50,7 +50,6 @@ impl Check {
         let mut repo = ctx.repo()?;
         let selection = Selection::new(&repo, &self.only)?;
         let computed = repo.load_meta_static();
-        let parsed = repo.nix_file_findings();
 
         let mut notes = Vec::new();
         let mut findings: Vec<Finding>;
@@ -67,19 +66,21 @@ impl Check {
                     term::list(&files)
                 ));
             }
-            findings = parsed;
+            findings = repo.nix_file_findings();
             findings.extend(repo.findings.iter().cloned());
         } else {
             // Stage 2: evaluation. Reading the meta.nix files that compute their values (a
             // nix process of its own) runs while the batched evaluation runs, so `check`
             // costs little more than that one evaluation (the figure is 1.2x).
             // Targets that their findings rule out are dropped from the results afterwards.
+            // The parse of every .nix file runs meanwhile too: the evaluation starts from the
+            // layout's findings, and what the parse rules out is dropped afterwards (a clean
+            // repository, the common case, pays for the parse with nothing).
             let systems = self.home_systems(&repo);
-            let known: Vec<Finding> = parsed.iter().chain(&repo.findings).cloned().collect();
-            let (pre_targets, _) = targets(&repo, &selection, &known, &systems);
+            let (pre_targets, _) = targets(&repo, &selection, &repo.findings, &systems);
             let root = repo.root.clone();
             let verbose = ctx.verbose;
-            let (result, meta) = std::thread::scope(|s| {
+            let (result, meta, parsed) = std::thread::scope(|s| {
                 let worker = s.spawn(|| -> Result<Option<eval::Evaluation>> {
                     if pre_targets.is_empty() {
                         return Ok(None);
@@ -89,18 +90,22 @@ impl Check {
                     sh.change_dir(&root);
                     eval::evaluate(&Nix::new(&sh, verbose), &root, &pre_targets).map(Some)
                 });
+                let parsed = repo.nix_file_findings();
                 let meta = repo.load_meta(&nix);
                 let result = worker
                     .join()
                     .unwrap_or_else(|_| Err(anyhow::anyhow!("the evaluation thread panicked")));
-                (result, meta)
+                (result, meta, parsed)
             });
             meta?;
             findings = parsed;
             findings.extend(repo.findings.iter().cloned());
             let (targets, skipped) = targets(&repo, &selection, &findings, &systems);
             notes.extend(skipped);
-            if let Some(result) = result? {
+            // Nothing left to check (the lint ruled out flake.nix or lib/, or every target):
+            // the evaluation's own failure would only repeat the lint's findings.
+            let result = result?.filter(|_| !targets.is_empty());
+            if let Some(result) = result {
                 let ok = evaluate(&nix, &repo, &pre_targets, &targets, &result, &mut findings);
                 // Stage 3: the documented validation and the builds.
                 if self.full

@@ -176,8 +176,9 @@ fn bad_names_are_refused_with_the_rule_and_the_tree_is_untouched() {
     ];
     let before = snapshot(&f);
     for (name, message) in cases {
+        // A name no home can have is a usage error (exit 2).
         f.xtask(&["new-user", name, "--host", "ws"])
-            .failure(1)
+            .failure(2)
             .stderr_has(message)
             .stderr_has("nothing was written");
         assert_eq!(snapshot(&f), before, "new-user {name:?} changed the tree");
@@ -185,7 +186,7 @@ fn bad_names_are_refused_with_the_rule_and_the_tree_is_untouched() {
     // A host name goes through the same rule.
     for (host, message) in [("../x", rule), ("global", "use --global")] {
         f.xtask(&["new-user", "bob", "--host", host])
-            .failure(1)
+            .failure(2)
             .stderr_has(message);
     }
     for (name, message) in [
@@ -193,7 +194,7 @@ fn bad_names_are_refused_with_the_rule_and_the_tree_is_untouched() {
         ("global", "'global' is reserved"),
         ("a/b", rule),
     ] {
-        f.xtask(&["new-host", name]).failure(1).stderr_has(message);
+        f.xtask(&["new-host", name]).failure(2).stderr_has(message);
     }
     assert_eq!(snapshot(&f), before);
 }
@@ -328,13 +329,13 @@ fn new_host_writes_the_detected_system_and_evaluates() {
         .failure(1)
         .stderr_has("not supported");
     f.xtask(&["new-host", "x", "--user", "root"])
-        .failure(1)
+        .failure(2)
         .stderr_has("reserved");
     f.xtask(&["new-host", "mac", "--system", "aarch64-darwin"])
         .failure(1)
         .stderr_has("a NixOS host runs Linux");
     f.xtask(&["new-host", "global"])
-        .failure(1)
+        .failure(2)
         .stderr_has("'global' is reserved");
     f.xtask(&["new-host", "x", "--dry-run"])
         .success()

@@ -1,13 +1,13 @@
 //! `cargo xtask new-host`: a new machine's systems/<host> in one command, from the
 //! templates in xtask/templates/.
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 
 use crate::scaffold::{
     Evaluation, Scaffold, ensure_sound, nix_string_list, prepare, render, replace_line,
 };
 use crate::{
-    Ctx,
+    Ctx, UsageError,
     cli::NewHost,
     repo::{self, nix_string, validate_host_name, validate_new_user_name},
     term,
@@ -19,12 +19,13 @@ const HOST_META: &str = include_str!("../../templates/host-meta.nix");
 impl NewHost {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
         let host = self.name.as_str();
-        validate_host_name(host).map_err(|e| anyhow!("{e}; nothing was written"))?;
+        // A name no host can have is a usage error (exit 2), like any bad argument.
+        validate_host_name(host).map_err(|e| UsageError(format!("{e}; nothing was written")))?;
         let mut users: Vec<String> = Vec::new();
         for user in &self.users {
             // lib/ makes every user of a host a normal user, which root cannot be.
             validate_new_user_name(user, false)
-                .map_err(|e| anyhow!("--user {user}: {e}; nothing was written"))?;
+                .map_err(|e| UsageError(format!("--user {user}: {e}; nothing was written")))?;
             if !users.contains(user) {
                 users.push(user.clone());
             }

@@ -1,11 +1,11 @@
 //! `cargo xtask new-user`: a new person's home in one command, from the templates in
 //! xtask/templates/ (plain files, so they can be read and changed like any module).
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 
 use crate::scaffold::{Evaluation, Scaffold, ensure_sound, prepare, render, replace_line};
 use crate::{
-    Ctx,
+    Ctx, UsageError,
     cli::NewUser,
     repo::{self, Part, home_dir_name, nix_string, validate_host_name, validate_new_user_name},
     term,
@@ -19,8 +19,9 @@ const HOME_META: &str = include_str!("../../templates/home-meta.nix");
 impl NewUser {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
         let name = self.name.as_str();
+        // A name no home can have is a usage error (exit 2), like any bad argument.
         validate_new_user_name(name, self.allow_root)
-            .map_err(|e| anyhow!("{e}; nothing was written"))?;
+            .map_err(|e| UsageError(format!("{e}; nothing was written")))?;
         let _lock = prepare(ctx, self.dry_run)?;
         let mut repo = ctx.repo()?;
         let mut hosts: Vec<&str> = Vec::new();
@@ -106,11 +107,13 @@ impl NewUser {
 /// `--host` must name an existing host; `global` has its own flag.
 fn check_host(repo: &repo::Repo, host: &str) -> Result<()> {
     if host == repo::rules().reserved_host {
-        bail!(
-            "--host global: use --global for homes/<user>@global (the standalone-only part); nothing was written"
-        );
+        return Err(UsageError(
+            "--host global: use --global for homes/<user>@global (the standalone-only part); nothing was written".into(),
+        )
+        .into());
     }
-    validate_host_name(host).map_err(|e| anyhow!("--host {host}: {e}; nothing was written"))?;
+    validate_host_name(host)
+        .map_err(|e| UsageError(format!("--host {host}: {e}; nothing was written")))?;
     match repo.hosts.get(host) {
         None => bail!(
             "--host {host}: there is no host '{host}' (systems/{host} does not exist); create it first with `cargo xtask new-host {host}`, then run this again; nothing was written"

@@ -97,40 +97,15 @@ impl<'a> Nix<'a> {
     pub fn eval_expr_output(
         &self,
         expr: &str,
-        mut on_stderr_line: impl FnMut(&str),
+        on_stderr_line: impl FnMut(&str),
     ) -> Result<EvalOutput> {
         let cmd = self.eval_expr_cmd(expr)?;
         let shown = cmd.to_string();
         if self.verbose {
             term::command(&shown);
         }
-        // Spawned rather than run to completion: stderr is read line by line while nix
-        // works, so the caller can show progress (check reads its trace marks), and stdout
-        // is drained on its own thread so a large result cannot block nix on a full pipe.
-        let mut child = std::process::Command::from(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {shown}"))?;
-        let mut stdout_pipe = child.stdout.take().context("nix's stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            stdout_pipe.read_to_end(&mut buf).map(|_| buf)
-        });
-        let mut stderr = String::new();
-        let stderr_pipe = child.stderr.take().context("nix's stderr")?;
-        for line in BufReader::new(stderr_pipe).lines() {
-            let line = line.with_context(|| format!("reading the output of {shown}"))?;
-            on_stderr_line(&line);
-            stderr.push_str(&line);
-            stderr.push('\n');
-        }
-        let status = child.wait().with_context(|| format!("running {shown}"))?;
-        let stdout = reader
-            .join()
-            .map_err(|_| anyhow::anyhow!("reading the output of {shown} failed"))?
-            .with_context(|| format!("reading the output of {shown}"))?;
+        // Streamed: check reads its trace marks as they come, for its progress.
+        let (status, stdout, stderr) = stream(cmd, &shown, on_stderr_line)?;
         if !status.success() {
             // A nix that cannot run flakes at all is not a finding about the repo.
             if stderr.contains("--extra-experimental-features")
@@ -204,35 +179,10 @@ impl<'a> Nix<'a> {
         let shown = cmd.to_string();
         term::command(&shown);
         // stdout is the JSON; nix's log (stderr) is passed through line by line as it
-        // comes, and its tail kept, so a failure can be explained like `check` explains it.
-        let mut child = std::process::Command::from(cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {shown}"))?;
-        let mut stdout_pipe = child.stdout.take().context("nix's stdout")?;
-        let reader = std::thread::spawn(move || {
-            let mut buf = String::new();
-            stdout_pipe.read_to_string(&mut buf).map(|_| buf)
-        });
-        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-        if let Some(err) = child.stderr.take() {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                term::raw(&format!("{line}\n"));
-                if tail.len() == 200 {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-        let status = child
-            .wait()
-            .with_context(|| format!("waiting for {shown}"))?;
-        let stdout = reader.join().ok().and_then(Result::ok).unwrap_or_default();
+        // comes, so a failure can be explained like `check` explains it.
+        let (status, stdout, log) = stream(cmd, &shown, |line| term::raw(&format!("{line}\n")))?;
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
         if !status.success() {
-            let log: Vec<String> = tail.into_iter().collect();
-            let log = log.join("\n");
             // nix's message is above; the causes it words badly get their fix here: no
             // network or no flake.lock (as `check` says it), a path it cannot put into a URL.
             let fix = environment_fix(&log)
@@ -537,6 +487,41 @@ pub fn parse_sized_paths(text: &[u8]) -> Result<Vec<(String, u64)>> {
             Ok((path.rsplit('/').next().unwrap_or(path).to_string(), size))
         })
         .collect()
+}
+
+/// Runs `cmd` with nix's stderr read line by line as it comes (`on_line` sees each one:
+/// progress, trace marks) and stdout drained on its own thread, so a large result cannot
+/// block nix on a full pipe. Returns the exit status, stdout and the whole stderr.
+fn stream(
+    cmd: Cmd<'_>,
+    shown: &str,
+    mut on_line: impl FnMut(&str),
+) -> Result<(std::process::ExitStatus, Vec<u8>, String)> {
+    let mut child = std::process::Command::from(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {shown}"))?;
+    let mut stdout_pipe = child.stdout.take().context("nix's stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout_pipe.read_to_end(&mut buf).map(|_| buf)
+    });
+    let mut stderr = String::new();
+    let stderr_pipe = child.stderr.take().context("nix's stderr")?;
+    for line in BufReader::new(stderr_pipe).lines() {
+        let line = line.with_context(|| format!("reading the output of {shown}"))?;
+        on_line(&line);
+        stderr.push_str(&line);
+        stderr.push('\n');
+    }
+    let status = child.wait().with_context(|| format!("running {shown}"))?;
+    let stdout = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reading the output of {shown} failed"))?
+        .with_context(|| format!("reading the output of {shown}"))?;
+    Ok((status, stdout, stderr))
 }
 
 /// What a `nix eval` printed, whether or not it succeeded.

@@ -1599,9 +1599,22 @@ pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
 
 /// The untracked `.nix` files of homes/, systems/, droids/ and lib/; None outside git.
 fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
+    let mut args = vec!["--others", "--exclude-standard", "--"];
+    args.extend(NIX_DIRS);
+    Some(
+        git_ls_files(root, &args)?
+            .into_iter()
+            .filter(|p| p.ends_with(".nix"))
+            .collect(),
+    )
+}
+
+/// `git ls-files -z ARGS` in `root`, repo-relative paths; None outside a git repository
+/// or without git.
+fn git_ls_files(root: &Path, args: &[&str]) -> Option<Vec<String>> {
     let out = std::process::Command::new("git")
-        .args(["ls-files", "-z", "--others", "--exclude-standard", "--"])
-        .args(NIX_DIRS)
+        .args(["ls-files", "-z"])
+        .args(args)
         .current_dir(root)
         .output()
         .ok()
@@ -1609,7 +1622,7 @@ fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
     Some(
         String::from_utf8_lossy(&out.stdout)
             .split('\0')
-            .filter(|p| p.ends_with(".nix"))
+            .filter(|p| !p.is_empty())
             .map(str::to_string)
             .collect(),
     )

@@ -48,6 +48,17 @@ impl UserEnv {
         })
     }
 
+    /// The environment and the user a task about one's own home works on: `user`, else
+    /// `$USER`, checked by [`check_runner`] (`writes`: the task changes the home). The
+    /// profile is found through the user's own `$HOME` and `$XDG_STATE_HOME`, so only the
+    /// user may run it.
+    pub fn own(user: Option<String>, writes: bool) -> Result<(UserEnv, String)> {
+        let env = UserEnv::from_process()?;
+        let user = user.unwrap_or_else(|| env.user.clone());
+        check_runner(&user, &env, writes)?;
+        Ok((env, user))
+    }
+
     /// A user and home with no XDG or Nix state overrides (benchmarks, tests).
     pub fn new(user: &str, home: &std::path::Path) -> UserEnv {
         UserEnv {

@@ -31,7 +31,7 @@ mod uninstall;
 pub use activate::{Activation, SetProfile, Transition, activation_mismatch, is_or_specialises};
 pub use build::{HomeTarget, OutLinkDir, gc_root, home_attr, stale_roots, standalone_user};
 pub use compare::{Comparison, FileDiff, active_generation};
-pub use env::{UserEnv, check_runner};
+pub use env::UserEnv;
 pub use generation::{GenerationInfo, specialisation};
 pub use lock::{Lock, lock_path};
 pub use packages::{Package, packages};

@@ -11,7 +11,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     path::Path,
-    process::Command,
 };
 
 use rnix::{
@@ -29,17 +28,9 @@ use super::{Finding, MetaFile, NIX_DIRS};
 /// repository or without git: then every file is visible (a `path:` flake), and nothing
 /// is reported about tracking.
 fn tracked_files(root: &Path) -> Option<BTreeSet<String>> {
-    let out = Command::new("git")
-        .args(["ls-files", "-z", "--cached"])
-        .current_dir(root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
     Some(
-        String::from_utf8_lossy(&out.stdout)
-            .split('\0')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
+        super::git_ls_files(root, &["--cached"])?
+            .into_iter()
             .collect(),
     )
 }

@@ -147,9 +147,7 @@ impl Diff {
 
 /// `--from ID --to ID` of `user`'s profile; a side not given is the current generation.
 fn profile_sides(user: Option<String>, from: Option<u64>, to: Option<u64>) -> Result<Sides> {
-    let env = UserEnv::from_process()?;
-    let user = user.unwrap_or_else(|| env.user.clone());
-    home::check_runner(&user, &env, false)?;
+    let (env, user) = UserEnv::own(user, false)?;
     let profile = env.profile();
     let gens = profile.generations()?;
     let ids = gens

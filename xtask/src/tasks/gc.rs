@@ -246,9 +246,7 @@ impl Gc {
     }
 
     fn home_target(&self) -> Result<Target> {
-        let env = UserEnv::from_process()?;
-        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        home::check_runner(&user, &env, !self.dry_run)?;
+        let (env, user) = UserEnv::own(self.user.clone(), !self.dry_run)?;
         let what = format!("{user}'s home");
         // Not while a switch, rollback or activation of this profile runs: it may be about
         // to activate one of them.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{
     Ctx,
     cli::Generations,
-    home::{self, Generation, UserEnv},
+    home::{Generation, UserEnv},
     term::{self, human_size},
 };
 
@@ -20,10 +20,7 @@ struct Entry<'a> {
 
 impl Generations {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let env = UserEnv::from_process()?;
-        let user = self.user.unwrap_or_else(|| env.user.clone());
-        // The profile directory is found through the user's own $HOME and $XDG_STATE_HOME.
-        home::check_runner(&user, &env, false)?;
+        let (env, user) = UserEnv::own(self.user, false)?;
         let profile = env.profile();
         let gens = profile.generations()?;
         if gens.is_empty() {

@@ -27,10 +27,7 @@ struct Report<'a> {
 
 impl Packages {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let env = UserEnv::from_process()?;
-        let user = self.user.unwrap_or_else(|| env.user.clone());
-        // The profile is found through the user's own $HOME and $XDG_STATE_HOME.
-        home::check_runner(&user, &env, false)?;
+        let (env, user) = UserEnv::own(self.user, false)?;
         let profile = env.profile();
         let gens = profile.generations()?;
         let ids = || {

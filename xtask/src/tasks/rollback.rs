@@ -15,9 +15,7 @@ use crate::{
 
 impl Rollback {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let env = UserEnv::from_process()?;
-        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        home::check_runner(&user, &env, !self.dry_run)?;
+        let (env, user) = UserEnv::own(self.user.clone(), !self.dry_run)?;
         // Only the repo defaults (Cargo.toml), not the whole layout: rollback builds nothing.
         let backup = Backup::new(&Defaults::load(&ctx.root)?, None, None, false);
         let profile = env.profile();

@@ -18,9 +18,7 @@ use crate::{
 
 impl Uninstall {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let env = UserEnv::from_process()?;
-        let user = self.user.clone().unwrap_or_else(|| env.user.clone());
-        home::check_runner(&user, &env, !self.dry_run)?;
+        let (env, user) = UserEnv::own(self.user.clone(), !self.dry_run)?;
         let what = format!("{user}'s home");
         // Asking needs a terminal; without one, refuse before anything (the lock too).
         if !self.yes && !self.dry_run && !std::io::stdin().is_terminal() {

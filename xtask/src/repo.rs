@@ -1132,64 +1132,66 @@ impl Repo {
         syntax::analyse(&self.root, &self.meta_files())
     }
 
-    /// Checks what meta.nix files say and puts it into the model.
+    /// Checks what meta.nix files say and puts it into the model: the shape, `system`
+    /// (any supported system for a home; a host or phone runs Linux: the host systems),
+    /// `deploy`, and a host's `users`.
     fn apply_meta(&mut self, read: MetaEval) {
-        for (name, meta) in read.homes {
-            let rel = MetaKind::Home.meta_file(&name);
-            if self.check_shape(&rel, &meta, HOME_META_SHAPE) {
+        let files = read
+            .homes
+            .into_iter()
+            .map(|(n, m)| (MetaKind::Home, n, m))
+            .chain(read.droids.into_iter().map(|(n, m)| (MetaKind::Droid, n, m)))
+            .chain(read.hosts.into_iter().map(|(n, m)| (MetaKind::Host, n, m)));
+        for (kind, name, meta) in files {
+            let rel = kind.meta_file(&name);
+            if self.check_shape(&rel, &meta, kind.shape()) {
                 continue;
             }
+            let systems = match kind {
+                MetaKind::Home => &rules().supported_systems,
+                MetaKind::Host | MetaKind::Droid => &rules().host_systems,
+            };
             let before = self.findings.len();
-            let system = self.check_system(&rel, meta.system.clone(), &rules().supported_systems);
+            let system = self.check_system(&rel, meta.system.clone(), systems);
             self.locate_since(before, meta.system_at);
+            let users = (kind == MetaKind::Host).then(|| {
+                let before = self.findings.len();
+                let users = self.check_users(&rel, meta.users.clone());
+                self.locate_since(before, meta.users_at);
+                for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
+                    // lib/ still gives the user a home on the host, made of nothing.
+                    self.findings.push(Finding::warning(
+                        &rel,
+                        "user-without-home",
+                        format!(
+                            "users lists '{user}', who has no homes/{user} or homes/{user}@{name}, so their Home Manager configuration on {name} is empty"
+                        ),
+                        format!("create it with cargo xtask new-user {user} --host {name}, or remove the name"),
+                    ));
+                }
+                users
+            });
             let deploy = self.check_deploy(&rel, &meta);
-            if let Some(u) = self.users.get_mut(&name) {
-                u.system = system;
-                u.deploy = deploy;
-            }
-        }
-        for (name, meta) in read.droids {
-            let rel = MetaKind::Droid.meta_file(&name);
-            if self.check_shape(&rel, &meta, DROID_META_SHAPE) {
-                continue;
-            }
-            // Nix-on-Droid runs on Linux phones (and emulators): the host systems.
-            let before = self.findings.len();
-            let system = self.check_system(&rel, meta.system.clone(), &rules().host_systems);
-            self.locate_since(before, meta.system_at);
-            let deploy = self.check_deploy(&rel, &meta);
-            if let Some(d) = self.droids.get_mut(&name) {
-                d.system = system;
-                d.deploy = deploy;
-            }
-        }
-        for (name, meta) in read.hosts {
-            let rel = MetaKind::Host.meta_file(&name);
-            if self.check_shape(&rel, &meta, HOST_META_SHAPE) {
-                continue;
-            }
-            let before = self.findings.len();
-            let system = self.check_system(&rel, meta.system.clone(), &rules().host_systems);
-            self.locate_since(before, meta.system_at);
-            let before = self.findings.len();
-            let users = self.check_users(&rel, meta.users.clone());
-            self.locate_since(before, meta.users_at);
-            for user in users.iter().filter(|u| !self.users.contains_key(*u)) {
-                // lib/ still gives the user a home on the host, made of nothing.
-                self.findings.push(Finding::warning(
-                    &rel,
-                    "user-without-home",
-                    format!(
-                        "users lists '{user}', who has no homes/{user} or homes/{user}@{name}, so their Home Manager configuration on {name} is empty"
-                    ),
-                    format!("create it with cargo xtask new-user {user} --host {name}, or remove the name"),
-                ));
-            }
-            let deploy = self.check_deploy(&rel, &meta);
-            if let Some(h) = self.hosts.get_mut(&name) {
-                h.system = system;
-                h.meta_users = users;
-                h.deploy = deploy;
+            match kind {
+                MetaKind::Home => {
+                    if let Some(u) = self.users.get_mut(&name) {
+                        u.system = system;
+                        u.deploy = deploy;
+                    }
+                }
+                MetaKind::Droid => {
+                    if let Some(d) = self.droids.get_mut(&name) {
+                        d.system = system;
+                        d.deploy = deploy;
+                    }
+                }
+                MetaKind::Host => {
+                    if let Some(h) = self.hosts.get_mut(&name) {
+                        h.system = system;
+                        h.meta_users = users.unwrap_or_default();
+                        h.deploy = deploy;
+                    }
+                }
             }
         }
     }

@@ -855,7 +855,10 @@ mod tests {
         let out = b"/nix/store/aaa-pkg-1.0       \t        128\n/nix/store/bbb-gen \t 4096\n\n";
         assert_eq!(
             parse_sized_paths(out).unwrap(),
-            vec![("aaa-pkg-1.0".to_string(), 128), ("bbb-gen".to_string(), 4096)]
+            vec![
+                ("aaa-pkg-1.0".to_string(), 128),
+                ("bbb-gen".to_string(), 4096)
+            ]
         );
         assert!(parse_sized_paths(b"/nix/store/x no-size\n").is_err());
     }

@@ -498,6 +498,14 @@ fn figures(b: &Bencher, tmp: &Path, lab: &mut Lab) -> Result<Vec<Figure>> {
             plain(t, out)
         };
         let (ours, base) = alternate(b.runs, &ours, &plain_one)?;
+        let steps = breakdown(
+            xtask(&["deploy", &t.name, "--confirm-timeout", "20"]),
+            &t.name,
+        )?;
+        crate::term::info(&format!(
+            "deploy {} ({what}), where the time goes: {steps}",
+            t.name
+        ));
         figures.push(Figure {
             name: one_name(what),
             ours,
@@ -512,6 +520,35 @@ fn figures(b: &Bencher, tmp: &Path, lab: &mut Lab) -> Result<Vec<Figure>> {
         });
     }
     Ok(figures)
+}
+
+/// One run of `cmd` (a deploy of one target), with the time from its start to each step
+/// it announces on stderr (`[name] build`, `copy`, `activate`) and to its exit.
+fn breakdown(mut cmd: Command, name: &str) -> Result<String> {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running deploy")?;
+    let prefix = format!("[{name}] ");
+    let mut marks = Vec::new();
+    for line in std::io::BufReader::new(child.stderr.take().context("no stderr")?)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let step = line.strip_prefix(&prefix).unwrap_or("");
+        if ["build", "copy", "activate"].contains(&step) || line.starts_with("evaluating ") {
+            let what = if step.is_empty() { "evaluate" } else { step };
+            marks.push(format!("{what} at {} ms", start.elapsed().as_millis()));
+        }
+    }
+    let status = child.wait()?;
+    ensure!(status.success(), "deploy {name} failed");
+    marks.push(format!("exit at {} ms", start.elapsed().as_millis()));
+    Ok(marks.join(", "))
 }
 
 /// Medians of `runs` rounds of both measurements, one of each per round (a load spike must

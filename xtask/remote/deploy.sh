@@ -164,6 +164,8 @@ case $cmd in
     announce
     log=$dir/$token.log status=$dir/$token.status
     rm -f "$log" "$status"
+    # Created here, so the loop below never reads it before the worker has opened it.
+    : > "$log"
     if command -v setsid > /dev/null; then
       setsid sh "$0" "$dir" worker "$kind" "$gen" "$token" "$timeout" "$backup" < /dev/null > "$log" 2>&1 &
     else
@@ -191,6 +193,9 @@ case $cmd in
 
   worker)
     gen=$4 token=$5 timeout=$6 backup=$7
+    # The status appears whole (written aside, then renamed): whoever sees the file (the
+    # foreground above, a confirm) reads the number, never an empty file being written.
+    finish() { say "$1" > "$status.tmp" && mv "$status.tmp" "$status"; }
     trap '' HUP PIPE
     status=$dir/$token.status canary=$dir/$token.canary
     prev_number=$(gen_number)
@@ -209,7 +214,7 @@ case $cmd in
     say $! > "$dir/$token.timer"
     if set_profile "$gen" && activate_generation "$gen" test; then
       say "activated $gen"
-      say 0 > "$status"
+      finish 0
     else
       # Taken back from the timer: this failure is handled here and now.
       if mv "$canary" "$canary.failed" 2> /dev/null; then
@@ -217,7 +222,7 @@ case $cmd in
         say "activation failed: restoring ${prev:-no generation}"
         restore "$prev_number" "$prev"
       fi
-      say 1 > "$status"
+      finish 1
     fi
     ;;
 

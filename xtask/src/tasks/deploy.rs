@@ -36,7 +36,7 @@ use crate::{
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-enum Kind {
+pub(crate) enum Kind {
     Host,
     Home,
     Droid,
@@ -69,18 +69,6 @@ struct Target {
 }
 
 impl Target {
-    /// The flake attribute of what is deployed.
-    fn expr(&self) -> String {
-        let name = repo::nix_string(&self.name);
-        match self.kind {
-            Kind::Host => {
-                format!("flake.nixosConfigurations.${{{name}}}.config.system.build.toplevel")
-            }
-            Kind::Home => format!("flake.homeConfigurations.${{{name}}}.activationPackage"),
-            Kind::Droid => format!("flake.nixOnDroidConfigurations.${{{name}}}.activationPackage"),
-        }
-    }
-
     fn remote(&self) -> Remote {
         Remote {
             dest: self.settings.target_host.clone(),
@@ -209,21 +197,43 @@ fn select(all: &[Target], names: &[String], on: &[String]) -> Result<Vec<Target>
         .collect())
 }
 
-/// The one nix process: drvPath and outPath of every target.
-fn evaluate(nix: &Nix, root: &std::path::Path, targets: &[Target]) -> Result<Vec<Paths>> {
+/// The flake attribute (of `flake`, the flake's outputs) of what a target of this kind
+/// and name deploys.
+fn attr_expr(kind: Kind, name: &str) -> String {
+    let name = repo::nix_string(name);
+    match kind {
+        Kind::Host => {
+            format!("flake.nixosConfigurations.${{{name}}}.config.system.build.toplevel")
+        }
+        Kind::Home => format!("flake.homeConfigurations.${{{name}}}.activationPackage"),
+        Kind::Droid => format!("flake.nixOnDroidConfigurations.${{{name}}}.activationPackage"),
+    }
+}
+
+/// The expression of the one evaluation: `[ { drv; out; } … ]`, one per target, in order
+/// (also what `cargo xtask bench deploy` times).
+pub(crate) fn eval_expr<'n>(
+    root: &std::path::Path,
+    targets: impl IntoIterator<Item = (Kind, &'n str)>,
+) -> String {
     let items: String = targets
-        .iter()
-        .map(|t| {
+        .into_iter()
+        .map(|(kind, name)| {
             format!(
                 " (let p = {}; in {{ drv = p.drvPath; out = p.outPath; }})",
-                t.expr()
+                attr_expr(kind, name)
             )
         })
         .collect();
-    let expr = format!(
+    format!(
         "let flake = builtins.getFlake {}; in [{items} ]",
         repo::nix_string(&nix::flake_ref(root))
-    );
+    )
+}
+
+/// The one nix process: drvPath and outPath of every target.
+fn evaluate(nix: &Nix, root: &std::path::Path, targets: &[Target]) -> Result<Vec<Paths>> {
+    let expr = eval_expr(root, targets.iter().map(|t| (t.kind, t.name.as_str())));
     term::info(&format!(
         "evaluating {} target(s) in one nix process",
         targets.len()

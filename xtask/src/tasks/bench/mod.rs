@@ -14,7 +14,9 @@ use anyhow::{Context, Result, bail};
 use crate::{Ctx, cli::Bench};
 
 mod check;
+mod deploy;
 mod diff;
+mod gc;
 mod list;
 mod switch;
 
@@ -26,6 +28,8 @@ const BENCHES: &[(&str, BenchFn)] = &[
     ("check", check::run),
     ("switch", switch::run),
     ("diff", diff::run),
+    ("deploy", deploy::run),
+    ("gc", gc::run),
 ];
 
 /// One reported figure: our time, the baseline's, and the bound the issue sets.
@@ -34,6 +38,18 @@ pub struct Figure {
     pub ours: Duration,
     pub baseline: Option<(String, Duration)>,
     pub bound: String,
+}
+
+impl Figure {
+    /// A figure that could not be measured here, with the reason in its bound column.
+    pub fn skipped(name: String, why: &str) -> Figure {
+        Figure {
+            name,
+            ours: Duration::ZERO,
+            baseline: None,
+            bound: why.to_string(),
+        }
+    }
 }
 
 pub struct Bencher {
@@ -194,13 +210,14 @@ impl Bench {
                     ),
                     None => ("-".into(), "-".into()),
                 };
+                let ours = if fig.ours.is_zero() && fig.baseline.is_none() {
+                    "-".to_string()
+                } else {
+                    ms(fig.ours)
+                };
                 crate::term::out(&format!(
                     "{:<48} {:>10} {:>10} {:>7}  {}",
-                    fig.name,
-                    ms(fig.ours),
-                    base,
-                    ratio,
-                    fig.bound
+                    fig.name, ours, base, ratio, fig.bound
                 ));
                 if let Some((what, _)) = &fig.baseline {
                     crate::term::out(&format!("    baseline: {what}"));

@@ -1140,7 +1140,11 @@ impl Repo {
             .homes
             .into_iter()
             .map(|(n, m)| (MetaKind::Home, n, m))
-            .chain(read.droids.into_iter().map(|(n, m)| (MetaKind::Droid, n, m)))
+            .chain(
+                read.droids
+                    .into_iter()
+                    .map(|(n, m)| (MetaKind::Droid, n, m)),
+            )
             .chain(read.hosts.into_iter().map(|(n, m)| (MetaKind::Host, n, m)));
         for (kind, name, meta) in files {
             let rel = kind.meta_file(&name);

@@ -353,13 +353,21 @@ impl Job<'_> {
 
     /// The target-side script with `args`; its output is shown prefixed.
     fn script(&self, s: &Settings, args: &[&str]) -> Result<remote::Ran, Failed> {
+        let mut running = self.spawn_script(s, args)?;
+        running.close_stdin();
+        running.finish().map_err(|e| failed(format!("{e:#}")))
+    }
+
+    /// The target-side script with `args`, started (its stdin open, the sudo password
+    /// written first when sudo needs one).
+    fn spawn_script(&self, s: &Settings, args: &[&str]) -> Result<remote::Running, Failed> {
         let r = self.target.remote();
         let cmd = r.ssh(&r.script_command(self.sudo, args));
         let stdin = match self.sudo {
             Sudo::Password => s.password.map(|p| format!("{p}\n")),
             _ => None,
         };
-        remote::run_prefixed(cmd, &self.prefix(), stdin.as_deref(), true)
+        remote::Running::spawn(cmd, &self.prefix(), stdin.as_deref(), true)
             .map_err(|e| failed(format!("{e:#}")))
     }
 
@@ -467,13 +475,31 @@ impl Job<'_> {
             ));
             return Ok("dry-run");
         }
+        // The activation's connection is opened while the last step (the copy, or the
+        // build there) runs: the target side waits for our "go" before it changes
+        // anything, and ends, nothing changed, when the step fails and we hang up.
+        let (last_what, last_cmd) = steps.pop().ok_or_else(|| failed("nothing to run"))?;
         for (what, cmd) in steps {
             self.say(what.as_str());
             self.local(cmd, &what)?;
         }
-
+        let mut on_go_args = activate_args;
+        on_go_args[0] = "activate-on-go";
+        let mut early = self.spawn_script(s, &on_go_args)?;
+        self.say(last_what.as_str());
+        if let Err(e) = self.local(last_cmd, &last_what) {
+            let _ = early.kill();
+            return Err(e);
+        }
         self.say("activate");
-        let ran = self.script(s, &activate_args)?;
+        let ran = if early.exited() {
+            // That connection ended before the go (nothing ran there): a new one.
+            let _ = early.finish();
+            self.script(s, &activate_args)?
+        } else {
+            early.send("go\n");
+            early.finish().map_err(|e| failed(format!("{e:#}")))?
+        };
         match ran.code() {
             Some(0) => {}
             Some(2) => {

@@ -105,13 +105,16 @@ restore() { # PREVIOUS_NUMBER PREVIOUS_PATH
 # rollback and gc take on this machine (an flock on the same file), so a local switch
 # and a deployment of the same home never run at once; the holder is written into it, as
 # they do, once the deployment is about to change something (announce).
-lock() {
+lockfile() {
   if [ "$kind" = home ]; then
-    lockfile=${XDG_STATE_HOME:-$HOME/.local/state}/home-manager/switch.lock
-    mkdir -p "$(dirname "$lockfile")" || fail "cannot create $(dirname "$lockfile")"
+    say "${XDG_STATE_HOME:-$HOME/.local/state}/home-manager/switch.lock"
   else
-    lockfile=$dir/$kind.lock
+    say "$dir/$kind.lock"
   fi
+}
+lock() {
+  lockfile=$(lockfile)
+  [ "$kind" != home ] || mkdir -p "$(dirname "$lockfile")" || fail "cannot create $(dirname "$lockfile")"
   command -v flock > /dev/null || return 0
   # Tried in a subshell first: a failed redirection of `exec` would end this shell with
   # status 2, which reads as "the pre-flight refused".
@@ -167,7 +170,10 @@ case $cmd in
       [ "$word" = go ] || code=7 fail "cancelled by the deployer before activating: nothing changed"
     fi
     [ -d "$gen" ] || fail "$gen is not in this machine's store: the copy did not arrive"
-    [ "$kind" != home ] || preflight "$gen"
+    # A home's pre-flight runs under the lock. Taking it creates the lock file (in the
+    # home) when there is none: then the pre-flight runs first too, so a refused
+    # generation leaves the home as it was.
+    [ "$kind" != home ] || [ -e "$(lockfile)" ] || preflight "$gen"
     lock
     [ "$kind" != home ] || preflight "$gen"
     announce

@@ -475,21 +475,18 @@ impl Job<'_> {
             ));
             return Ok("dry-run");
         }
-        // The activation's connection is opened while the last step (the copy, or the
-        // build there) runs: the target side waits for our "go" before it changes
-        // anything, and ends, nothing changed, when the step fails and we hang up.
-        let (last_what, last_cmd) = steps.pop().ok_or_else(|| failed("nothing to run"))?;
-        for (what, cmd) in steps {
-            self.say(what.as_str());
-            self.local(cmd, &what)?;
-        }
+        // The activation's connection is opened while the steps (build and copy, or
+        // the build there) run: the target side waits for our "go" before it changes
+        // anything, and ends, nothing changed, when a step fails and we hang up.
         let mut on_go_args = activate_args;
         on_go_args[0] = "activate-on-go";
         let mut early = self.spawn_script(s, &on_go_args)?;
-        self.say(last_what.as_str());
-        if let Err(e) = self.local(last_cmd, &last_what) {
-            let _ = early.kill();
-            return Err(e);
+        for (what, cmd) in steps {
+            self.say(what.as_str());
+            if let Err(e) = self.local(cmd, &what) {
+                let _ = early.kill();
+                return Err(e);
+            }
         }
         self.say("activate");
         let ran = if early.exited() {

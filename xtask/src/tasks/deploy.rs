@@ -251,22 +251,43 @@ fn evaluate(nix: &Nix, root: &std::path::Path, targets: &[Target]) -> Result<Vec
     Ok(paths)
 }
 
-/// The sudo mode of each target, probed (`sudo -n true`) before anything runs, and the
-/// password when one is needed and `--ask-sudo-password` allows asking (once).
+/// The sudo mode of each target, probed (`sudo -n true`, all at once) before anything
+/// runs, and the password when one is needed and `--ask-sudo-password` allows asking
+/// (once).
 fn sudo_modes(targets: &[Target], ask: bool) -> Result<(Vec<Sudo>, Option<String>)> {
+    // The probes run at once (one ssh connection each, the slow part), not one by one.
+    let probes: Vec<Option<Result<bool>>> = std::thread::scope(|scope| {
+        let running: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                t.needs_sudo().then(|| {
+                    scope.spawn(|| {
+                        remote::run_prefixed(t.remote().ssh("sudo -n true"), "", None, false)
+                            .map(|ran| ran.status.success())
+                    })
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|h| {
+                h.map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the sudo probe panicked")))
+                })
+            })
+            .collect()
+    });
     let mut modes = Vec::new();
     let mut need_password = Vec::new();
-    for t in targets {
-        if !t.needs_sudo() {
-            modes.push(Sudo::No);
-            continue;
-        }
-        let ran = remote::run_prefixed(t.remote().ssh("sudo -n true"), "", None, false)?;
-        if ran.status.success() {
-            modes.push(Sudo::NoPassword);
-        } else {
-            modes.push(Sudo::Password);
-            need_password.push(t.name.clone());
+    for (t, probe) in targets.iter().zip(probes) {
+        match probe.transpose()? {
+            None => modes.push(Sudo::No),
+            Some(true) => modes.push(Sudo::NoPassword),
+            Some(false) => {
+                modes.push(Sudo::Password);
+                need_password.push(t.name.clone());
+            }
         }
     }
     if need_password.is_empty() {

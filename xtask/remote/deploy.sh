@@ -2,6 +2,7 @@
 # the deployer sends this file over ssh with every deployment).
 #
 #   sh deploy.sh STATE_DIR activate KIND GENERATION TOKEN CONFIRM_SECONDS BACKUP_EXT
+#   sh deploy.sh STATE_DIR activate-on-go KIND GENERATION TOKEN CONFIRM_SECONDS BACKUP_EXT
 #   sh deploy.sh STATE_DIR confirm  KIND GENERATION TOKEN
 #   sh deploy.sh STATE_DIR current  KIND
 #
@@ -9,14 +10,17 @@
 # Nix-on-Droid generation). `activate`: lock, pre-flight (homes: the generation's own
 # check script), then a detached worker arms the rollback timer (the canary), sets the
 # profile and activates; the foreground shows the worker's log and exits with its status,
-# so a dropped ssh connection stops neither. `confirm` (a new ssh connection) takes the
-# canary: the target keeps the generation (a host then makes it the boot default). If
-# nobody confirms within CONFIRM_SECONDS, the timer takes the canary and rolls back: the
-# previous generation's profile and activation.
+# so a dropped ssh connection stops neither. `activate-on-go` is `activate` once a line
+# `go` arrives on stdin: the deployer opens this connection while it copies the closure,
+# and says go when the copy is done (end of input instead: nothing changed, exit 7).
+# `confirm` (a new ssh connection) takes the canary: the target keeps the generation (a
+# host then makes it the boot default). If nobody confirms within CONFIRM_SECONDS, the
+# timer takes the canary and rolls back: the previous generation's profile and activation.
 #
 # Exit status: 0 done; 1 activation failed (the previous generation restored); 2 the
 # pre-flight refused (nothing changed); 3 confirm came too late (rolled back); 4 usage;
-# 5 still activating; 6 busy: the profile's lock is held (nothing changed).
+# 5 still activating; 6 busy: the profile's lock is held (nothing changed); 7 cancelled
+# before anything changed (activate-on-go without a go).
 set -u
 
 dir=$1
@@ -101,13 +105,16 @@ restore() { # PREVIOUS_NUMBER PREVIOUS_PATH
 # rollback and gc take on this machine (an flock on the same file), so a local switch
 # and a deployment of the same home never run at once; the holder is written into it, as
 # they do, once the deployment is about to change something (announce).
-lock() {
+lockfile() {
   if [ "$kind" = home ]; then
-    lockfile=${XDG_STATE_HOME:-$HOME/.local/state}/home-manager/switch.lock
-    mkdir -p "$(dirname "$lockfile")" || fail "cannot create $(dirname "$lockfile")"
+    say "${XDG_STATE_HOME:-$HOME/.local/state}/home-manager/switch.lock"
   else
-    lockfile=$dir/$kind.lock
+    say "$dir/$kind.lock"
   fi
+}
+lock() {
+  lockfile=$(lockfile)
+  [ "$kind" != home ] || mkdir -p "$(dirname "$lockfile")" || fail "cannot create $(dirname "$lockfile")"
   command -v flock > /dev/null || return 0
   # Tried in a subshell first: a failed redirection of `exec` would end this shell with
   # status 2, which reads as "the pre-flight refused".
@@ -155,10 +162,18 @@ case $cmd in
     readlink -f "$profile" 2> /dev/null || true
     ;;
 
-  activate)
+  activate | activate-on-go)
     gen=$4 token=$5 timeout=$6 backup=$7
+    if [ "$cmd" = activate-on-go ]; then
+      word=
+      read -r word || true
+      [ "$word" = go ] || code=7 fail "cancelled by the deployer before activating: nothing changed"
+    fi
     [ -d "$gen" ] || fail "$gen is not in this machine's store: the copy did not arrive"
-    [ "$kind" != home ] || preflight "$gen"
+    # A home's pre-flight runs under the lock. Taking it creates the lock file (in the
+    # home) when there is none: then the pre-flight runs first too, so a refused
+    # generation leaves the home as it was.
+    [ "$kind" != home ] || [ -e "$(lockfile)" ] || preflight "$gen"
     lock
     [ "$kind" != home ] || preflight "$gen"
     announce
@@ -166,6 +181,9 @@ case $cmd in
     rm -f "$log" "$status"
     # Created here, so the loop below never reads it before the worker has opened it.
     : > "$log"
+    # The worker's end (it is our child) interrupts the wait below at once: no polling
+    # for it. Its log is shown as it grows, every half second.
+    trap : CHLD
     if command -v setsid > /dev/null; then
       setsid sh "$0" "$dir" worker "$kind" "$gen" "$token" "$timeout" "$backup" < /dev/null > "$log" 2>&1 &
     else
@@ -175,8 +193,7 @@ case $cmd in
     exec 9>&-
     shown=0 waited=0
     # Bounded: an activation that runs for 10 minutes is reported, not waited for forever.
-    while [ $waited -lt 6000 ]; do
-      waited=$((waited + 1))
+    while :; do
       done=0
       [ ! -e "$status" ] || done=1
       size=$(wc -c < "$log" 2> /dev/null || echo 0)
@@ -184,8 +201,13 @@ case $cmd in
         tail -c +$((shown + 1)) "$log" | head -c $((size - shown))
         shown=$size
       fi
-      [ $done = 0 ] || break
-      sleep 0.1
+      [ $done = 0 ] && [ $waited -lt 1200 ] || break
+      waited=$((waited + 1))
+      sleep 0.5 &
+      nap=$!
+      # A status written since the check above is not waited for.
+      [ -e "$status" ] || wait $nap
+      kill $nap 2> /dev/null
     done
     [ -e "$status" ] || code=5 fail "the activation is still running after 10 minutes (log: $log)"
     exit "$(cat "$status")"

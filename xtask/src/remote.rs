@@ -142,38 +142,58 @@ impl Ran {
 
 /// Runs `cmd`, showing each line of its stdout and stderr as `[prefix] line` (when
 /// `show`), with `stdin` written to it first. Returns when it exits.
-pub fn run_prefixed(
-    mut cmd: Command,
-    prefix: &str,
-    stdin: Option<&str>,
-    show: bool,
-) -> Result<Ran> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("running {program}; is it installed and on PATH?"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A closed pipe (the command did not read) is not this function's failure.
-        let _ = pipe.write_all(text.as_bytes());
-    }
-    let tail = Arc::new(Mutex::new(Vec::<String>::new()));
-    let pipes: Vec<Box<dyn std::io::Read + Send>> = vec![
-        Box::new(child.stdout.take().context("the child's stdout")?),
-        Box::new(child.stderr.take().context("the child's stderr")?),
-    ];
-    let readers: Vec<_> = pipes
-        .into_iter()
-        .map(|pipe| {
-            let tail = Arc::clone(&tail);
+pub fn run_prefixed(cmd: Command, prefix: &str, stdin: Option<&str>, show: bool) -> Result<Ran> {
+    let mut running = Running::spawn(cmd, prefix, stdin, show)?;
+    running.close_stdin();
+    running.finish()
+}
+
+/// A child process started by [`Running::spawn`]: its output is shown (and kept) as it
+/// comes, its stdin stays open for [`Running::send`] until [`Running::close_stdin`].
+pub struct Running {
+    program: String,
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    tail: Arc<Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Waited for: nothing left for Drop to end.
+    waited: bool,
+}
+
+impl Running {
+    /// Starts `cmd` with piped stdin (`stdin` written first), stdout and stderr.
+    pub fn spawn(
+        mut cmd: Command,
+        prefix: &str,
+        stdin: Option<&str>,
+        show: bool,
+    ) -> Result<Running> {
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("running {program}; is it installed and on PATH?"))?;
+        let mut running = Running {
+            program,
+            stdin: child.stdin.take(),
+            tail: Arc::new(Mutex::new(Vec::new())),
+            readers: Vec::new(),
+            waited: false,
+            child,
+        };
+        if let Some(text) = stdin {
+            running.send(text);
+        }
+        let pipes: Vec<Box<dyn std::io::Read + Send>> = vec![
+            Box::new(running.child.stdout.take().context("the child's stdout")?),
+            Box::new(running.child.stderr.take().context("the child's stderr")?),
+        ];
+        for pipe in pipes {
+            let tail = Arc::clone(&running.tail);
             let prefix = prefix.to_string();
-            std::thread::spawn(move || {
+            running.readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                     if show {
                         term::info(&format!("{prefix} {line}"));
@@ -184,17 +204,61 @@ pub fn run_prefixed(
                     }
                     t.push(line);
                 }
-            })
-        })
-        .collect();
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for {program}"))?;
-    for r in readers {
-        let _ = r.join();
+            }));
+        }
+        Ok(running)
     }
-    let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok(Ran { status, tail })
+
+    /// Writes `text` to its stdin. A closed pipe (the command did not read, or ended) is
+    /// not this function's failure: its exit status tells.
+    pub fn send(&mut self, text: &str) {
+        if let Some(pipe) = &mut self.stdin {
+            let _ = pipe.write_all(text.as_bytes()).and_then(|()| pipe.flush());
+        }
+    }
+
+    /// Whether it has exited already.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Ends its input (end of file there).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Stops it (SIGKILL; ssh's connection closes with it), then waits as [`finish`] does.
+    ///
+    /// [`finish`]: Running::finish
+    pub fn kill(mut self) -> Result<Ran> {
+        let _ = self.child.kill();
+        self.finish()
+    }
+
+    /// Waits for it to exit and for its output to be read.
+    pub fn finish(mut self) -> Result<Ran> {
+        self.close_stdin();
+        let status = self
+            .child
+            .wait()
+            .with_context(|| format!("waiting for {}", self.program))?;
+        self.waited = true;
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Ran { status, tail })
+    }
+}
+
+/// One that was neither finished nor killed (an early return) is ended, not left behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.waited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 #[cfg(test)]

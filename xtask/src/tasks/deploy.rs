@@ -251,22 +251,43 @@ fn evaluate(nix: &Nix, root: &std::path::Path, targets: &[Target]) -> Result<Vec
     Ok(paths)
 }
 
-/// The sudo mode of each target, probed (`sudo -n true`) before anything runs, and the
-/// password when one is needed and `--ask-sudo-password` allows asking (once).
+/// The sudo mode of each target, probed (`sudo -n true`, all at once) before anything
+/// runs, and the password when one is needed and `--ask-sudo-password` allows asking
+/// (once).
 fn sudo_modes(targets: &[Target], ask: bool) -> Result<(Vec<Sudo>, Option<String>)> {
+    // The probes run at once (one ssh connection each, the slow part), not one by one.
+    let probes: Vec<Option<Result<bool>>> = std::thread::scope(|scope| {
+        let running: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                t.needs_sudo().then(|| {
+                    scope.spawn(|| {
+                        remote::run_prefixed(t.remote().ssh("sudo -n true"), "", None, false)
+                            .map(|ran| ran.status.success())
+                    })
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .map(|h| {
+                h.map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("the sudo probe panicked")))
+                })
+            })
+            .collect()
+    });
     let mut modes = Vec::new();
     let mut need_password = Vec::new();
-    for t in targets {
-        if !t.needs_sudo() {
-            modes.push(Sudo::No);
-            continue;
-        }
-        let ran = remote::run_prefixed(t.remote().ssh("sudo -n true"), "", None, false)?;
-        if ran.status.success() {
-            modes.push(Sudo::NoPassword);
-        } else {
-            modes.push(Sudo::Password);
-            need_password.push(t.name.clone());
+    for (t, probe) in targets.iter().zip(probes) {
+        match probe.transpose()? {
+            None => modes.push(Sudo::No),
+            Some(true) => modes.push(Sudo::NoPassword),
+            Some(false) => {
+                modes.push(Sudo::Password);
+                need_password.push(t.name.clone());
+            }
         }
     }
     if need_password.is_empty() {
@@ -353,13 +374,21 @@ impl Job<'_> {
 
     /// The target-side script with `args`; its output is shown prefixed.
     fn script(&self, s: &Settings, args: &[&str]) -> Result<remote::Ran, Failed> {
+        let mut running = self.spawn_script(s, args)?;
+        running.close_stdin();
+        running.finish().map_err(|e| failed(format!("{e:#}")))
+    }
+
+    /// The target-side script with `args`, started (its stdin open, the sudo password
+    /// written first when sudo needs one).
+    fn spawn_script(&self, s: &Settings, args: &[&str]) -> Result<remote::Running, Failed> {
         let r = self.target.remote();
         let cmd = r.ssh(&r.script_command(self.sudo, args));
         let stdin = match self.sudo {
             Sudo::Password => s.password.map(|p| format!("{p}\n")),
             _ => None,
         };
-        remote::run_prefixed(cmd, &self.prefix(), stdin.as_deref(), true)
+        remote::Running::spawn(cmd, &self.prefix(), stdin.as_deref(), true)
             .map_err(|e| failed(format!("{e:#}")))
     }
 
@@ -467,13 +496,28 @@ impl Job<'_> {
             ));
             return Ok("dry-run");
         }
+        // The activation's connection is opened while the steps (build and copy, or
+        // the build there) run: the target side waits for our "go" before it changes
+        // anything, and ends, nothing changed, when a step fails and we hang up.
+        let mut on_go_args = activate_args;
+        on_go_args[0] = "activate-on-go";
+        let mut early = self.spawn_script(s, &on_go_args)?;
         for (what, cmd) in steps {
             self.say(what.as_str());
-            self.local(cmd, &what)?;
+            if let Err(e) = self.local(cmd, &what) {
+                let _ = early.kill();
+                return Err(e);
+            }
         }
-
         self.say("activate");
-        let ran = self.script(s, &activate_args)?;
+        let ran = if early.exited() {
+            // That connection ended before the go (nothing ran there): a new one.
+            let _ = early.finish();
+            self.script(s, &activate_args)?
+        } else {
+            early.send("go\n");
+            early.finish().map_err(|e| failed(format!("{e:#}")))?
+        };
         match ran.code() {
             Some(0) => {}
             Some(2) => {

@@ -112,12 +112,29 @@ struct FileReport {
 /// the repository.
 pub fn analyse(root: &Path, skip: &BTreeSet<String>) -> Vec<Finding> {
     let wanted = |f: &&String| is_linted(f) && !skip.contains(*f);
+    let tracked = tracked_files(root);
     std::thread::scope(|s| {
-        // Finding untracked files walks the directories (git's slowest part here): the
-        // tracked files are parsed meanwhile, the untracked ones after.
-        let others = s.spawn(|| super::untracked_nix_files(root));
-        let tracked = tracked_files(root);
-        let first: Vec<String> = match &tracked {
+        // Untracked files: a directory walk of our own (cheaper than `git ls-files
+        // --others`, which also reads every directory's ignore rules) runs while the
+        // tracked files are parsed; git is asked about ignore rules only for the `.nix`
+        // files the walk finds outside the index, which in a clean repository are none.
+        let tracked = &tracked;
+        let others = s.spawn(move || match tracked {
+            Some(t) => {
+                let candidates: Vec<String> = walk_nix_files(root)
+                    .into_iter()
+                    .filter(|f| !t.contains(f))
+                    .collect();
+                if candidates.is_empty() {
+                    return Vec::new();
+                }
+                let mut args = vec!["--others", "--exclude-standard", "--"];
+                args.extend(candidates.iter().map(String::as_str));
+                super::git_ls_files(root, &args).unwrap_or_default()
+            }
+            None => Vec::new(),
+        });
+        let first: Vec<String> = match tracked {
             Some(t) => t.iter().filter(wanted).cloned().collect(),
             None => walk_nix_files(root)
                 .iter()
@@ -126,7 +143,7 @@ pub fn analyse(root: &Path, skip: &BTreeSet<String>) -> Vec<Finding> {
                 .collect(),
         };
         let mut reports = parse_all(root, &first);
-        let untracked = others.join().ok().flatten().unwrap_or_default();
+        let untracked = others.join().unwrap_or_default();
         if tracked.is_some() {
             let rest: Vec<String> = untracked.iter().filter(wanted).cloned().collect();
             reports.extend(parse_all(root, &rest));

@@ -805,8 +805,16 @@ impl Repo {
         Ok(repo)
     }
 
-    fn add_host_dir(&mut self, name: &str) {
-        let rel = format!("systems/{name}");
+    /// A machine's directory (`systems/<host>`, `droids/<phone>`): its name must be a host
+    /// name and it needs a default.nix (`what` it configures, `create` how to make one).
+    /// Returns whether default.nix and meta.nix exist, or None for a bad name.
+    fn machine_dir(
+        &mut self,
+        rel: &str,
+        name: &str,
+        what: &str,
+        create: &str,
+    ) -> Option<(bool, bool)> {
         if let Err(e) = validate_host_name(name) {
             self.findings.push(Finding::error(
                 rel,
@@ -814,24 +822,32 @@ impl Repo {
                 e,
                 "rename the directory to a valid host name".into(),
             ));
-            return;
+            return None;
         }
-        let dir = self.root.join(&rel);
-        let host = Host {
-            name: name.to_string(),
-            has_default: dir.join("default.nix").is_file(),
-            has_meta: dir.join("meta.nix").is_file(),
-            ..Host::default()
-        };
-        if !host.has_default {
+        let dir = self.root.join(rel);
+        let (has_default, has_meta) = (
+            dir.join("default.nix").is_file(),
+            dir.join("meta.nix").is_file(),
+        );
+        if !has_default {
             self.findings.push(Finding::error(
-                &rel,
+                rel,
                 "missing-default-nix",
-                format!("{rel} has no default.nix, so the host has no configuration"),
-                format!("create {rel}/default.nix (cargo xtask new-host scaffolds one) or remove the directory"),
+                format!("{rel} has no default.nix, so the {what} has no configuration"),
+                format!("create {rel}/default.nix ({create}) or remove the directory"),
             ));
         }
-        if !host.has_meta {
+        Some((has_default, has_meta))
+    }
+
+    fn add_host_dir(&mut self, name: &str) {
+        let rel = format!("systems/{name}");
+        let Some((has_default, has_meta)) =
+            self.machine_dir(&rel, name, "host", "cargo xtask new-host scaffolds one")
+        else {
+            return;
+        };
+        if !has_meta {
             self.findings.push(Finding::warning(
                 &rel,
                 "missing-meta-nix",
@@ -845,20 +861,17 @@ impl Repo {
                 ),
             ));
         }
+        let host = Host {
+            name: name.to_string(),
+            has_default,
+            has_meta,
+            ..Host::default()
+        };
         self.hosts.insert(name.to_string(), host);
     }
 
     fn add_droid_dir(&mut self, name: &str) {
         let rel = format!("droids/{name}");
-        if let Err(e) = validate_host_name(name) {
-            self.findings.push(Finding::error(
-                rel,
-                "bad-name",
-                e,
-                "rename the directory to a valid host name".into(),
-            ));
-            return;
-        }
         if self.hosts.contains_key(name) {
             // homes/<user>@<name> would mean both: one name, one machine.
             self.findings.push(Finding::error(
@@ -869,21 +882,17 @@ impl Repo {
             ));
             return;
         }
-        let dir = self.root.join(&rel);
+        let Some((has_default, has_meta)) =
+            self.machine_dir(&rel, name, "phone", "a Nix-on-Droid module")
+        else {
+            return;
+        };
         let droid = Droid {
             name: name.to_string(),
-            has_default: dir.join("default.nix").is_file(),
-            has_meta: dir.join("meta.nix").is_file(),
+            has_default,
+            has_meta,
             ..Droid::default()
         };
-        if !droid.has_default {
-            self.findings.push(Finding::error(
-                &rel,
-                "missing-default-nix",
-                format!("{rel} has no default.nix, so the phone has no configuration"),
-                format!("create {rel}/default.nix (a Nix-on-Droid module) or remove the directory"),
-            ));
-        }
         self.droids.insert(name.to_string(), droid);
     }
 

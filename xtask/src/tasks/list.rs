@@ -14,15 +14,16 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct Listing {
     pub homes: Vec<HomeEntry>,
-    pub hosts: Vec<HostEntry>,
-    pub droids: Vec<DroidEntry>,
+    pub hosts: Vec<MachineEntry>,
+    pub droids: Vec<MachineEntry>,
 }
 
+/// A host or a phone: the same fields.
 #[derive(Debug, Serialize)]
-pub struct DroidEntry {
+pub struct MachineEntry {
     pub name: String,
     pub system: String,
-    /// The user whose homes/<user>@<name> part is the phone's Home Manager configuration.
+    /// The users with a home there (a phone has one: its Home Manager configuration).
     pub users: Vec<String>,
     pub deploy: Option<Deploy>,
 }
@@ -40,14 +41,6 @@ pub struct HomeEntry {
     /// Hosts whose integrated home includes this user.
     pub hosts: Vec<String>,
     /// `deploy` of homes/<name>/meta.nix: where `cargo xtask deploy` sends the standalone home.
-    pub deploy: Option<Deploy>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct HostEntry {
-    pub name: String,
-    pub system: String,
-    pub users: Vec<String>,
     pub deploy: Option<Deploy>,
 }
 
@@ -148,7 +141,7 @@ pub fn listing(repo: &Repo) -> Listing {
     let hosts = repo
         .hosts
         .values()
-        .map(|h| HostEntry {
+        .map(|h| MachineEntry {
             name: h.name.clone(),
             system: repo.host_system(h),
             users: repo.host_users(&h.name),
@@ -158,7 +151,7 @@ pub fn listing(repo: &Repo) -> Listing {
     let droids = repo
         .droids
         .values()
-        .map(|d| DroidEntry {
+        .map(|d| MachineEntry {
             name: d.name.clone(),
             system: repo.droid_system(d),
             users: repo.droid_users(&d.name),

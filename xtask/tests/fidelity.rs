@@ -1015,21 +1015,8 @@ fn oracle(
 ) {
     let generation = PathBuf::from(v["generation"].as_str().unwrap());
     let mut cmd = Command::new(generation.join("activate"));
-    cmd.arg("--driver-version")
-        .arg("1")
-        .env("HOME", &ctx.f.home)
-        .env("USER", &ctx.f.user)
-        .env("NIX_STATE_DIR", &ctx.nix_state);
-    for k in [
-        "XDG_STATE_HOME",
-        "HOME_MANAGER_BACKUP_EXT",
-        "HOME_MANAGER_BACKUP_COMMAND",
-        "HOME_MANAGER_BACKUP_OVERWRITE",
-        "DRY_RUN",
-        "VERBOSE",
-    ] {
-        cmd.env_remove(k);
-    }
+    cmd.arg("--driver-version").arg("1");
+    common::hm_env(&mut cmd, &ctx.f.home, &ctx.f.user, &ctx.nix_state);
     for (k, val) in case.mode.vars(&ctx.cmd_script) {
         cmd.env(k, val);
     }

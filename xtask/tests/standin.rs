@@ -84,19 +84,7 @@ impl Stand {
     }
 
     fn env(&self, cmd: &mut Command, vars: &[(&str, &str)]) {
-        cmd.env("HOME", &self.f.home)
-            .env("USER", &self.f.user)
-            .env("NIX_STATE_DIR", &self.nix_state);
-        for v in [
-            "XDG_STATE_HOME",
-            "HOME_MANAGER_BACKUP_EXT",
-            "HOME_MANAGER_BACKUP_COMMAND",
-            "HOME_MANAGER_BACKUP_OVERWRITE",
-            "DRY_RUN",
-            "VERBOSE",
-        ] {
-            cmd.env_remove(v);
-        }
+        common::hm_env(cmd, &self.f.home, &self.f.user, &self.nix_state);
         for (k, v) in vars {
             cmd.env(k, v);
         }

@@ -350,3 +350,23 @@ pub fn nix_str(s: &str) -> String {
             .replace("${", "\\${")
     )
 }
+
+/// Gives `cmd` (a generation's `activate`, or its check script) exactly the environment a
+/// test means: `home` and `user`, the legacy profile directory under `nix_state` (never
+/// the machine's), and none of the HOME_MANAGER_BACKUP_*, DRY_RUN, VERBOSE or
+/// XDG_STATE_HOME the test process may have inherited.
+pub fn hm_env(cmd: &mut Command, home: &Path, user: &str, nix_state: &Path) {
+    cmd.env("HOME", home)
+        .env("USER", user)
+        .env("NIX_STATE_DIR", nix_state);
+    for k in [
+        "XDG_STATE_HOME",
+        "HOME_MANAGER_BACKUP_EXT",
+        "HOME_MANAGER_BACKUP_COMMAND",
+        "HOME_MANAGER_BACKUP_OVERWRITE",
+        "DRY_RUN",
+        "VERBOSE",
+    ] {
+        cmd.env_remove(k);
+    }
+}

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::nix::Nix;
 
 mod syntax;
+mod tree;
+
+pub use tree::Tree;
 
 /// The naming rules and supported systems, compiled from [`Defaults`] (Cargo.toml's
 /// `[workspace.metadata.xtask]`, which flake.nix passes to lib/ too, so Nix and Rust
@@ -741,6 +744,9 @@ pub struct Repo {
     meta_loaded: bool,
     /// After [`Repo::load_meta_static`]: the meta.nix files that need nix.
     meta_pending: Option<PendingMeta>,
+    /// [`Repo::scan_tree`]'s walk: the layout and the meta.nix files are read from it, and
+    /// the syntax analysis uses it instead of walking again.
+    tree: Option<Tree>,
 }
 
 impl Repo {
@@ -771,6 +777,18 @@ impl Repo {
 
     /// Reads homes/ and systems/ (directory listings only: no nix, milliseconds).
     pub fn scan(root: &Path) -> Result<Repo> {
+        Repo::scan_from(root, None)
+    }
+
+    /// [`Repo::scan`] from one walk of every directory the flake reads, which the syntax
+    /// analysis ([`Repo::nix_file_findings`]) then uses too: for the static lint, which
+    /// reads all of them anyway. (A task that needs the layout only is quicker with `scan`:
+    /// a look at two names per directory costs less than reading the directory.)
+    pub fn scan_tree(root: &Path) -> Result<Repo> {
+        Repo::scan_from(root, Some(Tree::walk(root)))
+    }
+
+    fn scan_from(root: &Path, tree: Option<Tree>) -> Result<Repo> {
         let defaults = Defaults::load(root)?;
         let mut repo = Repo {
             root: root.to_path_buf(),
@@ -781,14 +799,15 @@ impl Repo {
             findings: Vec::new(),
             meta_loaded: false,
             meta_pending: None,
+            tree,
         };
-        for name in list_dirs(&root.join("systems"))? {
+        for name in repo.subdirs("systems")? {
             repo.add_host_dir(&name);
         }
-        for name in list_dirs(&root.join("droids"))? {
+        for name in repo.subdirs("droids")? {
             repo.add_droid_dir(&name);
         }
-        for name in list_dirs(&root.join("homes"))? {
+        for name in repo.subdirs("homes")? {
             repo.add_home_dir(&name);
         }
         repo.cross_check();
@@ -803,6 +822,22 @@ impl Repo {
             ));
         }
         Ok(repo)
+    }
+
+    /// The subdirectories of a directory of the repo (`homes`), sorted.
+    fn subdirs(&self, rel: &str) -> Result<Vec<String>> {
+        match &self.tree {
+            Some(tree) => Ok(tree.subdirs(rel)),
+            None => list_dirs(&self.root.join(rel)),
+        }
+    }
+
+    /// Whether the repo-relative `rel` is a file (or a link to one).
+    fn is_file(&self, rel: &str) -> bool {
+        match &self.tree {
+            Some(tree) => tree.is_file(rel),
+            None => self.root.join(rel).is_file(),
+        }
     }
 
     /// A machine's directory (`systems/<host>`, `droids/<phone>`): its name must be a host
@@ -824,10 +859,9 @@ impl Repo {
             ));
             return None;
         }
-        let dir = self.root.join(rel);
         let (has_default, has_meta) = (
-            dir.join("default.nix").is_file(),
-            dir.join("meta.nix").is_file(),
+            self.is_file(&format!("{rel}/default.nix")),
+            self.is_file(&format!("{rel}/meta.nix")),
         );
         if !has_default {
             self.findings.push(Finding::error(
@@ -910,8 +944,7 @@ impl Repo {
                 return;
             }
         };
-        let path = self.root.join(&rel);
-        if !path.join("default.nix").is_file() {
+        if !self.is_file(&format!("{rel}/default.nix")) {
             self.findings.push(Finding::error(
                 &rel,
                 "missing-default-nix",
@@ -919,6 +952,7 @@ impl Repo {
                 format!("create {rel}/default.nix (a Home Manager module) or remove the directory"),
             ));
         }
+        let has_meta = part == Part::Base && self.is_file(&format!("{rel}/meta.nix"));
         let entry = self.users.entry(user.clone()).or_insert_with(|| User {
             name: user.clone(),
             ..User::default()
@@ -926,7 +960,7 @@ impl Repo {
         match part {
             Part::Base => {
                 entry.base = true;
-                entry.has_meta = path.join("meta.nix").is_file();
+                entry.has_meta = has_meta;
             }
             Part::Global => entry.global = true,
             Part::Host(h) => entry.host_parts.push(h),
@@ -1093,8 +1127,11 @@ impl Repo {
         for (kind, name) in self.meta_targets() {
             let rel = kind.meta_file(&name);
             // Unreadable: nix says why.
-            let read_one = fs::read_to_string(self.root.join(&rel))
-                .map_or(syntax::MetaRead::Computed, |t| syntax::read_meta(&t));
+            let text = match &self.tree {
+                Some(tree) => tree.text(&rel).map(str::to_string),
+                None => fs::read_to_string(self.root.join(&rel)).ok(),
+            };
+            let read_one = text.map_or(syntax::MetaRead::Computed, |t| syntax::read_meta(&t));
             match read_one {
                 syntax::MetaRead::Literal(meta) => {
                     read.of_kind(kind).insert(name, meta);
@@ -1138,7 +1175,11 @@ impl Repo {
     /// untracked or outside the repo. Syntax errors of the meta.nix files the model reads
     /// are left to [`Repo::load_meta_static`], which reports them as such.
     pub fn nix_file_findings(&self) -> Vec<Finding> {
-        syntax::analyse(&self.root, &self.meta_files())
+        let skip = self.meta_files();
+        match &self.tree {
+            Some(tree) => syntax::analyse(&self.root, tree, &skip),
+            None => syntax::analyse(&self.root, &Tree::walk(&self.root), &skip),
+        }
     }
 
     /// Checks what meta.nix files say and puts it into the model: the shape, `system`
@@ -1627,20 +1668,42 @@ fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
 /// `git ls-files -z ARGS` in `root`, repo-relative paths; None outside a git repository
 /// or without git.
 fn git_ls_files(root: &Path, args: &[&str]) -> Option<Vec<String>> {
-    let out = std::process::Command::new("git")
-        .args(["ls-files", "-z"])
-        .args(args)
-        .current_dir(root)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .split('\0')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect(),
-    )
+    GitLsFiles::spawn(root, args)?.wait()
+}
+
+/// A running `git ls-files -z ARGS`, so that git reads its index while the caller works.
+struct GitLsFiles(std::process::Child);
+
+impl GitLsFiles {
+    /// None without git.
+    fn spawn(root: &Path, args: &[&str]) -> Option<GitLsFiles> {
+        std::process::Command::new("git")
+            .args(["ls-files", "-z"])
+            .args(args)
+            .current_dir(root)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()
+            .map(GitLsFiles)
+    }
+
+    /// The paths; None outside a git repository.
+    fn wait(self) -> Option<Vec<String>> {
+        let out = self
+            .0
+            .wait_with_output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        Some(
+            String::from_utf8_lossy(&out.stdout)
+                .split('\0')
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+    }
 }
 
 fn untracked_file_findings(files: &[String]) -> Vec<Finding> {

@@ -20,61 +20,7 @@ use rnix::{
 // rnix's nodes get `cast` and `syntax` from rowan's trait (rnix re-exports only its alias).
 use rowan::ast::AstNode;
 
-use super::{Finding, MetaFile, NIX_DIRS};
-
-/// The files git tracks: the index, `git add -N` ones included, which is all a flake in a
-/// git repository sees. It lists every tracked file without a directory walk, which in a
-/// repository of a thousand homes is most of the lint's time. None outside a git
-/// repository or without git: then every file is visible (a `path:` flake), and nothing
-/// is reported about tracking.
-fn tracked_files(root: &Path) -> Option<BTreeSet<String>> {
-    Some(
-        super::git_ls_files(root, &["--cached"])?
-            .into_iter()
-            .collect(),
-    )
-}
-
-/// flake.nix and the `.nix` files under homes/, systems/, droids/ and lib/.
-fn is_linted(path: &str) -> bool {
-    path == "flake.nix"
-        || (path.ends_with(".nix")
-            && NIX_DIRS.iter().any(|d| {
-                path.strip_prefix(d)
-                    .is_some_and(|rest| rest.starts_with('/'))
-            }))
-}
-
-/// Every `.nix` file the flake may read, from the directories (without git): flake.nix and
-/// those under homes/, systems/, droids/ and lib/, repo-relative. Symlinked directories are not
-/// followed: git stores the link, not the files behind it, and a link cycle would never end.
-fn walk_nix_files(root: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    if root.join("flake.nix").is_file() {
-        files.push("flake.nix".to_string());
-    }
-    for dir in NIX_DIRS {
-        walk(root, dir, &mut files);
-    }
-    files
-}
-
-fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let (Ok(name), Ok(ty)) = (entry.file_name().into_string(), entry.file_type()) else {
-            continue;
-        };
-        let child = format!("{rel}/{name}");
-        if ty.is_dir() {
-            walk(root, &child, out);
-        } else if name.ends_with(".nix") {
-            out.push(child);
-        }
-    }
-}
+use super::{Finding, MetaFile, tree::Tree};
 
 /// How a path literal is used, which decides what must exist behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -100,120 +46,105 @@ struct PathRef {
 
 /// What one file's syntax says.
 #[derive(Debug, Default)]
-struct FileReport {
+pub struct FileReport {
     rel: String,
     syntax: Vec<Finding>,
     refs: Vec<PathRef>,
 }
 
-/// Finds the untracked `.nix` files, parses every `.nix` file of the repo (except the
-/// meta.nix files in `skip`, which the repo model reads itself) and returns the untracked
-/// files, the syntax errors and the path literals that are missing, untracked or outside
-/// the repository.
-pub fn analyse(root: &Path, skip: &BTreeSet<String>) -> Vec<Finding> {
-    let wanted = |f: &&String| is_linted(f) && !skip.contains(*f);
-    let tracked = tracked_files(root);
-    std::thread::scope(|s| {
-        // Untracked files: a directory walk of our own (cheaper than `git ls-files
-        // --others`, which also reads every directory's ignore rules) runs while the
-        // tracked files are parsed; git is asked about ignore rules only for the `.nix`
-        // files the walk finds outside the index, which in a clean repository are none.
-        let tracked = &tracked;
-        let others = s.spawn(move || match tracked {
-            Some(t) => {
-                let candidates: Vec<String> = walk_nix_files(root)
-                    .into_iter()
-                    .filter(|f| !t.contains(f))
-                    .collect();
-                if candidates.is_empty() {
-                    return Vec::new();
-                }
-                let mut args = vec!["--others", "--exclude-standard", "--"];
-                args.extend(candidates.iter().map(String::as_str));
-                super::git_ls_files(root, &args).unwrap_or_default()
-            }
-            None => Vec::new(),
-        });
-        let first: Vec<String> = match tracked {
-            Some(t) => t.iter().filter(wanted).cloned().collect(),
-            None => walk_nix_files(root)
+/// What the syntax of every `.nix` file the walk found says (except the meta.nix files in
+/// `skip`, which the repo model reads itself, and those git ignores): returns the untracked files, the
+/// syntax errors and the path literals that are missing, untracked or outside the
+/// repository.
+pub fn analyse(root: &Path, tree: &Tree, skip: &BTreeSet<String>) -> Vec<Finding> {
+    let tracked = tree.tracked.as_ref();
+    // Whether git tracks each file: both lists are sorted, so one pass over them says it.
+    let in_index: Vec<bool> = match tracked {
+        Some(t) => {
+            let mut index = t.iter().peekable();
+            tree.nix
                 .iter()
-                .filter(wanted)
-                .cloned()
-                .collect(),
-        };
-        let mut reports = parse_all(root, &first);
-        let untracked = others.join().unwrap_or_default();
-        if tracked.is_some() {
-            let rest: Vec<String> = untracked.iter().filter(wanted).cloned().collect();
-            reports.extend(parse_all(root, &rest));
+                .map(|f| {
+                    while index.next_if(|p| p.as_str() < f.rel.as_str()).is_some() {}
+                    index.peek().is_some_and(|p| **p == f.rel)
+                })
+                .collect()
         }
-        reports.sort_by(|a, b| a.rel.cmp(&b.rel));
-        let mut findings = super::untracked_file_findings(&untracked);
-        // Many homes import the same shared module: each target is looked at once.
-        let mut verdicts: HashMap<(String, Use, bool), Option<Verdict>> = HashMap::new();
-        for report in reports {
-            findings.extend(report.syntax);
-            for r in &report.refs {
-                let Some(target) = resolve(&report.rel, &r.literal) else {
-                    findings.push(r.finding(&report.rel, Verdict::Outside));
-                    continue;
-                };
-                let verdict = verdicts
-                    .entry((target, r.usage, r.guarded))
-                    .or_insert_with_key(|(target, usage, guarded)| {
-                        verdict(root, target, *usage, *guarded, tracked.as_ref())
-                    });
-                if let Some(v) = verdict {
-                    findings.push(r.finding(&report.rel, v.clone()));
-                }
+        None => vec![true; tree.nix.len()],
+    };
+    // git is asked about ignore rules only for the `.nix` files outside its index, which in
+    // a clean repository are none (`git ls-files --others` would read every directory and
+    // its ignore rules again).
+    let candidates: Vec<&str> = tree
+        .nix
+        .iter()
+        .zip(&in_index)
+        .filter(|(_, tracked)| !**tracked)
+        .map(|(f, _)| f.rel.as_str())
+        .collect();
+    let untracked: Vec<String> = if candidates.is_empty() {
+        Vec::new()
+    } else {
+        let mut args = vec!["--others", "--exclude-standard", "--"];
+        args.extend(candidates);
+        super::git_ls_files(root, &args).unwrap_or_default()
+    };
+    let shown: HashSet<&str> = untracked.iter().map(String::as_str).collect();
+    let mut findings = super::untracked_file_findings(&untracked);
+    // Many homes import the same shared module: each target is looked at once.
+    let mut verdicts: HashMap<(String, Use, bool), Option<Verdict>> = HashMap::new();
+    let files = tree
+        .nix
+        .iter()
+        .zip(&in_index)
+        .filter(|(f, tracked)| {
+            !skip.contains(&f.rel) && (**tracked || shown.contains(f.rel.as_str()))
+        })
+        .map(|(f, _)| f);
+    for file in files {
+        // The walk parsed it, unless it is a meta.nix the model does not read after all
+        // (its directory's name is not a valid one).
+        let parsed;
+        let report = match (&file.report, &file.text) {
+            (Some(report), _) => report,
+            (None, Some(text)) => {
+                parsed = parse(&file.rel, text);
+                &parsed
+            }
+            (None, None) => continue,
+        };
+        findings.extend(report.syntax.iter().cloned());
+        for r in &report.refs {
+            let Some(target) = resolve(&report.rel, &r.literal) else {
+                findings.push(r.finding(&report.rel, Verdict::Outside));
+                continue;
+            };
+            let verdict = verdicts
+                .entry((target, r.usage, r.guarded))
+                .or_insert_with_key(|(target, usage, guarded)| {
+                    verdict(root, target, *usage, *guarded, tracked)
+                });
+            if let Some(v) = verdict {
+                findings.push(r.finding(&report.rel, v.clone()));
             }
         }
-        findings
-    })
+    }
+    findings
 }
 
-/// Parses the files on every core (a thousand homes are a few thousand files), keeping
-/// their order.
-fn parse_all(root: &Path, files: &[String]) -> Vec<FileReport> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
-    // Below a few hundred files a thread costs more than it saves.
-    let chunk = files.len().div_ceil(threads).max(256);
-    let parse =
-        |part: &[String]| -> Vec<FileReport> { part.iter().map(|f| parse_file(root, f)).collect() };
-    let mut parts = files.chunks(chunk);
-    let Some(own) = parts.next() else {
-        return Vec::new();
-    };
-    std::thread::scope(|s| {
-        let workers: Vec<_> = parts.map(|part| s.spawn(move || parse(part))).collect();
-        // This thread takes the first part rather than wait.
-        let mut reports = parse(own);
-        for w in workers {
-            reports.extend(w.join().unwrap_or_default());
-        }
-        reports
-    })
-}
-
-fn parse_file(root: &Path, rel: &str) -> FileReport {
+/// The syntax of one file: its first error, and the relative path literals it uses.
+pub fn parse(rel: &str, text: &str) -> FileReport {
     let mut report = FileReport {
         rel: rel.to_string(),
         ..FileReport::default()
     };
-    // Unreadable or not UTF-8: nix reports that itself, better than a guess could.
-    let Ok(text) = fs::read_to_string(root.join(rel)) else {
-        return report;
-    };
-    let parse = rnix::Root::parse(&text);
-    let lines = LineIndex::new(&text);
+    let parse = rnix::Root::parse(text);
+    let lines = LineIndex::new(text);
     // The first error only, as nix reports it: the parser resynchronises after it, and
     // what it reports next is mostly an echo (the `}` that closed what broke, the end of
     // the file). The count says there is more to look at once it is fixed.
     if let Some(err) = parse.errors().first() {
-        let (offset, mut message) = describe(err, &text);
+        let (offset, mut message) = describe(err, text);
         let (line, column) = lines.locate(offset);
         match parse.errors().len() - 1 {
             0 => {}
@@ -894,9 +825,7 @@ mod tests {
     use super::*;
 
     fn syntax_errors(text: &str) -> Vec<(u32, u32, String)> {
-        let t = tempfile::tempdir().unwrap();
-        fs::write(t.path().join("f.nix"), text).unwrap();
-        parse_file(t.path(), "f.nix")
+        parse("f.nix", text)
             .syntax
             .into_iter()
             .map(|f| (f.line.unwrap(), f.column.unwrap(), f.message))
@@ -927,9 +856,7 @@ mod tests {
     }
 
     fn refs(text: &str) -> Vec<(String, Use, bool)> {
-        let t = tempfile::tempdir().unwrap();
-        fs::write(t.path().join("f.nix"), text).unwrap();
-        parse_file(t.path(), "f.nix")
+        parse("f.nix", text)
             .refs
             .into_iter()
             .map(|r| (r.literal, r.usage, r.guarded))

@@ -28,7 +28,7 @@ pub fn batch_expr(root: &std::path::Path, targets: &[Target]) -> String {
 /// The static part of the lint (no nix): the layout scan, literal meta.nix files, the
 /// untracked files and the parse of every `.nix` file.
 pub fn static_lint(root: &std::path::Path) -> Result<Vec<Finding>> {
-    let mut repo = Repo::scan(root)?;
+    let mut repo = Repo::scan_tree(root)?;
     repo.load_meta_static();
     let mut findings = repo.nix_file_findings();
     findings.extend(repo.findings.iter().cloned());
@@ -47,7 +47,14 @@ impl Check {
 
         // Stage 1: static lint, no nix: layout, untracked files, the syntax of every .nix
         // file and the paths it imports, meta.nix files whose values are literals.
-        let mut repo = ctx.repo()?;
+        // The lint alone reads every directory anyway: one walk serves the layout and the
+        // parse. With the evaluation, the layout is scanned first (cheaper) so that nix
+        // starts at once, and the walk runs while nix evaluates.
+        let mut repo = if self.lint_only {
+            Repo::scan_tree(&ctx.root)?
+        } else {
+            ctx.repo()?
+        };
         let selection = Selection::new(&repo, &self.only)?;
         let computed = repo.load_meta_static();
 

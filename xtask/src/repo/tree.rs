@@ -1,0 +1,369 @@
+//! One pass over what the flake reads: the directories under homes/, systems/, droids/ and
+//! lib/ (and flake.nix), with the text of every `.nix` file, while git lists the files it
+//! tracks.
+//!
+//! The static lint needs all of it, and in a homelab of a thousand homes the walk is most
+//! of the lint's cost, in system calls rather than in parsing: so it is done once, shared
+//! by the layout scan ([`super::Repo::scan_tree`]) and the syntax analysis, spread over the
+//! cores, and with directory-relative `openat` (a short lookup, no `fstat` per directory
+//! as `opendir` does, no `statx` per file as `read_to_string` does).
+
+use std::{
+    collections::BTreeSet,
+    ffi::CStr,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    path::Path,
+    sync::atomic::{AtomicUsize, Ordering},
+};
+
+use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
+
+use super::{
+    NIX_DIRS,
+    syntax::{self, FileReport},
+};
+
+/// A `.nix` file found by the walk.
+#[derive(Debug)]
+pub struct NixFile {
+    pub rel: String,
+    /// None: unreadable or not UTF-8, which nix reports itself, better than a guess could.
+    pub text: Option<String>,
+    /// What its syntax says, parsed by the thread that read it; None for the meta.nix files
+    /// of homes and machines, which the repo model reads as data instead.
+    pub report: Option<FileReport>,
+}
+
+/// What the walk found.
+#[derive(Debug, Default)]
+pub struct Tree {
+    /// Repo-relative directories under the walked ones, sorted (not those behind a
+    /// symlink: git stores the link, not the files behind it, and a link cycle would never
+    /// end).
+    dirs: Vec<String>,
+    /// Repo-relative paths of everything else that is a file, or a symlink to one, sorted.
+    files: Vec<String>,
+    /// The `.nix` files, sorted by path.
+    pub nix: Vec<NixFile>,
+    /// The files git tracks (its index, `git add -N` ones included: all a flake in a git
+    /// repository sees). None outside a git repository or without git: then every file is
+    /// visible (a `path:` flake).
+    pub tracked: Option<BTreeSet<String>>,
+}
+
+impl Tree {
+    /// Walks `root`'s homes/, systems/, droids/, lib/ and flake.nix, and parses the `.nix`
+    /// files as it reads them.
+    pub fn walk(root: &Path) -> Tree {
+        // git reads its index while the directories are walked.
+        let git = super::GitLsFiles::spawn(root, &["--cached"]);
+        let mut tree = Tree::default();
+        if let Ok(top) = rustix::fs::openat(CWD, root, dir_flags(), Mode::empty()) {
+            tree.read(top.as_fd());
+        }
+        tree.tracked = git.and_then(|g| g.wait()).map(|v| v.into_iter().collect());
+        tree
+    }
+
+    fn read(&mut self, top: BorrowedFd<'_>) {
+        let mut roots: Vec<(String, OwnedFd)> = Vec::new();
+        for dir in NIX_DIRS {
+            if let Ok(fd) = rustix::fs::openat(top, dir, dir_flags(), Mode::empty()) {
+                roots.push((dir.to_string(), fd));
+            }
+        }
+        let mut listings = vec![Listing::default()];
+        if let Some(kind) = kind_at(top, c"flake.nix", None) {
+            listings[0].entry(top, "", "flake.nix", kind);
+        }
+        // Each walked directory's own entries first, then its subdirectories spread over
+        // the cores: homes/ alone has a directory per home.
+        let mut work: Vec<(BorrowedFd<'_>, String)> = Vec::new();
+        for (rel, fd) in &roots {
+            let mut own = Listing::default();
+            own.dirs.push(rel.clone());
+            // Read through a descriptor of its own: `fd` stays open for the threads.
+            let subdirs = rustix::fs::openat(fd, c".", dir_flags(), Mode::empty())
+                .ok()
+                .and_then(|dup| own.read(dup, rel))
+                .map(|(_, subdirs)| subdirs)
+                .unwrap_or_default();
+            work.extend(subdirs.into_iter().map(|d| (fd.as_fd(), d)));
+            listings.push(own);
+        }
+        // The directories go to every core a few at a time, so that one that happens to get
+        // bigger homes does not keep the others waiting.
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(8)
+            .min(work.len().div_ceil(100))
+            .max(1);
+        let next = AtomicUsize::new(0);
+        let take = || {
+            let mut listing = Listing::default();
+            loop {
+                let start = next.fetch_add(BATCH, Ordering::Relaxed);
+                let Some(batch) = work.get(start..(start + BATCH).min(work.len())) else {
+                    break;
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                for (parent, rel) in batch {
+                    listing.walk(*parent, rel);
+                }
+            }
+            listing
+        };
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (1..threads).map(|_| s.spawn(take)).collect();
+            // This thread takes its share rather than wait.
+            listings.push(take());
+            for w in workers {
+                listings.push(w.join().unwrap_or_default());
+            }
+        });
+        for l in listings {
+            self.dirs.extend(l.dirs);
+            self.files.extend(l.files);
+            self.nix.extend(l.nix);
+        }
+        self.dirs.sort_unstable();
+        self.files.sort_unstable();
+        self.nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    }
+
+    /// Whether `rel` is a file (or a symlink to one), as `Path::is_file` would say.
+    pub fn is_file(&self, rel: &str) -> bool {
+        self.files.binary_search_by(|f| f.as_str().cmp(rel)).is_ok()
+    }
+
+    /// The subdirectories of `rel` (one of the walked directories), sorted.
+    pub fn subdirs(&self, rel: &str) -> Vec<String> {
+        let prefix = format!("{rel}/");
+        let start = self.dirs.partition_point(|d| d.as_str() < prefix.as_str());
+        self.dirs[start..]
+            .iter()
+            .take_while(|d| d.starts_with(&prefix))
+            .filter_map(|d| d.strip_prefix(&prefix))
+            .filter(|name| !name.contains('/'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The text of a `.nix` file the walk read.
+    pub fn text(&self, rel: &str) -> Option<&str> {
+        let i = self
+            .nix
+            .binary_search_by(|f| f.rel.as_str().cmp(rel))
+            .ok()?;
+        self.nix[i].text.as_deref()
+    }
+}
+
+/// Directories a thread takes at a time.
+const BATCH: usize = 16;
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW
+}
+
+/// What a directory entry is. `d_type` says it without a system call, except for a symlink
+/// (followed, as `is_file` does) and on file systems that do not fill it in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Other,
+}
+
+fn kind_at(dir: BorrowedFd<'_>, name: &CStr, hint: Option<FileType>) -> Option<Kind> {
+    let kind = |t: FileType| match t {
+        FileType::Directory => Kind::Dir,
+        FileType::RegularFile => Kind::File,
+        _ => Kind::Other,
+    };
+    match hint {
+        Some(FileType::Directory) => Some(Kind::Dir),
+        Some(FileType::RegularFile) => Some(Kind::File),
+        Some(FileType::Symlink) => {
+            // A link to a directory is not walked (see `Tree::dirs`), to a file it is one.
+            let st = rustix::fs::statat(dir, name, AtFlags::empty()).ok()?;
+            match kind(FileType::from_raw_mode(st.st_mode)) {
+                Kind::File => Some(Kind::File),
+                _ => Some(Kind::Other),
+            }
+        }
+        Some(FileType::Unknown) | None => {
+            let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Symlink => kind_at(dir, name, Some(FileType::Symlink)),
+                t => Some(kind(t)),
+            }
+        }
+        Some(_) => Some(Kind::Other),
+    }
+}
+
+/// What one thread found.
+#[derive(Default)]
+struct Listing {
+    buf: Vec<u8>,
+    dirs: Vec<String>,
+    files: Vec<String>,
+    nix: Vec<NixFile>,
+}
+
+impl Listing {
+    /// Walks `rel`: its last component, opened relative to `parent`.
+    fn walk(&mut self, parent: BorrowedFd<'_>, rel: &str) {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let Ok(fd) = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) else {
+            return;
+        };
+        self.dirs.push(rel.to_string());
+        let Some((dir, subdirs)) = self.read(fd, rel) else {
+            return;
+        };
+        if let Ok(fd) = dir.fd() {
+            for sub in subdirs {
+                self.walk(fd, &sub);
+            }
+        }
+    }
+
+    /// Records the entries of the open directory `rel` and returns its subdirectories
+    /// (repo-relative), which the caller walks.
+    fn read(&mut self, fd: OwnedFd, rel: &str) -> Option<(Dir, Vec<String>)> {
+        let mut subdirs = Vec::new();
+        let mut dir = Dir::new(fd).ok()?;
+        while let Some(Ok(entry)) = dir.read() {
+            let fd = dir.fd().ok()?;
+            let raw = entry.file_name();
+            if raw == c"." || raw == c".." {
+                continue;
+            }
+            let Some(kind) = kind_at(fd, raw, Some(entry.file_type())) else {
+                continue;
+            };
+            let name = raw.to_string_lossy();
+            if kind == Kind::Dir {
+                // A name that is not UTF-8 cannot be a valid one: the naming rule reports it.
+                subdirs.push(join(rel, &name));
+            } else if kind == Kind::File && raw.to_str().is_ok() {
+                self.entry(fd, rel, &name, kind);
+            }
+        }
+        Some((dir, subdirs))
+    }
+
+    fn entry(&mut self, dir: BorrowedFd<'_>, rel: &str, name: &str, kind: Kind) {
+        if kind != Kind::File {
+            return;
+        }
+        let path = join(rel, name);
+        if name.ends_with(".nix") {
+            let text = read_text(dir, name, &mut self.buf);
+            let report = text
+                .as_deref()
+                .filter(|_| !is_model_meta(&path))
+                .map(|t| syntax::parse(&path, t));
+            self.nix.push(NixFile {
+                rel: path.clone(),
+                text,
+                report,
+            });
+        }
+        self.files.push(path);
+    }
+}
+
+/// `homes/<name>/meta.nix`, `systems/<name>/meta.nix`, `droids/<name>/meta.nix`: the files
+/// the repo model reads as data, with findings of their own (a syntax error there is a
+/// bad-meta finding, not a second syntax-error one).
+fn is_model_meta(rel: &str) -> bool {
+    let parts: Vec<&str> = rel.split('/').collect();
+    matches!(parts.as_slice(), [dir, _, "meta.nix"] if *dir != "lib")
+}
+
+fn join(rel: &str, name: &str) -> String {
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
+}
+
+/// The whole file, read until end of file into `buf` (one per thread, so that a file
+/// costs no more memory than its text).
+fn read_text(dir: BorrowedFd<'_>, name: &str, buf: &mut Vec<u8>) -> Option<String> {
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize((buf.len() * 2).max(16 * 1024), 0);
+        }
+        match rustix::io::read(&fd, &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(buf[..len].to_vec()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn walk_lists_directories_files_and_nix_texts_without_following_directory_links() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        fs::write(root.join("flake.nix"), "{ }").unwrap();
+        fs::create_dir_all(root.join("homes/alice/sub")).unwrap();
+        fs::write(root.join("homes/alice/default.nix"), "{ a = 1; }").unwrap();
+        fs::write(root.join("homes/alice/sub/x.nix"), "x").unwrap();
+        fs::write(root.join("homes/alice/notes.txt"), "t").unwrap();
+        fs::create_dir_all(root.join("systems/pi")).unwrap();
+        fs::write(root.join("systems/pi/meta.nix"), "m").unwrap();
+        // A link to a file is a file; a link to a directory is not walked.
+        std::os::unix::fs::symlink("default.nix", root.join("homes/alice/meta.nix")).unwrap();
+        std::os::unix::fs::symlink("../systems", root.join("homes/loop")).unwrap();
+        fs::write(root.join("outside.nix"), "o").unwrap();
+
+        let tree = Tree::walk(root);
+        let rels: Vec<&str> = tree.nix.iter().map(|f| f.rel.as_str()).collect();
+        assert_eq!(
+            rels,
+            [
+                "flake.nix",
+                "homes/alice/default.nix",
+                "homes/alice/meta.nix",
+                "homes/alice/sub/x.nix",
+                "systems/pi/meta.nix"
+            ]
+        );
+        assert_eq!(tree.text("homes/alice/meta.nix"), Some("{ a = 1; }"));
+        assert!(tree.is_file("homes/alice/notes.txt"));
+        assert!(!tree.is_file("homes/alice/sub"));
+        assert_eq!(tree.subdirs("homes"), ["alice"]);
+        assert_eq!(tree.subdirs("homes/alice"), ["sub"]);
+        assert!(tree.tracked.is_none(), "not a git repository");
+    }
+
+    #[test]
+    fn long_files_are_read_whole_and_non_utf8_ones_are_none() {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("lib")).unwrap();
+        let long = "# x\n".repeat(10_000);
+        fs::write(t.path().join("lib/long.nix"), &long).unwrap();
+        fs::write(t.path().join("lib/bin.nix"), [0xff, 0xfe]).unwrap();
+        let tree = Tree::walk(t.path());
+        assert_eq!(tree.text("lib/long.nix"), Some(long.as_str()));
+        assert_eq!(tree.text("lib/bin.nix"), None);
+        assert!(tree.is_file("lib/bin.nix"));
+    }
+}

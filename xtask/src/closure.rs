@@ -7,10 +7,7 @@
 //!
 //! Generic over store paths (generations, systems); `home` and the tasks use it.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -52,15 +49,11 @@ impl PackageDiff {
     /// The package changes from `old` (none: a first install, everything is added) to
     /// `new`, both store paths (or links to them).
     pub fn between(nix: &Nix<'_>, old: Option<&Path>, new: &Path) -> Result<PackageDiff> {
-        let roots: Vec<PathBuf> = old
-            .into_iter()
-            .chain([new])
-            .map(Path::to_path_buf)
-            .collect();
-        let mut sides = nix.closures(&roots)?;
+        let roots: Vec<&Path> = old.into_iter().chain([new]).collect();
+        let mut sides = Summary::of_all(nix, &roots)?;
         let new = sides.pop().context("nix described no closure")?;
         let old = sides.pop();
-        Ok(diff(old.as_deref(), &new))
+        Ok(diff(old.as_ref(), &new))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,54 +155,218 @@ pub fn split_name_version(s: &str) -> (&str, Option<&str>) {
     (&s[..at], Some(version))
 }
 
-/// name → its versions, and the size, of one closure (base names with their sizes).
-fn versions(closure: &[(String, u64)]) -> (BTreeMap<&str, BTreeSet<&str>>, u64) {
-    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    let mut size = 0;
-    for (path, nar_size) in closure {
-        let (name, version) = split_name_version(strip_store_hash(path).unwrap_or(path));
-        out.entry(name)
-            .or_default()
-            .insert(version.unwrap_or_default());
-        size += nar_size;
-    }
-    (out, size)
+/// One closure summarised: every package name with its versions, and the closure size.
+/// What `diff` compares, and what the cache keeps for a store path.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// `(name, version)` of every path, sorted by name then version, each pair once; the
+    /// version is `""` for a name without one.
+    pub packages: Vec<(String, String)>,
+    pub size: u64,
 }
 
-fn diff(old: Option<&[(String, u64)]>, new: &[(String, u64)]) -> PackageDiff {
-    let (ov, before) = old.map(versions).unwrap_or_default();
-    let (nv, after) = versions(new);
-    let join = |v: &BTreeSet<&str>| v.iter().copied().collect::<Vec<_>>().join(", ");
+/// The cache entries' format; a change of it makes older entries misses.
+const CACHE_FORMAT: &str = "homelab-xtask closure summary 2";
+
+impl Summary {
+    /// From a closure's paths (base names) and their NAR sizes.
+    pub fn of(closure: &[(&str, u64)]) -> Summary {
+        let mut pairs: Vec<(&str, &str)> = Vec::with_capacity(closure.len());
+        let mut size = 0;
+        for (path, nar_size) in closure {
+            let (name, version) = split_name_version(strip_store_hash(path).unwrap_or(path));
+            pairs.push((name, version.unwrap_or_default()));
+            size += nar_size;
+        }
+        pairs.sort_unstable();
+        pairs.dedup();
+        Summary {
+            packages: pairs
+                .into_iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            size,
+        }
+    }
+
+    /// The summary of each root's closure. A store path's closure never changes while
+    /// the path exists, so the summaries of roots seen before come from the cache; nix
+    /// is asked only about the others (one `nix path-info -rs` each, all at once), and
+    /// their answers are kept for next time: `diff` after a build asks only about the
+    /// new generation, the active one being known since the last diff or switch.
+    pub fn of_all(nix: &Nix<'_>, roots: &[&Path]) -> Result<Vec<Summary>> {
+        let keys: Vec<Option<CacheKey>> = roots.iter().map(|r| CacheKey::of(r)).collect();
+        let mut found: Vec<Option<Summary>> = keys
+            .iter()
+            .map(|k| k.as_ref().and_then(CacheKey::read))
+            .collect();
+        let missing: Vec<usize> = (0..roots.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let asked: Vec<PathBuf> = missing.iter().map(|&i| roots[i].to_path_buf()).collect();
+            // Each side is summarised, and kept, by the thread that reads its nix, while
+            // the other nix still runs.
+            let computed = nix.closures(&asked, |i, closure| {
+                let summary = Summary::of(closure);
+                if let Some(key) = &keys[missing[i]] {
+                    key.write(&summary);
+                }
+                summary
+            })?;
+            for (i, summary) in missing.into_iter().zip(computed) {
+                found[i] = Some(summary);
+            }
+        }
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    fn to_text(&self) -> String {
+        let mut text = String::with_capacity(self.packages.len() * 24);
+        text.push_str("size ");
+        text.push_str(&self.size.to_string());
+        text.push('\n');
+        for (name, version) in &self.packages {
+            text.push_str(name);
+            text.push('\t');
+            text.push_str(version);
+            text.push('\n');
+        }
+        text
+    }
+
+    fn from_text(text: &str) -> Option<Summary> {
+        let (first, rest) = text.split_once('\n')?;
+        let size = first.strip_prefix("size ")?.parse().ok()?;
+        let mut packages = Vec::new();
+        let bytes = rest.as_bytes();
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', bytes) {
+            let line = &rest[start..end];
+            let tab = memchr::memchr(b'\t', line.as_bytes())?;
+            packages.push((line[..tab].to_string(), line[tab + 1..].to_string()));
+            start = end + 1;
+        }
+        (start == bytes.len()).then_some(Summary { packages, size })
+    }
+}
+
+/// Where a store path's summary is cached, and what it is valid for: the path's inode and
+/// change time. A store path is immutable while it exists; one collected and built again
+/// is a new directory, with a new inode and change time, so a stale entry never matches.
+struct CacheKey {
+    file: PathBuf,
+    store: PathBuf,
+    header: String,
+}
+
+impl CacheKey {
+    /// None for what is not a store path (or when there is no cache directory).
+    fn of(root: &Path) -> Option<CacheKey> {
+        CacheKey::at(
+            root,
+            &crate::nix::store_dir(),
+            &crate::cache::dir("closures")?,
+        )
+    }
+
+    fn at(root: &Path, store: &Path, cache: &Path) -> Option<CacheKey> {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::fs::canonicalize(root).ok()?;
+        if path.parent()? != store {
+            return None;
+        }
+        let meta = std::fs::metadata(&path).ok()?;
+        let name = path.file_name()?.to_str()?;
+        Some(CacheKey {
+            file: cache.join(name),
+            store: store.to_path_buf(),
+            header: format!(
+                "{CACHE_FORMAT} ino {} ctime {}.{:09}",
+                meta.ino(),
+                meta.ctime(),
+                meta.ctime_nsec()
+            ),
+        })
+    }
+
+    fn read(&self) -> Option<Summary> {
+        Summary::from_text(&crate::cache::read(&self.file, &self.header)?)
+    }
+
+    /// Keeps `summary`, and drops the entries of store paths that no longer exist (the
+    /// garbage collector took them), so the cache does not outgrow the store.
+    fn write(&self, summary: &Summary) {
+        if !crate::cache::write(&self.file, &self.header, &summary.to_text()) {
+            return;
+        }
+        let Some(dir) = self.file.parent() else {
+            return;
+        };
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            if !self.store.join(&name).exists() && !name.to_string_lossy().starts_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+fn diff(old: Option<&Summary>, new: &Summary) -> PackageDiff {
+    let none = Summary::default();
+    let old = old.unwrap_or(&none);
     let mut d = PackageDiff {
         added: Vec::new(),
         removed: Vec::new(),
         changed: Vec::new(),
         size: Size {
-            before,
-            after,
-            delta: after as i64 - before as i64,
+            before: old.size,
+            after: new.size,
+            delta: new.size as i64 - old.size as i64,
         },
     };
-    for (name, n) in &nv {
-        match ov.get(name) {
-            None => d.added.push(Package {
-                name: name.to_string(),
-                version: join(n),
-            }),
-            Some(o) if o != n => d.changed.push(Change {
-                name: name.to_string(),
-                old: join(o),
-                new: join(n),
-            }),
-            Some(_) => {}
-        }
+    // Both sides are sorted by name: one pass over the two, a name at a time.
+    fn by_name(s: &Summary) -> impl Iterator<Item = &[(String, String)]> {
+        s.packages.chunk_by(|a, b| a.0 == b.0)
     }
-    for (name, o) in &ov {
-        if !nv.contains_key(name) {
-            d.removed.push(Package {
-                name: name.to_string(),
-                version: join(o),
-            });
+    let (mut ov, mut nv) = (by_name(old).peekable(), by_name(new).peekable());
+    let join = |group: &[(String, String)]| {
+        group
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    loop {
+        let order = match (ov.peek(), nv.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(o), Some(n)) => o[0].0.cmp(&n[0].0),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let o = ov.next().unwrap_or_default();
+                d.removed.push(Package {
+                    name: o[0].0.clone(),
+                    version: join(o),
+                });
+            }
+            std::cmp::Ordering::Greater => {
+                let n = nv.next().unwrap_or_default();
+                d.added.push(Package {
+                    name: n[0].0.clone(),
+                    version: join(n),
+                });
+            }
+            std::cmp::Ordering::Equal => {
+                let (o, n) = (ov.next().unwrap_or_default(), nv.next().unwrap_or_default());
+                if o != n {
+                    d.changed.push(Change {
+                        name: n[0].0.clone(),
+                        old: join(o),
+                        new: join(n),
+                    });
+                }
+            }
         }
     }
     d
@@ -270,6 +427,10 @@ mod tests {
             (n('e', "same-3"), 30),
             (n('h', "same-3"), 31),
         ];
+        let of = |c: &[(String, u64)]| {
+            Summary::of(&c.iter().map(|(p, s)| (p.as_str(), *s)).collect::<Vec<_>>())
+        };
+        let (old, new) = (of(&old), of(&new));
         let d = diff(Some(&old), &new);
         assert_eq!(
             d.changed,
@@ -306,5 +467,67 @@ mod tests {
         assert_eq!(first.added.len(), 4);
         assert!(first.removed.is_empty() && first.changed.is_empty());
         assert_eq!(first.size.before, 0);
+    }
+
+    #[test]
+    fn summaries_keep_every_version_and_survive_the_cache_text() {
+        let h = "0123456789abcdfghijklmnpqrsvwxyz";
+        let paths = [
+            format!("{h}-tool-1.0"),
+            format!("{h}-tool-1.1"),
+            format!("{h}-tool-1.1-man"),
+            format!("{h}-home-manager-files"),
+        ];
+        let closure: Vec<(&str, u64)> = paths.iter().map(|p| (p.as_str(), 10)).collect();
+        let s = Summary::of(&closure);
+        assert_eq!(
+            s.packages,
+            [
+                ("home-manager-files".to_string(), String::new()),
+                ("tool".to_string(), "1.0".to_string()),
+                ("tool".to_string(), "1.1".to_string()),
+            ]
+        );
+        assert_eq!(s.size, 40);
+        assert_eq!(Summary::from_text(&s.to_text()), Some(s.clone()));
+        // Damage reads as nothing, never as a smaller closure.
+        let text = s.to_text();
+        assert_eq!(Summary::from_text(&text[..text.len() - 1]), None);
+        assert_eq!(Summary::from_text("size x\n"), None);
+        assert_eq!(Summary::from_text("size 1\nno-tab\n"), None);
+    }
+
+    #[test]
+    fn cache_entries_are_for_store_paths_and_their_exact_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path().join("store");
+        let cache = t.path().join("cache");
+        let root = store.join("0123456789abcdfghijklmnpqrsvwxyz-gen");
+        std::fs::create_dir_all(&root).unwrap();
+        let summary = Summary {
+            packages: vec![("jq".into(), "1.7".into())],
+            size: 5,
+        };
+        // Only a store path has an entry.
+        assert!(CacheKey::at(t.path(), &store, &cache).is_none());
+        let key = CacheKey::at(&root, &store, &cache).unwrap();
+        assert_eq!(key.read(), None, "nothing cached yet");
+        key.write(&summary);
+        assert_eq!(
+            CacheKey::at(&root, &store, &cache).unwrap().read(),
+            Some(summary.clone())
+        );
+        // Collected and built again: another directory, so the entry no longer matches.
+        std::fs::remove_dir(&root).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir(&root).unwrap();
+        let rebuilt = CacheKey::at(&root, &store, &cache).unwrap();
+        assert_eq!(rebuilt.read(), None);
+        // Writing drops the entries of paths the store no longer has.
+        let gone = cache.join("0123456789abcdfghijklmnpqrsvwxyz-gone");
+        std::fs::write(&gone, "x").unwrap();
+        rebuilt.write(&summary);
+        assert!(!gone.exists());
+        assert_eq!(rebuilt.read(), Some(summary));
     }
 }

@@ -7,6 +7,7 @@
 //! store paths), `term` (human output). Layers point down only: tasks → home → repo →
 //! closure → nix → term; a task never imports another task.
 
+mod cache;
 mod cli;
 mod closure;
 mod home;

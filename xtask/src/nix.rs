@@ -423,12 +423,18 @@ impl Nix<'_> {
 }
 
 impl Nix<'_> {
-    /// The closure of each root, every path with its NAR size: `nix path-info -rs ROOT`
-    /// per root, all running side by side. The store query is what costs the time, so
-    /// two of them at once cost about one, and their text is read without a JSON parse
-    /// (Nix 2.8 to 2.3x print `PATH<whitespace>SIZE` per line). Paths are base names
-    /// (`<hash>-<name>`), unique within one store.
-    pub fn closures(&self, roots: &[PathBuf]) -> Result<Vec<Vec<(String, u64)>>> {
+    /// The closure of each root, every path with its NAR size, passed through `then` with
+    /// the root's index:
+    /// `nix path-info -rs ROOT` per root, all running side by side, each read (and given
+    /// to `then`) by a thread of its own as soon as its nix is done. The store query is
+    /// what costs the time, so two of them at once cost about one, and their text is read
+    /// without a JSON parse (Nix 2.8 to 2.3x print `PATH<whitespace>SIZE` per line). Paths
+    /// are base names (`<hash>-<name>`), unique within one store.
+    pub fn closures<T: Send>(
+        &self,
+        roots: &[PathBuf],
+        then: impl Fn(usize, &[(&str, u64)]) -> T + Sync,
+    ) -> Result<Vec<T>> {
         let mut children = Vec::new();
         for root in roots {
             let cmd = self.cmd(["path-info", "-rs"])?.arg(root);
@@ -444,49 +450,70 @@ impl Nix<'_> {
                 .with_context(|| format!("running {shown}"))?;
             children.push((child, shown));
         }
-        let outputs: Vec<_> = std::thread::scope(|s| {
+        let read = |i: usize, child: std::process::Child, shown: String| -> Result<T> {
+            let out = child
+                .wait_with_output()
+                .with_context(|| format!("running {shown}"))?;
+            if !out.status.success() {
+                return Err(failure(
+                    &shown,
+                    "the closure",
+                    &String::from_utf8_lossy(&out.stderr),
+                ));
+            }
+            let closure = parse_sized_paths(&out.stdout).with_context(|| {
+                format!("nix printed a closure the xtask did not expect (tried: {shown})")
+            })?;
+            Ok(then(i, &closure))
+        };
+        std::thread::scope(|s| {
             let readers: Vec<_> = children
                 .into_iter()
-                .map(|(child, shown)| s.spawn(move || (child.wait_with_output(), shown)))
+                .enumerate()
+                .map(|(i, (child, shown))| s.spawn(move || read(i, child, shown)))
                 .collect();
-            readers.into_iter().map(|r| r.join()).collect()
-        });
-        outputs
-            .into_iter()
-            .map(|joined| {
-                let (out, shown) =
-                    joined.map_err(|_| anyhow::anyhow!("reading nix's output failed"))?;
-                let out = out.with_context(|| format!("running {shown}"))?;
-                if !out.status.success() {
-                    return Err(failure(
-                        &shown,
-                        "the closure",
-                        &String::from_utf8_lossy(&out.stderr),
-                    ));
-                }
-                parse_sized_paths(&out.stdout).with_context(|| {
-                    format!("nix printed a closure the xtask did not expect (tried: {shown})")
+            readers
+                .into_iter()
+                .map(|r| {
+                    r.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("reading nix's output failed")))
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 
-/// `PATH  SIZE` lines of `nix path-info -s` as (base name, size).
-pub fn parse_sized_paths(text: &[u8]) -> Result<Vec<(String, u64)>> {
-    String::from_utf8_lossy(text)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let mut words = l.split_whitespace();
-            let path = words.next().context("an empty line")?;
-            let size = words
-                .last()
-                .and_then(|w| w.parse().ok())
-                .with_context(|| format!("no size in {l:?}"))?;
-            Ok((path.rsplit('/').next().unwrap_or(path).to_string(), size))
-        })
-        .collect()
+/// The store directory: `NIX_STORE_DIR`, else /nix/store.
+pub fn store_dir() -> PathBuf {
+    std::env::var_os("NIX_STORE_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from("/nix/store"), PathBuf::from)
+}
+
+/// `PATH  SIZE` lines of `nix path-info -s` as (base name, size). Thousands of lines: split
+/// with memchr, which is quick even in the dev build the xtask runs as.
+pub fn parse_sized_paths(text: &[u8]) -> Result<Vec<(&str, u64)>> {
+    let text = std::str::from_utf8(text).context("the listing is not UTF-8")?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    let ends = memchr::memchr_iter(b'\n', text.as_bytes()).chain([text.len()]);
+    for end in ends {
+        let line = text[start..end].trim();
+        start = end + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let gap = memchr::memchr2(b' ', b'\t', line.as_bytes())
+            .with_context(|| format!("no size in {line:?}"))?;
+        let path = &line[..gap];
+        let size = line[gap..]
+            .trim_start()
+            .parse()
+            .with_context(|| format!("no size in {line:?}"))?;
+        let base = memchr::memrchr(b'/', path.as_bytes()).map_or(path, |i| &path[i + 1..]);
+        out.push((base, size));
+    }
+    Ok(out)
 }
 
 /// Runs `cmd` with nix's stderr read line by line as it comes (`on_line` sees each one:
@@ -840,12 +867,15 @@ mod tests {
         let out = b"/nix/store/aaa-pkg-1.0       \t        128\n/nix/store/bbb-gen \t 4096\n\n";
         assert_eq!(
             parse_sized_paths(out).unwrap(),
-            vec![
-                ("aaa-pkg-1.0".to_string(), 128),
-                ("bbb-gen".to_string(), 4096)
-            ]
+            vec![("aaa-pkg-1.0", 128), ("bbb-gen", 4096)]
         );
         assert!(parse_sized_paths(b"/nix/store/x no-size\n").is_err());
+        assert!(parse_sized_paths(b"/nix/store/x\n").is_err());
+        // The last line may lack its newline.
+        assert_eq!(
+            parse_sized_paths(b"/nix/store/c-x 1").unwrap(),
+            vec![("c-x", 1)]
+        );
     }
 
     #[test]

@@ -270,6 +270,61 @@ fn diff_of_two_store_paths() {
         .stderr_has("compares two store paths");
 }
 
+/// The package part is cached per store path (a closure never changes while its path
+/// exists): a second diff reads both sides from the cache, and a damaged entry is asked
+/// of nix again, never trusted.
+#[test]
+fn closure_summaries_are_cached_per_store_path_and_damage_is_recomputed() {
+    let f = fixture();
+    old_generation(&f);
+    f.xtask(&["switch"]).success();
+    new_generation(&f);
+    f.xtask(&["switch"]).success();
+    let paths: Vec<String> = generation_paths(&f).into_iter().map(|(_, p)| p).collect();
+    let cache = f
+        .root
+        .parent()
+        .unwrap()
+        .join("cache/homelab-xtask/closures");
+    let entry = |p: &str| cache.join(std::path::Path::new(p).file_name().unwrap());
+    let first = f
+        .xtask(&["diff", &paths[0], &paths[1], "--json"])
+        .success()
+        .json();
+    for p in &paths {
+        let text = fs::read_to_string(entry(p)).unwrap();
+        assert!(text.starts_with("homelab-xtask closure summary"), "{text}");
+        assert!(text.contains("\ntool\t1."), "{text}");
+    }
+    // From the cache: the same answer.
+    let again = f
+        .xtask(&["diff", &paths[0], &paths[1], "--json"])
+        .success()
+        .json();
+    assert_eq!(again["packages"], first["packages"]);
+    // Damaged: recomputed and rewritten.
+    fs::write(entry(&paths[1]), "garbage").unwrap();
+    let repaired = f
+        .xtask(&["diff", &paths[0], &paths[1], "--json"])
+        .success()
+        .json();
+    assert_eq!(repaired["packages"], first["packages"]);
+    let text = fs::read_to_string(entry(&paths[1])).unwrap();
+    assert!(
+        text.starts_with("homelab-xtask closure summary") && text.contains("\ntool\t1."),
+        "{text}"
+    );
+    // A cache that cannot be written costs nothing but the shortcut.
+    fs::remove_dir_all(&cache).unwrap();
+    fs::create_dir_all(cache.parent().unwrap()).unwrap();
+    fs::write(&cache, "a file where the directory would be").unwrap();
+    let unwritable = f
+        .xtask(&["diff", &paths[0], &paths[1], "--json"])
+        .success()
+        .json();
+    assert_eq!(unwritable["packages"], first["packages"]);
+}
+
 #[test]
 fn a_dangling_out_of_store_link_is_shown_not_an_abort() {
     let f = fixture();

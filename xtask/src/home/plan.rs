@@ -288,7 +288,7 @@ fn model(
     backup: &Backup,
 ) -> Result<(Preflight, Vec<Candidate>)> {
     let home = env.home.display().to_string();
-    let store = store_dir();
+    let store = crate::nix::store_dir();
     let canonical_store = fs::canonicalize(&store).unwrap_or_else(|_| store.clone());
     let mut walk = Walk {
         env,
@@ -735,12 +735,6 @@ fn refused_targets(output: &str) -> HashSet<PathBuf> {
         }
     }
     out
-}
-
-fn store_dir() -> PathBuf {
-    std::env::var_os("NIX_STORE_DIR")
-        .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from("/nix/store"), PathBuf::from)
 }
 
 /// Whether `source` (following links) has the bytes of `target` (`cmp -s`, which follows

@@ -194,8 +194,7 @@ fn store_path(arg: &str) -> Result<PathBuf> {
             "{arg} does not exist; give two generations as store paths or links to them (./result, ~/.local/state/nix/profiles/home-manager-3-link)"
         )
     })?;
-    let store = std::env::var_os("NIX_STORE_DIR")
-        .map_or_else(|| PathBuf::from("/nix/store"), PathBuf::from);
+    let store = crate::nix::store_dir();
     let store = fs::canonicalize(&store).unwrap_or(store);
     if path.parent() != Some(store.as_path()) {
         bail!(

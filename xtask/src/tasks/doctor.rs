@@ -913,8 +913,7 @@ fn describe(attrs: &serde_json::Value) -> String {
 
 /// Free space where the store lives: builds and the profile need room there.
 fn check_store_space(r: &mut Report) {
-    let store = std::env::var_os("NIX_STORE_DIR")
-        .map_or_else(|| PathBuf::from("/nix/store"), PathBuf::from);
+    let store = crate::nix::store_dir();
     let st = match rustix::fs::statvfs(&store) {
         Ok(st) => st,
         Err(e) => {

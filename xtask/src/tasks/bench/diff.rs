@@ -1,8 +1,9 @@
 //! Figures of issue 12's `diff`: two generations of 2000 store paths with 200 differences
 //! (100 version changes, 50 added and 50 removed packages), compared
-//! - by `diff`'s package part (`closure::PackageDiff`, `nix path-info -rs` per side, at once,
-//!   and the grouping here), in process;
-//! - by the whole `cargo xtask diff OLD NEW --json` command;
+//! - by `diff`'s package part (`closure::PackageDiff`, `nix path-info -rs` per side not
+//!   in the closure cache, at once, and the grouping here), in process, with nothing
+//!   cached, with the old side cached (a diff after a build) and with both;
+//! - by the whole `cargo xtask diff OLD NEW --json` command, the old side cached;
 //!
 //! each against `nix store diff-closures OLD NEW` on the same pair in the same run (issue:
 //! ours faster). The generations are built from `builtins.toFile` packages named
@@ -53,8 +54,24 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
     let (old, new) = generations(b, &tmp.0)?;
     let sh = xshell::Shell::new()?;
     let nix = Nix::new(&sh, false);
-
-    let ours = || -> Result<()> {
+    // The closure cache (`closure::Summary::of_all`) decides how much nix runs: the
+    // figures are taken with nothing cached, with the old side cached (a diff after a
+    // build: the active generation was summarised by the last diff or switch) and with
+    // both (the same diff again). This process's cache entries for the two paths are
+    // removed as each case needs; the command gets a cache directory of its own.
+    let entry = |p: &Path| -> Result<PathBuf> {
+        let name = p.file_name().context("a store path without a name")?;
+        Ok(crate::cache::dir("closures")
+            .context("no cache directory (HOME is not set)")?
+            .join(name))
+    };
+    let (old_entry, new_entry) = (entry(&old)?, entry(&new)?);
+    let forget = |paths: &[&PathBuf]| {
+        for p in paths {
+            let _ = fs::remove_file(p);
+        }
+    };
+    let packages = || -> Result<()> {
         let d = PackageDiff::between(&nix, Some(&old), &new)?;
         ensure!(
             (d.changed.len(), d.added.len(), d.removed.len()) == (100, 50, 50),
@@ -65,8 +82,24 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
         );
         Ok(())
     };
+    let cold = || {
+        forget(&[&old_entry, &new_entry]);
+        packages()
+    };
+    let after_build = || {
+        forget(&[&new_entry]);
+        packages()
+    };
+    let again = || packages();
+    let cache = tmp.0.join("cache");
     let command = || {
+        let _ = fs::remove_file(
+            cache
+                .join("homelab-xtask/closures")
+                .join(new_entry.file_name().unwrap_or_default()),
+        );
         let mut cmd = b.xtask(&tmp.0);
+        cmd.env("XDG_CACHE_HOME", &cache);
         // Any flake will do: two paths need no home.
         cmd.arg("--flake").arg(&b.root);
         cmd.arg("diff").arg(&old).arg(&new).arg("--json");
@@ -78,40 +111,46 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
         Bencher::run(&mut cmd)
     };
     // Alternating runs, as in the switch figure: a load spike must not decide the ratio.
-    let (part, whole, base) = alternate(b.runs, [&ours, &command, &baseline])?;
+    let times = alternate(b.runs, &[&cold, &after_build, &again, &command, &baseline])?;
+    forget(&[&old_entry, &new_entry]);
+    let base = times[4];
     let what = "nix store diff-closures OLD NEW".to_string();
+    let figure = |name: &str, ours: Duration| Figure {
+        name: name.into(),
+        ours,
+        baseline: Some((what.clone(), base)),
+        bound: format!(
+            "{:.2}x diff-closures (issue: faster)",
+            ours.as_secs_f64() / base.as_secs_f64()
+        ),
+    };
     Ok(vec![
-        Figure {
-            name: format!("diff packages, {PATHS} paths, 200 changes"),
-            ours: part,
-            baseline: Some((what.clone(), base)),
-            bound: format!(
-                "{:.2}x diff-closures (issue: faster)",
-                part.as_secs_f64() / base.as_secs_f64()
-            ),
-        },
-        Figure {
-            name: "`diff OLD NEW --json`, the whole command".into(),
-            ours: whole,
-            baseline: Some((what, base)),
-            bound: format!(
-                "{:.2}x diff-closures (issue: faster)",
-                whole.as_secs_f64() / base.as_secs_f64()
-            ),
-        },
+        figure(
+            &format!("diff packages, {PATHS} paths, 200 changes, nothing cached"),
+            times[0],
+        ),
+        figure(
+            "diff packages, the same, old side cached (after a build)",
+            times[1],
+        ),
+        figure(
+            "diff packages, the same, both sides cached (again)",
+            times[2],
+        ),
+        figure(
+            "`diff OLD NEW --json`, whole command, old side cached",
+            times[3],
+        ),
     ])
 }
 
-/// The medians of `runs` rounds of the three measurements, one of each per round, after
-/// a warm-up round.
-fn alternate(
-    runs: usize,
-    fs: [&dyn Fn() -> Result<()>; 3],
-) -> Result<(Duration, Duration, Duration)> {
+/// The medians of `runs` rounds of the measurements, one of each per round, after a
+/// warm-up round.
+fn alternate(runs: usize, fs: &[&dyn Fn() -> Result<()>]) -> Result<Vec<Duration>> {
     for f in fs {
         f()?;
     }
-    let mut times: [Vec<Duration>; 3] = Default::default();
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); fs.len()];
     for _ in 0..runs.max(1) {
         for (f, t) in fs.iter().zip(times.iter_mut()) {
             let start = Instant::now();
@@ -119,8 +158,7 @@ fn alternate(
             t.push(start.elapsed());
         }
     }
-    let [a, b, c] = times;
-    Ok((median(a), median(b), median(c)))
+    Ok(times.into_iter().map(median).collect())
 }
 
 /// Builds the two generations (out-links in `dir`, so they survive a collection while

@@ -18,10 +18,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::nix::Nix;
 
+mod lint_cache;
 mod syntax;
 mod tree;
 
 pub use tree::Tree;
+
+/// How the static lint read the `.nix` files: parsed, or known unchanged from its cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ParseCount {
+    pub parsed: usize,
+    pub cached: usize,
+}
 
 /// The naming rules and supported systems, compiled from [`Defaults`] (Cargo.toml's
 /// `[workspace.metadata.xtask]`, which flake.nix passes to lib/ too, so Nix and Rust
@@ -1174,12 +1182,22 @@ impl Repo {
     /// syntax errors, and relative paths used as imports or sources that are missing,
     /// untracked or outside the repo. Syntax errors of the meta.nix files the model reads
     /// are left to [`Repo::load_meta_static`], which reports them as such.
-    pub fn nix_file_findings(&self) -> Vec<Finding> {
+    /// Also says how many files were parsed and how many the lint cache knew unchanged.
+    pub fn nix_file_findings(&self) -> (Vec<Finding>, ParseCount) {
         let skip = self.meta_files();
-        match &self.tree {
-            Some(tree) => syntax::analyse(&self.root, tree, &skip),
-            None => syntax::analyse(&self.root, &Tree::walk(&self.root), &skip),
-        }
+        let walked;
+        let tree = match &self.tree {
+            Some(tree) => tree,
+            None => {
+                walked = Tree::walk(&self.root);
+                &walked
+            }
+        };
+        let count = ParseCount {
+            parsed: tree.parsed,
+            cached: tree.cached,
+        };
+        (syntax::analyse(&self.root, tree, &skip), count)
     }
 
     /// Checks what meta.nix files say and puts it into the model: the shape, `system`

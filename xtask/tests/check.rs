@@ -510,6 +510,57 @@ fn lint_only_does_not_evaluate() {
         .stderr_has("check: 0 errors, 0 warnings in 2 homes, 1 host");
 }
 
+/// The lint cache: files unchanged since an earlier run are not parsed again, and an
+/// edit is always seen, even one that keeps the file's size and modification time.
+#[test]
+fn lint_cache_skips_unchanged_files_and_sees_every_edit() {
+    let f = clean_fixture();
+    let module = f.root.join("homes/alice/default.nix");
+    let text = std::fs::read_to_string(&module).unwrap();
+    // Files changed in the last two seconds are not trusted to the cache.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let files = |run: &Run| -> (usize, usize) {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains("came from the lint cache"))
+            .unwrap_or_else(|| panic!("no parse note in {}", run.stderr));
+        let n = |after: &str| -> usize {
+            line.split(after)
+                .next()
+                .unwrap()
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (n(" .nix files"), n(" unchanged"))
+    };
+    let first = f.xtask(&["check", "--lint-only", "-v"]);
+    let (parsed, cached) = files(first.success());
+    assert!(parsed > 0 && cached == 0, "{}", first.stderr);
+    let second = f.xtask(&["check", "--lint-only", "-v"]);
+    assert_eq!(files(second.success()), (0, parsed), "{}", second.stderr);
+    // A syntax error of the same length, the modification time put back.
+    let mtime = std::fs::metadata(&module).unwrap().modified().unwrap();
+    let broken = text.replacen('=', ";", 1);
+    assert_eq!(broken.len(), text.len());
+    std::fs::write(&module, &broken).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&module)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let third = f.xtask(&["check", "--lint-only", "-v"]);
+    third
+        .failure(1)
+        .stderr_has("homes/alice/default.nix:")
+        .stderr_has("syntax error");
+    assert_eq!(files(&third), (1, parsed - 1), "{}", third.stderr);
+}
+
 #[test]
 fn lint_only_runs_without_nix_and_says_what_it_skipped() {
     let f = clean_fixture();

@@ -44,11 +44,19 @@ struct PathRef {
     guarded: bool,
 }
 
+/// The first syntax error of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SyntaxError {
+    line: u32,
+    column: u32,
+    message: String,
+}
+
 /// What one file's syntax says.
 #[derive(Debug, Default)]
 pub struct FileReport {
     rel: String,
-    syntax: Vec<Finding>,
+    syntax: Option<SyntaxError>,
     refs: Vec<PathRef>,
 }
 
@@ -113,7 +121,9 @@ pub fn analyse(root: &Path, tree: &Tree, skip: &BTreeSet<String>) -> Vec<Finding
             }
             (None, None) => continue,
         };
-        findings.extend(report.syntax.iter().cloned());
+        if let Some(err) = &report.syntax {
+            findings.push(err.finding(&report.rel));
+        }
         for r in &report.refs {
             let Some(target) = resolve(&report.rel, &r.literal) else {
                 findings.push(r.finding(&report.rel, Verdict::Outside));
@@ -153,17 +163,10 @@ pub fn parse(rel: &str, text: &str) -> FileReport {
                 " ({n} more errors after it, perhaps caused by this one)"
             )),
         }
-        report.syntax.push(Finding {
-            line: Some(line),
-            column: Some(column),
-            ..Finding::error(
-                rel,
-                "syntax-error",
-                format!("syntax error: {message}"),
-                format!(
-                    "fix the syntax there; nix-instantiate --parse {rel} shows how nix reads the file"
-                ),
-            )
+        report.syntax = Some(SyntaxError {
+            line,
+            column,
+            message,
         });
     }
     let (refs, guarded) = path_refs(&parse.syntax());
@@ -181,6 +184,120 @@ pub fn parse(rel: &str, text: &str) -> FileReport {
         })
         .collect();
     report
+}
+
+impl SyntaxError {
+    fn finding(&self, rel: &str) -> Finding {
+        Finding {
+            line: Some(self.line),
+            column: Some(self.column),
+            ..Finding::error(
+                rel,
+                "syntax-error",
+                format!("syntax error: {}", self.message),
+                format!(
+                    "fix the syntax there; nix-instantiate --parse {rel} shows how nix reads the file"
+                ),
+            )
+        }
+    }
+}
+
+impl FileReport {
+    /// The report as lines of the lint cache (`E LINE COLUMN MESSAGE`, then
+    /// `R LINE COLUMN USE GUARDED LITERAL` per path literal), appended to `out`; false
+    /// (and nothing appended) if some text would not survive as one line.
+    pub fn write_lines(&self, out: &mut String) -> bool {
+        let one_line = |t: &str| !t.contains('\n') && !t.contains('\r');
+        if !self.syntax.as_ref().is_none_or(|e| one_line(&e.message))
+            || !self.refs.iter().all(|r| one_line(&r.literal))
+        {
+            return false;
+        }
+        use std::fmt::Write;
+        // Into `out` directly: thousands of entries, no string of their own each.
+        if let Some(e) = &self.syntax {
+            let _ = writeln!(out, "E {} {} {}", e.line, e.column, e.message);
+        }
+        for r in &self.refs {
+            let usage = match r.usage {
+                Use::Import => 'I',
+                Use::Source => 'S',
+            };
+            let guarded = u8::from(r.guarded);
+            let _ = writeln!(
+                out,
+                "R {} {} {usage} {guarded} {}",
+                r.line, r.column, r.literal
+            );
+        }
+        true
+    }
+
+    /// The report of `rel` from the lines [`FileReport::write_lines`] wrote; None if
+    /// they are damaged.
+    pub fn read_lines(rel: &str, lines: &str) -> Option<FileReport> {
+        let mut report = FileReport {
+            rel: rel.to_string(),
+            ..FileReport::default()
+        };
+        for line in lines.lines() {
+            let (kind, rest) = line.split_once(' ')?;
+            let mut fields = rest.splitn(if kind == "E" { 3 } else { 5 }, ' ');
+            let mut number = || -> Option<u32> { fields.next()?.parse().ok() };
+            let (line, column) = (number()?, number()?);
+            match kind {
+                "E" if report.syntax.is_none() => {
+                    report.syntax = Some(SyntaxError {
+                        line,
+                        column,
+                        message: fields.next()?.to_string(),
+                    });
+                }
+                "R" => {
+                    let usage = match fields.next()? {
+                        "I" => Use::Import,
+                        "S" => Use::Source,
+                        _ => return None,
+                    };
+                    let guarded = match fields.next()? {
+                        "0" => false,
+                        "1" => true,
+                        _ => return None,
+                    };
+                    report.refs.push(PathRef {
+                        literal: fields.next()?.to_string(),
+                        line,
+                        column,
+                        usage,
+                        guarded,
+                    });
+                }
+                _ => return None,
+            }
+        }
+        Some(report)
+    }
+}
+
+#[cfg(test)]
+impl FileReport {
+    /// `rel:line:column message` for the syntax error, `rel literal use` per path.
+    pub fn lines_for_test(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(e) = &self.syntax {
+            v.push(format!(
+                "{}:{}:{} {}",
+                self.rel, e.line, e.column, e.message
+            ));
+        }
+        v.extend(
+            self.refs
+                .iter()
+                .map(|p| format!("{} {} {:?}", self.rel, p.literal, p.usage)),
+        );
+        v
+    }
 }
 
 /// Byte offsets to 1-based lines and columns (columns in characters, as editors count).
@@ -828,7 +945,7 @@ mod tests {
         parse("f.nix", text)
             .syntax
             .into_iter()
-            .map(|f| (f.line.unwrap(), f.column.unwrap(), f.message))
+            .map(|e| (e.line, e.column, format!("syntax error: {}", e.message)))
             .collect()
     }
 

@@ -20,6 +20,7 @@ use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 
 use super::{
     NIX_DIRS,
+    lint_cache::{FileId, LintCache},
     syntax::{self, FileReport},
 };
 
@@ -32,6 +33,19 @@ pub struct NixFile {
     /// What its syntax says, parsed by the thread that read it; None for the meta.nix files
     /// of homes and machines, which the repo model reads as data instead.
     pub report: Option<FileReport>,
+    /// Its entry for the next run's lint cache.
+    keep: Keep,
+}
+
+/// A file's entry in the lint cache written after the walk.
+#[derive(Debug, Default)]
+enum Keep {
+    /// None (no cache, a meta.nix, a file too fresh to trust).
+    #[default]
+    Nothing,
+    /// The entry the cache already has: this byte range of its text.
+    Cached(usize, usize),
+    New(String),
 }
 
 /// What the walk found.
@@ -49,30 +63,71 @@ pub struct Tree {
     /// repository sees). None outside a git repository or without git: then every file is
     /// visible (a `path:` flake).
     pub tracked: Option<BTreeSet<String>>,
+    /// Files whose report came from the lint cache, and files parsed.
+    pub cached: usize,
+    pub parsed: usize,
+    /// Writes the new lint cache; joined when the tree is dropped, so that the process
+    /// never ends halfway through the write.
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tree {
+    /// Waits for the lint cache's write (tests read it next).
+    #[cfg(test)]
+    pub fn writer_done(mut self) -> Self {
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        self
+    }
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 impl Tree {
     /// Walks `root`'s homes/, systems/, droids/, lib/ and flake.nix, and parses the `.nix`
     /// files as it reads them.
     pub fn walk(root: &Path) -> Tree {
+        Tree::walk_with(root, LintCache::open(root))
+    }
+
+    /// [`Tree::walk`] with the lint cache given (or none).
+    pub(super) fn walk_with(root: &Path, cache: Option<LintCache>) -> Tree {
         // git reads its index while the directories are walked.
         let git = super::GitLsFiles::spawn(root, &["--cached"]);
         let mut tree = Tree::default();
         if let Ok(top) = rustix::fs::openat(CWD, root, dir_flags(), Mode::empty()) {
-            tree.read(top.as_fd());
+            tree.read(top.as_fd(), cache.as_ref());
+        }
+        if let Some(cache) = cache {
+            let mut entries = String::new();
+            for f in &tree.nix {
+                match &f.keep {
+                    Keep::Nothing => {}
+                    Keep::Cached(a, b) => entries.push_str(cache.slice(*a, *b)),
+                    Keep::New(text) => entries.push_str(text),
+                }
+            }
+            tree.writer = cache.store(entries);
         }
         tree.tracked = git.and_then(|g| g.wait()).map(|v| v.into_iter().collect());
         tree
     }
 
-    fn read(&mut self, top: BorrowedFd<'_>) {
+    fn read(&mut self, top: BorrowedFd<'_>, cache: Option<&LintCache>) {
         let mut roots: Vec<(String, OwnedFd)> = Vec::new();
         for dir in NIX_DIRS {
             if let Ok(fd) = rustix::fs::openat(top, dir, dir_flags(), Mode::empty()) {
                 roots.push((dir.to_string(), fd));
             }
         }
-        let mut listings = vec![Listing::default()];
+        let mut listings = vec![Listing::new(cache)];
         if let Some(kind) = kind_at(top, c"flake.nix", None) {
             listings[0].entry(top, "", "flake.nix", kind);
         }
@@ -80,7 +135,7 @@ impl Tree {
         // the cores: homes/ alone has a directory per home.
         let mut work: Vec<(BorrowedFd<'_>, String)> = Vec::new();
         for (rel, fd) in &roots {
-            let mut own = Listing::default();
+            let mut own = Listing::new(cache);
             own.dirs.push(rel.clone());
             // Read through a descriptor of its own: `fd` stays open for the threads.
             let subdirs = rustix::fs::openat(fd, c".", dir_flags(), Mode::empty())
@@ -100,7 +155,7 @@ impl Tree {
             .max(1);
         let next = AtomicUsize::new(0);
         let take = || {
-            let mut listing = Listing::default();
+            let mut listing = Listing::new(cache);
             loop {
                 let start = next.fetch_add(BATCH, Ordering::Relaxed);
                 let Some(batch) = work.get(start..(start + BATCH).min(work.len())) else {
@@ -120,10 +175,13 @@ impl Tree {
             // This thread takes its share rather than wait.
             listings.push(take());
             for w in workers {
-                listings.push(w.join().unwrap_or_default());
+                // A walker that panicked is a bug: not a reason to report fewer files.
+                listings.push(w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
             }
         });
         for l in listings {
+            self.cached += l.cached;
+            self.parsed += l.parsed;
             self.dirs.extend(l.dirs);
             self.files.extend(l.files);
             self.nix.extend(l.nix);
@@ -206,15 +264,29 @@ fn kind_at(dir: BorrowedFd<'_>, name: &CStr, hint: Option<FileType>) -> Option<K
 }
 
 /// What one thread found.
-#[derive(Default)]
-struct Listing {
+struct Listing<'c> {
+    cache: Option<&'c LintCache>,
+    cached: usize,
+    parsed: usize,
     buf: Vec<u8>,
     dirs: Vec<String>,
     files: Vec<String>,
     nix: Vec<NixFile>,
 }
 
-impl Listing {
+impl<'c> Listing<'c> {
+    fn new(cache: Option<&'c LintCache>) -> Self {
+        Listing {
+            cache,
+            cached: 0,
+            parsed: 0,
+            buf: Vec::new(),
+            dirs: Vec::new(),
+            files: Vec::new(),
+            nix: Vec::new(),
+        }
+    }
+
     /// Walks `rel`: its last component, opened relative to `parent`.
     fn walk(&mut self, parent: BorrowedFd<'_>, rel: &str) {
         let name = rel.rsplit('/').next().unwrap_or(rel);
@@ -263,18 +335,54 @@ impl Listing {
         }
         let path = join(rel, name);
         if name.ends_with(".nix") {
-            let text = read_text(dir, name, &mut self.buf);
-            let report = text
-                .as_deref()
-                .filter(|_| !is_model_meta(&path))
-                .map(|t| syntax::parse(&path, t));
-            self.nix.push(NixFile {
-                rel: path.clone(),
-                text,
-                report,
-            });
+            let file = self.nix_file(dir, name, &path);
+            self.nix.push(file);
         }
         self.files.push(path);
+    }
+}
+
+impl Listing<'_> {
+    /// Reads and parses a `.nix` file, unless the lint cache knows it: then one `stat`
+    /// says it is unchanged. The identity is taken before the read, so a change while
+    /// the file is read shows as a new identity next time.
+    fn nix_file(&mut self, dir: BorrowedFd<'_>, name: &str, path: &str) -> NixFile {
+        // The repo model reads meta.nix files as data: always their text.
+        let model = is_model_meta(path);
+        let id = self
+            .cache
+            .filter(|_| !model)
+            .and_then(|_| rustix::fs::statat(dir, name, AtFlags::empty()).ok())
+            .map(|st| FileId::of(&st));
+        if let (Some(cache), Some(id)) = (self.cache, id)
+            && let Some((report, (a, b))) = cache.lookup(path, id)
+        {
+            self.cached += 1;
+            return NixFile {
+                rel: path.to_string(),
+                text: None,
+                report: Some(report),
+                keep: Keep::Cached(a, b),
+            };
+        }
+        let text = read_text(dir, name, &mut self.buf);
+        let report = text
+            .as_deref()
+            .filter(|_| !model)
+            .map(|t| syntax::parse(path, t));
+        self.parsed += usize::from(report.is_some());
+        let keep = match (self.cache, id, &report) {
+            (Some(cache), Some(id), Some(report)) => cache
+                .entry(path, id, report)
+                .map_or(Keep::Nothing, Keep::New),
+            _ => Keep::Nothing,
+        };
+        NixFile {
+            rel: path.to_string(),
+            text,
+            report,
+            keep,
+        }
     }
 }
 

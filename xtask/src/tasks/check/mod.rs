@@ -27,10 +27,22 @@ pub fn batch_expr(root: &std::path::Path, targets: &[Target]) -> String {
 
 /// The static part of the lint (no nix): the layout scan, literal meta.nix files, the
 /// untracked files and the parse of every `.nix` file.
+/// `-v`'s word on the parse: how much the lint cache saved.
+fn parse_note(count: crate::repo::ParseCount) -> String {
+    let place = crate::cache::dir("lint").map_or_else(
+        || "none: neither XDG_CACHE_HOME nor HOME is set".to_string(),
+        |d| d.display().to_string(),
+    );
+    format!(
+        "parsed {} .nix files; {} unchanged since an earlier run came from the lint cache ({place})",
+        count.parsed, count.cached
+    )
+}
+
 pub fn static_lint(root: &std::path::Path) -> Result<Vec<Finding>> {
     let mut repo = Repo::scan_tree(root)?;
     repo.load_meta_static();
-    let mut findings = repo.nix_file_findings();
+    let (mut findings, _) = repo.nix_file_findings();
     findings.extend(repo.findings.iter().cloned());
     Ok(findings)
 }
@@ -73,7 +85,11 @@ impl Check {
                     term::list(&files)
                 ));
             }
-            findings = repo.nix_file_findings();
+            let count;
+            (findings, count) = repo.nix_file_findings();
+            if ctx.verbose {
+                notes.push(parse_note(count));
+            }
             findings.extend(repo.findings.iter().cloned());
         } else {
             // Stage 2: evaluation. Reading the meta.nix files that compute their values (a
@@ -105,7 +121,11 @@ impl Check {
                 (result, meta, parsed)
             });
             meta?;
-            findings = parsed;
+            let count;
+            (findings, count) = parsed;
+            if ctx.verbose {
+                notes.push(parse_note(count));
+            }
             findings.extend(repo.findings.iter().cloned());
             let (targets, skipped) = targets(&repo, &selection, &findings, &systems);
             notes.extend(skipped);

@@ -1,6 +1,7 @@
 //! Running things on another machine over ssh, with nothing of ours installed there: the
-//! ssh command lines (a fresh connection every time, never a ControlMaster's, so a
-//! confirmation proves that a *new* connection works), the target-side script
+//! ssh command lines (a fresh connection, or for the steps up to an activation one
+//! connection they share, [`Shared`]; a confirmation always gets a new one of its own, so
+//! it proves that a *new* connection works), the target-side script
 //! `xtask/remote/deploy.sh` (sent with each call), and child processes whose output is
 //! shown line by line with the target's name in front.
 
@@ -54,11 +55,66 @@ pub struct Remote {
     pub ssh_opts: Vec<String>,
 }
 
+/// One ssh connection that a target's steps up to its activation share: the activation's
+/// own connection, opened first as a ControlMaster, which `nix copy` (and a build on the
+/// target) then run through instead of connecting again. An ssh connection costs a key
+/// exchange, an authentication and a new sshd process on the target, which is most of a
+/// small deployment's time. The socket lives in a private temporary directory.
+pub struct Shared {
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Shared {
+    /// None where no socket path would do (ssh's limit is about a hundred bytes, and
+    /// NIX_SSHOPTS is split at whitespace): the steps then connect each on their own.
+    pub fn new() -> Option<Shared> {
+        let dir = tempfile::Builder::new()
+            .prefix("xtask-ssh-")
+            .tempdir()
+            .ok()?;
+        let socket = dir.path().join("s");
+        let text = socket.to_str()?;
+        (text.len() < 100 && !text.contains(char::is_whitespace))
+            .then_some(Shared { socket, _dir: dir })
+    }
+
+    /// Waits until the master connection is up (its socket exists), as long as `master`
+    /// runs and at most `limit`; false if it did not come up.
+    pub fn wait_ready(&self, master: &mut Running, limit: std::time::Duration) -> bool {
+        let end = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < end {
+            if self.socket.exists() {
+                return true;
+            }
+            if master.exited() {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// ssh options that put a command on the master connection (first: ssh keeps the
+    /// first value it is given for an option).
+    fn client_opts(&self) -> [String; 2] {
+        [
+            "-o".into(),
+            format!("ControlPath={}", self.socket.display()),
+        ]
+    }
+}
+
 impl Remote {
     /// `ssh … DEST REMOTE_COMMAND` (the command is one string, run by the remote shell).
     pub fn ssh(&self, remote_command: &str) -> Command {
+        self.ssh_with(&[], remote_command)
+    }
+
+    fn ssh_with(&self, first: &[String], remote_command: &str) -> Command {
         let mut c = Command::new("ssh");
-        c.args(SSH_BASE)
+        c.args(first)
+            .args(SSH_BASE)
             .args(&self.ssh_opts)
             .arg("--")
             .arg(&self.dest)
@@ -66,16 +122,34 @@ impl Remote {
         c
     }
 
+    /// [`Remote::ssh`] as the master connection of `shared`: it runs `remote_command` and
+    /// carries the other steps' commands until that ends.
+    pub fn ssh_master(&self, shared: &Shared, remote_command: &str) -> Command {
+        let [o, path] = shared.client_opts();
+        let first = [o.clone(), "ControlMaster=yes".into(), o, path];
+        self.ssh_with(&first, remote_command)
+    }
+
+    /// [`Remote::ssh`] through `shared`'s master connection (a connection of its own if
+    /// the master is not up).
+    pub fn ssh_via(&self, shared: Option<&Shared>, remote_command: &str) -> Command {
+        let first: Vec<String> = shared.map(|s| s.client_opts().to_vec()).unwrap_or_default();
+        self.ssh_with(&first, remote_command)
+    }
+
     /// The store URL `nix copy` talks to (nix runs `nix-daemon --stdio` there over ssh).
     pub fn store_url(&self) -> String {
         format!("ssh-ng://{}", self.dest)
     }
 
-    /// NIX_SSHOPTS for nix's own ssh calls: the same options as ours.
-    pub fn nix_sshopts(&self) -> String {
-        SSH_BASE
-            .iter()
-            .map(|s| s.to_string())
+    /// NIX_SSHOPTS for nix's own ssh calls: the same options as ours, through `shared`'s
+    /// master connection if given.
+    pub fn nix_sshopts(&self, shared: Option<&Shared>) -> String {
+        shared
+            .map(|s| s.client_opts().to_vec())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(SSH_BASE.iter().map(|s| s.to_string()))
             .chain(self.ssh_opts.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ")
@@ -281,7 +355,7 @@ mod tests {
             c.contains("exec sudo -S -p '' sh \"$f\" /tmp/xtask-deploy-root confirm"),
             "{c}"
         );
-        assert!(r.nix_sshopts().ends_with("-x -p 2222"));
+        assert!(r.nix_sshopts(None).ends_with("-x -p 2222"));
         assert_eq!(r.store_url(), "ssh-ng://root@pi");
         let args: Vec<String> = r
             .ssh("true")

@@ -63,16 +63,25 @@ impl Job<'_> {
 
     /// The target-side script with `args`; its output is shown prefixed.
     fn script(&self, s: &Settings, args: &[&str]) -> Result<remote::Ran, Failed> {
-        let mut running = self.spawn_script(s, args)?;
+        let mut running = self.spawn_script(s, args, None)?;
         running.close_stdin();
         running.finish().map_err(|e| failed(format!("{e:#}")))
     }
 
     /// The target-side script with `args`, started (its stdin open, the sudo password
-    /// written first when sudo needs one).
-    fn spawn_script(&self, s: &Settings, args: &[&str]) -> Result<remote::Running, Failed> {
+    /// written first when sudo needs one); as the master connection of `shared` if given.
+    fn spawn_script(
+        &self,
+        s: &Settings,
+        args: &[&str],
+        shared: Option<&remote::Shared>,
+    ) -> Result<remote::Running, Failed> {
         let r = self.target.remote();
-        let cmd = r.ssh(&r.script_command(self.sudo, args));
+        let command = r.script_command(self.sudo, args);
+        let cmd = match shared {
+            Some(shared) => r.ssh_master(shared, &command),
+            None => r.ssh(&command),
+        };
         let stdin = match self.sudo {
             Sudo::Password => s.password.map(|p| format!("{p}\n")),
             _ => None,
@@ -89,9 +98,9 @@ impl Job<'_> {
         let nix = Nix::new(&sh, s.verbose);
         let drv = vec![self.paths.drv.clone()];
         let out = vec![self.paths.out.clone()];
-        let with_sshopts = |cmd: xshell::Cmd<'_>| {
+        let with_sshopts = |cmd: xshell::Cmd<'_>, shared: Option<&remote::Shared>| {
             let mut c = std::process::Command::from(cmd);
-            c.env("NIX_SSHOPTS", r.nix_sshopts());
+            c.env("NIX_SSHOPTS", r.nix_sshopts(shared));
             c
         };
         let nix_err = |e: anyhow::Error| failed(format!("{e:#}"));
@@ -114,33 +123,41 @@ impl Job<'_> {
             s.backup,
         ];
 
-        // The steps, as commands: --dry-run prints them, a deployment runs them.
-        let mut steps: Vec<(String, std::process::Command)> = Vec::new();
-        match t.settings.build_on {
-            BuildOn::Local => {
-                steps.push((
-                    "build".into(),
-                    std::process::Command::from(nix.realise_cmd(&drv).map_err(nix_err)?),
-                ));
-                steps.push((
-                    "copy".into(),
-                    with_sshopts(nix.copy_cmd(&r.store_url(), &out, false).map_err(nix_err)?),
-                ));
-            }
-            BuildOn::Remote => {
-                steps.push((
-                    "copy the derivation".into(),
-                    with_sshopts(nix.copy_cmd(&r.store_url(), &drv, true).map_err(nix_err)?),
-                ));
-                steps.push((
-                    "build on the target".into(),
-                    r.ssh(&format!(
-                        "nix-store --realise {}",
-                        home::shell_quote(&self.paths.drv)
-                    )),
-                ));
-            }
-        }
+        // The steps, as commands: --dry-run prints them, a deployment runs them (through
+        // the connection they share, when there is one).
+        let make_steps = |shared: Option<&remote::Shared>| -> Result<Vec<(String, std::process::Command)>, Failed> {
+            Ok(match t.settings.build_on {
+                BuildOn::Local => vec![
+                    (
+                        "build".into(),
+                        std::process::Command::from(nix.realise_cmd(&drv).map_err(nix_err)?),
+                    ),
+                    (
+                        "copy".into(),
+                        with_sshopts(
+                            nix.copy_cmd(&r.store_url(), &out, false).map_err(nix_err)?,
+                            shared,
+                        ),
+                    ),
+                ],
+                BuildOn::Remote => vec![
+                    (
+                        "copy the derivation".into(),
+                        with_sshopts(
+                            nix.copy_cmd(&r.store_url(), &drv, true).map_err(nix_err)?,
+                            shared,
+                        ),
+                    ),
+                    (
+                        "build on the target".into(),
+                        r.ssh_via(
+                            shared,
+                            &format!("nix-store --realise {}", home::shell_quote(&self.paths.drv)),
+                        ),
+                    ),
+                ],
+            })
+        };
         if s.diff {
             let ran = self.script(s, &["current", kind])?;
             if !ran.status.success() {
@@ -166,7 +183,7 @@ impl Job<'_> {
             return Ok("would-change");
         }
         if s.dry_run {
-            for (what, cmd) in &steps {
+            for (what, cmd) in &make_steps(None)? {
                 term::out(&format!("[{}] {what}: {}", t.name, show(cmd)));
             }
             let activate = r.ssh(&format!(
@@ -187,11 +204,33 @@ impl Job<'_> {
         }
         // The activation's connection is opened while the steps (build and copy, or
         // the build there) run: the target side waits for our "go" before it changes
-        // anything, and ends, nothing changed, when a step fails and we hang up.
+        // anything, and ends, nothing changed, when a step fails and we hang up. It is
+        // the master connection the steps that talk to the target run through, so the
+        // whole deployment connects twice: for the activation, and to confirm it.
         let mut on_go_args = activate_args;
         on_go_args[0] = "activate-on-go";
-        let mut early = self.spawn_script(s, &on_go_args)?;
-        for (what, cmd) in steps {
+        let shared = remote::Shared::new();
+        let mut early = self.spawn_script(s, &on_go_args, shared.as_ref())?;
+        // The local build needs no connection: it runs while ssh connects.
+        let mut pending = make_steps(None)?.into_iter();
+        if t.settings.build_on == BuildOn::Local
+            && let Some((what, cmd)) = pending.next()
+        {
+            self.say(&what);
+            if let Err(e) = self.local(cmd, &what) {
+                let _ = early.kill();
+                return Err(e);
+            }
+        }
+        // The rest through the master once it is up (else each connects on its own).
+        let up = shared
+            .as_ref()
+            .filter(|sh| sh.wait_ready(&mut early, Duration::from_secs(15)));
+        let rest: Vec<_> = match up {
+            Some(sh) => steps_after_build(make_steps(Some(sh))?, t.settings.build_on),
+            None => pending.collect(),
+        };
+        for (what, cmd) in rest {
             self.say(what.as_str());
             if let Err(e) = self.local(cmd, &what) {
                 let _ = early.kill();
@@ -253,6 +292,15 @@ impl Job<'_> {
             s.confirm_timeout
         )))
     }
+}
+
+/// The steps left once a local build ran (all of them for a build on the target).
+fn steps_after_build(
+    steps: Vec<(String, std::process::Command)>,
+    build_on: BuildOn,
+) -> Vec<(String, std::process::Command)> {
+    let skip = usize::from(build_on == BuildOn::Local);
+    steps.into_iter().skip(skip).collect()
 }
 
 /// `abc…` of `/nix/store/abc…-name`: names the canary per generation.

@@ -275,6 +275,13 @@ impl Machine {
     fn activations(&self) -> String {
         fs::read_to_string(self.dir.join("activations")).unwrap_or_default()
     }
+    /// The ssh connections its sshd accepted so far (a multiplexed session is none).
+    fn connections(&self) -> usize {
+        fs::read_to_string(self.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    }
     fn profile(&self, kind: &str) -> PathBuf {
         match kind {
             "system" => self.dir.join("profiles/system"),
@@ -554,6 +561,7 @@ fn parallel_deploy_of_hosts_homes_and_droids() {
     );
     assert!(alice.current("home").is_none() && phone1.activations().is_empty());
 
+    let connected: Vec<usize> = machines.iter().map(|m| m.connections()).collect();
     let start = Instant::now();
     let run = f.xtask(&[
         "deploy",
@@ -606,6 +614,11 @@ fn parallel_deploy_of_hosts_homes_and_droids() {
     }
     run.stderr_has("[alice] ")
         .stderr_has("deploy: 6 target(s), 0 not deployed");
+    // Two connections per target: the activation's, which the copy (and web2's build
+    // there) ran through, and the confirmation's own.
+    let now: Vec<usize> = machines.iter().map(|m| m.connections()).collect();
+    let per_target: Vec<usize> = now.iter().zip(&connected).map(|(n, b)| n - b).collect();
+    assert_eq!(per_target, [2; 6], "connections per target");
     eprintln!(
         "6 targets deployed in parallel in {:.1} s",
         took.as_secs_f64()

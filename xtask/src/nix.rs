@@ -435,6 +435,9 @@ impl Nix<'_> {
         roots: &[PathBuf],
         then: impl Fn(usize, &[(&str, u64)]) -> T + Sync,
     ) -> Result<Vec<T>> {
+        // Each nix writes its listing into an unnamed temporary file, read once it exits:
+        // through a pipe, two nix processes and their readers take turns on the cores
+        // at every pipeful (measured: about 10 ms more for two closures of 2000 paths).
         let mut children = Vec::new();
         for root in roots {
             let cmd = self.cmd(["path-info", "-rs"])?.arg(root);
@@ -442,15 +445,21 @@ impl Nix<'_> {
             if self.verbose {
                 term::command(&shown);
             }
+            let listing = tempfile::tempfile().context("creating a temporary file")?;
             let child = std::process::Command::from(cmd)
                 .stdin(Stdio::null())
-                .stdout(Stdio::piped())
+                .stdout(listing.try_clone().context("creating a temporary file")?)
                 .stderr(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("running {shown}"))?;
-            children.push((child, shown));
+            children.push((child, listing, shown));
         }
-        let read = |i: usize, child: std::process::Child, shown: String| -> Result<T> {
+        let read = |i: usize,
+                    child: std::process::Child,
+                    mut listing: std::fs::File,
+                    shown: String|
+         -> Result<T> {
+            use std::io::{Read, Seek};
             let out = child
                 .wait_with_output()
                 .with_context(|| format!("running {shown}"))?;
@@ -461,7 +470,12 @@ impl Nix<'_> {
                     &String::from_utf8_lossy(&out.stderr),
                 ));
             }
-            let closure = parse_sized_paths(&out.stdout).with_context(|| {
+            let mut text = Vec::new();
+            listing
+                .rewind()
+                .and_then(|()| listing.read_to_end(&mut text))
+                .with_context(|| format!("reading what {shown} printed"))?;
+            let closure = parse_sized_paths(&text).with_context(|| {
                 format!("nix printed a closure the xtask did not expect (tried: {shown})")
             })?;
             Ok(then(i, &closure))
@@ -470,7 +484,7 @@ impl Nix<'_> {
             let readers: Vec<_> = children
                 .into_iter()
                 .enumerate()
-                .map(|(i, (child, shown))| s.spawn(move || read(i, child, shown)))
+                .map(|(i, (child, listing, shown))| s.spawn(move || read(i, child, listing, shown)))
                 .collect();
             readers
                 .into_iter()

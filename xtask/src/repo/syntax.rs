@@ -169,6 +169,10 @@ pub fn parse(rel: &str, text: &str) -> FileReport {
             message,
         });
     }
+    // Every path literal has a `/`: a file without one has none to look for.
+    if memchr::memchr(b'/', text.as_bytes()).is_none() {
+        return report;
+    }
     let (refs, guarded) = path_refs(&parse.syntax());
     report.refs = refs
         .into_iter()
@@ -308,8 +312,9 @@ struct LineIndex<'a> {
 
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
+        // memchr: quick in the dev build, over thousands of files.
         let starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
             .collect();
         LineIndex { text, starts }
     }

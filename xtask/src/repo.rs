@@ -793,7 +793,7 @@ impl Repo {
     /// reads all of them anyway. (A task that needs the layout only is quicker with `scan`:
     /// a look at two names per directory costs less than reading the directory.)
     pub fn scan_tree(root: &Path) -> Result<Repo> {
-        Repo::scan_from(root, Some(Tree::walk(root)))
+        Repo::scan_from(root, Some(Tree::walk(root, Tree::all_cores())))
     }
 
     fn scan_from(root: &Path, tree: Option<Tree>) -> Result<Repo> {
@@ -1188,8 +1188,10 @@ impl Repo {
         let walked;
         let tree = match &self.tree {
             Some(tree) => tree,
+            // Without the scan's walk, `check` asks for this while nix evaluates: one
+            // core is nix's, so the walk takes one.
             None => {
-                walked = Tree::walk(&self.root);
+                walked = Tree::walk(&self.root, 1);
                 &walked
             }
         };

@@ -256,7 +256,7 @@ mod tests {
     fn walk(root: &Path, cache: &Path, later: Duration) -> Tree {
         let mut c = LintCache::open_in(root, cache).unwrap();
         c.now += later;
-        Tree::walk_with(root, Some(c))
+        Tree::walk_with(root, Some(c), 2)
     }
 
     fn findings(tree: &Tree) -> Vec<String> {

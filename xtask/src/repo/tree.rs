@@ -2,11 +2,13 @@
 //! lib/ (and flake.nix), with the text of every `.nix` file, while git lists the files it
 //! tracks.
 //!
-//! The static lint needs all of it, and in a homelab of a thousand homes the walk is most
-//! of the lint's cost, in system calls rather than in parsing: so it is done once, shared
-//! by the layout scan ([`super::Repo::scan_tree`]) and the syntax analysis, spread over the
-//! cores, and with directory-relative `openat` (a short lookup, no `fstat` per directory
-//! as `opendir` does, no `statx` per file as `read_to_string` does).
+//! The static lint needs all of it, and in a homelab of a thousand homes the walk and the
+//! parse are the lint's cost, in about equal parts of system calls and parsing: so the
+//! walk is done once, shared by the layout scan ([`super::Repo::scan_tree`]) and the syntax
+//! analysis, spread over the cores, each file parsed by the thread that read it, with
+//! directory-relative `openat` (a short lookup, no `fstat` per directory as `opendir`
+//! does, no `statx` per file as `read_to_string` does), and files unchanged since an
+//! earlier run are neither read nor parsed ([`super::lint_cache`]).
 
 use std::{
     collections::BTreeSet,
@@ -69,17 +71,8 @@ pub struct Tree {
     /// Writes the new lint cache; joined when the tree is dropped, so that the process
     /// never ends halfway through the write.
     writer: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Tree {
-    /// Waits for the lint cache's write (tests read it next).
-    #[cfg(test)]
-    pub fn writer_done(mut self) -> Self {
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
-        self
-    }
+    /// How many threads the walk may use.
+    cores: usize,
 }
 
 impl Drop for Tree {
@@ -92,16 +85,22 @@ impl Drop for Tree {
 
 impl Tree {
     /// Walks `root`'s homes/, systems/, droids/, lib/ and flake.nix, and parses the `.nix`
-    /// files as it reads them.
-    pub fn walk(root: &Path) -> Tree {
-        Tree::walk_with(root, LintCache::open(root))
+    /// files as it reads them, on up to `cores` cores.
+    pub fn walk(root: &Path, cores: usize) -> Tree {
+        Tree::walk_with(root, LintCache::open(root), cores)
+    }
+
+    /// All the cores there are, for a walk that nothing else waits beside.
+    pub fn all_cores() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     /// [`Tree::walk`] with the lint cache given (or none).
-    pub(super) fn walk_with(root: &Path, cache: Option<LintCache>) -> Tree {
+    pub(super) fn walk_with(root: &Path, cache: Option<LintCache>, cores: usize) -> Tree {
         // git reads its index while the directories are walked.
         let git = super::GitLsFiles::spawn(root, &["--cached"]);
         let mut tree = Tree::default();
+        tree.cores = cores;
         if let Ok(top) = rustix::fs::openat(CWD, root, dir_flags(), Mode::empty()) {
             tree.read(top.as_fd(), cache.as_ref());
         }
@@ -148,11 +147,7 @@ impl Tree {
         }
         // The directories go to every core a few at a time, so that one that happens to get
         // bigger homes does not keep the others waiting.
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(8)
-            .min(work.len().div_ceil(100))
-            .max(1);
+        let threads = self.cores.min(8).min(work.len().div_ceil(100)).max(1);
         let next = AtomicUsize::new(0);
         let take = || {
             let mut listing = Listing::new(cache);
@@ -189,6 +184,15 @@ impl Tree {
         self.dirs.sort_unstable();
         self.files.sort_unstable();
         self.nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    }
+
+    /// Waits for the lint cache's write (tests read it next).
+    #[cfg(test)]
+    pub fn writer_done(mut self) -> Self {
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        self
     }
 
     /// Whether `rel` is a file (or a symlink to one), as `Path::is_file` would say.
@@ -390,8 +394,11 @@ impl Listing<'_> {
 /// the repo model reads as data, with findings of their own (a syntax error there is a
 /// bad-meta finding, not a second syntax-error one).
 fn is_model_meta(rel: &str) -> bool {
-    let parts: Vec<&str> = rel.split('/').collect();
-    matches!(parts.as_slice(), [dir, _, "meta.nix"] if *dir != "lib")
+    // Asked of every file: the name first, the path only for a meta.nix.
+    rel.ends_with("/meta.nix") && {
+        let parts: Vec<&str> = rel.split('/').collect();
+        matches!(parts.as_slice(), [dir, _, "meta.nix"] if *dir != "lib")
+    }
 }
 
 fn join(rel: &str, name: &str) -> String {
@@ -442,7 +449,7 @@ mod tests {
         std::os::unix::fs::symlink("../systems", root.join("homes/loop")).unwrap();
         fs::write(root.join("outside.nix"), "o").unwrap();
 
-        let tree = Tree::walk(root);
+        let tree = Tree::walk(root, Tree::all_cores());
         let rels: Vec<&str> = tree.nix.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(
             rels,
@@ -469,7 +476,7 @@ mod tests {
         let long = "# x\n".repeat(10_000);
         fs::write(t.path().join("lib/long.nix"), &long).unwrap();
         fs::write(t.path().join("lib/bin.nix"), [0xff, 0xfe]).unwrap();
-        let tree = Tree::walk(t.path());
+        let tree = Tree::walk(t.path(), 2);
         assert_eq!(tree.text("lib/long.nix"), Some(long.as_str()));
         assert_eq!(tree.text("lib/bin.nix"), None);
         assert!(tree.is_file("lib/bin.nix"));

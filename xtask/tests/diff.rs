@@ -103,6 +103,16 @@ fn new_generation(f: &Fixture) {
     );
 }
 
+/// A profile with the old generation (1) and the new one (2, active).
+fn two_switched_generations() -> Fixture {
+    let f = fixture();
+    old_generation(&f);
+    f.xtask(&["switch"]).success();
+    new_generation(&f);
+    f.xtask(&["switch"]).success();
+    f
+}
+
 #[test]
 fn every_package_and_dotfile_change_appears_once_with_old_and_new() {
     let f = fixture();
@@ -167,11 +177,7 @@ fn every_package_and_dotfile_change_appears_once_with_old_and_new() {
 
 #[test]
 fn from_to_compares_two_generations_of_the_profile_without_building() {
-    let f = fixture();
-    old_generation(&f);
-    f.xtask(&["switch"]).success();
-    new_generation(&f);
-    f.xtask(&["switch"]).success();
+    let f = two_switched_generations();
     home(&f, &[(".changed", "c\nkeep\n")], &["tool-1.2"], "");
     f.xtask(&["switch"]).success();
     let gens = generation_paths(&f);
@@ -230,11 +236,7 @@ fn from_to_compares_two_generations_of_the_profile_without_building() {
 
 #[test]
 fn diff_of_two_store_paths() {
-    let f = fixture();
-    old_generation(&f);
-    f.xtask(&["switch"]).success();
-    new_generation(&f);
-    f.xtask(&["switch"]).success();
+    let f = two_switched_generations();
     // Links to generations are followed, as ./result would be.
     let link = |id: u64| {
         f.profiles()
@@ -275,11 +277,7 @@ fn diff_of_two_store_paths() {
 /// of nix again, never trusted.
 #[test]
 fn closure_summaries_are_cached_per_store_path_and_damage_is_recomputed() {
-    let f = fixture();
-    old_generation(&f);
-    f.xtask(&["switch"]).success();
-    new_generation(&f);
-    f.xtask(&["switch"]).success();
+    let f = two_switched_generations();
     let paths: Vec<String> = generation_paths(&f).into_iter().map(|(_, p)| p).collect();
     let cache = f
         .root

@@ -37,6 +37,9 @@ const SSH_BASE: [&str; 14] = [
     "-x",
 ];
 
+/// Where the target-side script keeps its state when it runs as root through sudo.
+const ROOT_STATE: &str = "/run/homelab-xtask-deploy";
+
 /// How the target-side script gets root for a host whose ssh user is not root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sudo {
@@ -165,11 +168,13 @@ impl Remote {
             Sudo::NoPassword => "sudo -n ",
             Sudo::Password => "sudo -S -p '' ",
         };
-        // Root's state (locks, canaries) is not the ssh user's.
+        // Root's state (locks, canaries) is not the ssh user's, and not in a directory
+        // every user can write to, where another could have put it first: in /run,
+        // root's own, cleared at boot (as a deployment in flight is by a reboot).
         let state = if sudo == Sudo::No {
             "\"$d\"".to_string()
         } else {
-            "/tmp/xtask-deploy-root".to_string()
+            ROOT_STATE.to_string()
         };
         let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
         format!(
@@ -352,7 +357,7 @@ mod tests {
         );
         let c = r.script_command(Sudo::Password, &["confirm"]);
         assert!(
-            c.contains("exec sudo -S -p '' sh \"$f\" /tmp/xtask-deploy-root confirm"),
+            c.contains("exec sudo -S -p '' sh \"$f\" /run/homelab-xtask-deploy confirm"),
             "{c}"
         );
         assert!(r.nix_sshopts(None).ends_with("-x -p 2222"));

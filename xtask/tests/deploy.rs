@@ -314,10 +314,16 @@ impl Machine {
     }
     /// `deploy = { … };` for a meta.nix.
     fn deploy(&self, lab: &Lab, extra: &str) -> String {
+        self.deploy_as(lab, "root", extra)
+    }
+    fn deploy_as(&self, lab: &Lab, user: &str, extra: &str) -> String {
         format!(
-            "deploy = {{ targetHost = \"root@127.0.0.1\"; sshOpts = {}; {extra} }};",
+            "deploy = {{ targetHost = \"{user}@127.0.0.1\"; sshOpts = {}; {extra} }};",
             self.ssh_opts(lab)
         )
+    }
+    fn sudo_log(&self) -> String {
+        fs::read_to_string(self.dir.join("sudo.log")).unwrap_or_default()
     }
 }
 
@@ -329,6 +335,31 @@ impl Drop for Machine {
         }
     }
 }
+
+/// The stand-in sudo of [`Lab::sudo_machine`] (its session already runs as root).
+const SUDO_STUB: &str = r#"#!/bin/sh
+echo "sudo $*" >> "$STUB_STATE_DIR/sudo.log"
+case "$1" in
+  -n)
+    shift
+    if [ -e "$STUB_STATE_DIR/sudo-needs-password" ]; then
+      echo "sudo: a password is required" >&2
+      exit 1
+    fi
+    exec "$@" ;;
+  -S)
+    shift
+    [ "$1" = -p ] && shift 2
+    IFS= read -r password
+    if [ "$password" != secret ]; then
+      echo "sudo: wrong password" >&2
+      exit 1
+    fi
+    exec "$@" ;;
+esac
+echo "sudo: unexpected arguments: $*" >&2
+exit 1
+"#;
 
 struct Lab {
     tmp: tempfile::TempDir,
@@ -381,6 +412,27 @@ impl Lab {
 
     /// A machine whose sshd runs, with `user` as `$USER`.
     fn machine(&self, name: &str, user: &str) -> Machine {
+        self.start(name, user, false)
+    }
+
+    /// A machine whose ssh user is `deployer`, not root, with a stand-in `sudo` on its
+    /// PATH: `deployer` is an alias of root in a copy of /etc/passwd that only its sshd
+    /// sees (a private mount namespace), so no user is added to this machine, and the
+    /// stand-in sudo records how it was called (`sudo.log`), refuses `-n` while
+    /// `sudo-needs-password` exists, and wants `secret` on stdin for `-S`. None (with the
+    /// reason printed) where mount namespaces are not allowed.
+    fn sudo_machine(&self, name: &str) -> Option<Machine> {
+        let probe = Command::new("unshare").args(["--mount", "true"]).output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!(
+                "SKIPPED: unshare --mount is not allowed here (a private /etc/passwd for the sudo user)"
+            );
+            return None;
+        }
+        Some(self.start(name, "root", true))
+    }
+
+    fn start(&self, name: &str, user: &str, sudo_user: bool) -> Machine {
         let dir = self.tmp.path().join(name);
         fs::create_dir_all(dir.join("home/.local/state/nix/profiles")).unwrap();
         fs::create_dir_all(dir.join("profiles")).unwrap();
@@ -390,15 +442,47 @@ impl Lab {
             &config,
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile none\n\
-                 SetEnv HOME={home} USER={user} LOGNAME={user} STUB_STATE_DIR={dir} XTASK_SYSTEM_PROFILE={dir}/profiles/system XTASK_DROID_PROFILE={dir}/profiles/nix-on-droid TMPDIR={dir} \"NIX_CONFIG=substituters =\"\n",
+                 SetEnv HOME={home} USER={user} LOGNAME={user} STUB_STATE_DIR={dir} XTASK_SYSTEM_PROFILE={dir}/profiles/system XTASK_DROID_PROFILE={dir}/profiles/nix-on-droid TMPDIR={dir} \"NIX_CONFIG=substituters =\"{path}\n",
                 hk = self.host_key.display(),
                 auth = self.tmp.path().join("authorized_keys").display(),
                 home = dir.join("home").display(),
                 dir = dir.display(),
+                path = if sudo_user {
+                    format!(" PATH={}/bin:/usr/local/bin:/usr/bin:/bin", dir.display())
+                } else {
+                    String::new()
+                },
             ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
+        let mut sshd = Command::new("/usr/sbin/sshd");
+        if sudo_user {
+            let passwd = dir.join("passwd");
+            let mut text = fs::read_to_string("/etc/passwd").unwrap();
+            text.push_str(&format!(
+                "deployer:x:0:0:deployer:{}:/bin/sh\n",
+                dir.join("home").display()
+            ));
+            fs::write(&passwd, text).unwrap();
+            fs::create_dir_all(dir.join("bin")).unwrap();
+            let sudo = dir.join("bin/sudo");
+            fs::write(&sudo, SUDO_STUB).unwrap();
+            fs::set_permissions(&sudo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            // unshare execs sh, which execs sshd: one process, the child killed on drop.
+            sshd = Command::new("unshare");
+            sshd.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount --bind \"$1\" /etc/passwd && shift && exec /usr/sbin/sshd \"$@\"",
+                "sh",
+            ])
+            .arg(&passwd);
+        }
+        let child = sshd
             .arg("-f")
             .arg(&config)
             .args(["-D", "-e"])
@@ -860,4 +944,127 @@ fn a_home_deployment_and_a_local_switch_share_the_lock() {
         .stderr_has(&format!("cargo xtask deploy of {generation}"));
     target_side(&["confirm", "home", &generation, "tok"]);
     switch(&f).success();
+}
+
+/// `cmd` run by `wrapper` (its program and arguments first), with the same environment
+/// and directory: `setsid -w` (no controlling terminal) or `script` (a terminal of its
+/// own, whose keyboard is our stdin).
+fn wrapped(cmd: &Command, wrapper: &[&str], one_string: bool) -> Command {
+    let words: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut w = Command::new(wrapper[0]);
+    w.args(&wrapper[1..]);
+    if one_string {
+        let quoted: Vec<String> = words
+            .iter()
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect();
+        w.arg(quoted.join(" ")).arg("/dev/null");
+    } else {
+        w.args(&words);
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        w.current_dir(dir);
+    }
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    w
+}
+
+/// A host whose ssh user is not root: sudo is probed before anything runs
+/// (`sudo -n true`) and then used without a prompt; when it wants a password, nothing
+/// runs unless `--ask-sudo-password` is given, and then the password is read once, from
+/// the terminal, before any target starts, and given to every sudo on stdin.
+#[test]
+fn sudo_is_probed_first_and_a_password_is_asked_once_up_front() {
+    let Some(lab) = Lab::new() else { return };
+    let Some(web) = lab.sudo_machine("web") else {
+        return;
+    };
+    let f = Fixture::new();
+    f.host(
+        "web",
+        Some(&format!("{{ {} }}\n", web.deploy_as(&lab, "deployer", ""))),
+    )
+    .commit();
+    let deploy = ["deploy", "--json", "--confirm-timeout", "10"];
+
+    // Passwordless sudo: probed, then every step as root goes through `sudo -n`.
+    let run = f.xtask(&deploy);
+    run.success();
+    assert_eq!(outcomes(&run), pairs(&[("systems/web", "deployed")]));
+    let first = web.current("system").expect("deployed");
+    let log = web.sudo_log();
+    let calls: Vec<&str> = log.lines().collect();
+    assert_eq!(calls[0], "sudo -n true", "{log}");
+    assert!(calls.len() >= 3, "{log}");
+    assert!(
+        calls[1..].iter().all(|c| c.starts_with("sudo -n sh ")),
+        "{log}"
+    );
+
+    // A password is needed: without --ask-sudo-password nothing runs past the probe.
+    fs::write(web.dir.join("sudo-needs-password"), "").unwrap();
+    // A new generation: the host gains an integrated home.
+    f.write(
+        "homes/ops@web/default.nix",
+        "{ home.file.x.text = \"2\"; }\n",
+    )
+    .commit();
+    fs::remove_file(web.dir.join("sudo.log")).unwrap();
+    f.xtask(&deploy)
+        .failure(1)
+        .stderr_has("sudo asks for a password on web")
+        .stderr_has("--ask-sudo-password");
+    assert_eq!(web.sudo_log(), "sudo -n true\n");
+    assert_eq!(
+        web.current("system").as_ref(),
+        Some(&first),
+        "changed without sudo"
+    );
+
+    // Asked to ask, but there is no terminal to ask on: said so, nothing ran.
+    let mut args = deploy.to_vec();
+    args.push("--ask-sudo-password");
+    fs::remove_file(web.dir.join("sudo.log")).unwrap();
+    let mut no_tty = wrapped(&f.command(&args), &["setsid", "-w"], false);
+    common::run(no_tty.stdin(Stdio::null()).output().unwrap())
+        .failure(1)
+        .stderr_has("needs a terminal");
+    assert_eq!(web.sudo_log(), "sudo -n true\n");
+
+    // From a terminal: typed once, before anything runs; every sudo gets it.
+    fs::remove_file(web.dir.join("sudo.log")).unwrap();
+    let mut typed = wrapped(&f.command(&args), &["script", "-qec"], true);
+    typed
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = typed.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut keyboard = child.stdin.take().unwrap();
+        keyboard.write_all(b"secret\n").unwrap();
+        drop(keyboard);
+        let out = child.wait_with_output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{shown}");
+        assert_eq!(shown.matches("sudo password for web").count(), 1, "{shown}");
+        assert!(shown.contains("\"deployed\""), "{shown}");
+    }
+    let log = web.sudo_log();
+    let calls: Vec<&str> = log.lines().collect();
+    assert_eq!(calls[0], "sudo -n true", "{log}");
+    assert!(calls.len() >= 3, "{log}");
+    assert!(
+        calls[1..].iter().all(|c| c.starts_with("sudo -S -p  sh ")),
+        "{log}"
+    );
+    assert_ne!(web.current("system").as_ref(), Some(&first), "not deployed");
 }

@@ -840,10 +840,10 @@ impl Repo {
         }
     }
 
-    /// Whether the repo-relative `rel` is a file (or a link to one).
+    /// Whether the repo-relative `.nix` file `rel` is a file (or a link to one).
     fn is_file(&self, rel: &str) -> bool {
         match &self.tree {
-            Some(tree) => tree.is_file(rel),
+            Some(tree) => tree.is_nix_file(rel),
             None => self.root.join(rel).is_file(),
         }
     }

@@ -53,12 +53,10 @@ enum Keep {
 /// What the walk found.
 #[derive(Debug, Default)]
 pub struct Tree {
-    /// Repo-relative directories under the walked ones, sorted (not those behind a
-    /// symlink: git stores the link, not the files behind it, and a link cycle would never
-    /// end).
+    /// The walked directories and the directories in them (`homes/alice`), repo-relative
+    /// and sorted: what the layout scan lists. Not those behind a symlink: git stores the
+    /// link, not the files behind it, and a link cycle would never end.
     dirs: Vec<String>,
-    /// Repo-relative paths of everything else that is a file, or a symlink to one, sorted.
-    files: Vec<String>,
     /// The `.nix` files, sorted by path.
     pub nix: Vec<NixFile>,
     /// The files git tracks (its index, `git add -N` ones included: all a flake in a git
@@ -142,6 +140,7 @@ impl Tree {
                 .and_then(|dup| own.read(dup, rel))
                 .map(|(_, subdirs)| subdirs)
                 .unwrap_or_default();
+            own.dirs.extend(subdirs.iter().cloned());
             work.extend(subdirs.into_iter().map(|d| (fd.as_fd(), d)));
             listings.push(own);
         }
@@ -178,11 +177,9 @@ impl Tree {
             self.cached += l.cached;
             self.parsed += l.parsed;
             self.dirs.extend(l.dirs);
-            self.files.extend(l.files);
             self.nix.extend(l.nix);
         }
         self.dirs.sort_unstable();
-        self.files.sort_unstable();
         self.nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     }
 
@@ -195,12 +192,19 @@ impl Tree {
         self
     }
 
-    /// Whether `rel` is a file (or a symlink to one), as `Path::is_file` would say.
-    pub fn is_file(&self, rel: &str) -> bool {
-        self.files.binary_search_by(|f| f.as_str().cmp(rel)).is_ok()
+    /// Whether the `.nix` file `rel` is a file (or a symlink to one), as `Path::is_file`
+    /// would say. Only `.nix` files are kept: only they are asked about (`default.nix`,
+    /// `meta.nix`), and keeping every file's path would cost the walk more.
+    pub fn is_nix_file(&self, rel: &str) -> bool {
+        rel.ends_with(".nix")
+            && self
+                .nix
+                .binary_search_by(|f| f.rel.as_str().cmp(rel))
+                .is_ok()
     }
 
-    /// The subdirectories of `rel` (one of the walked directories), sorted.
+    /// The subdirectories of `rel` (one of the walked directories: homes, systems, …),
+    /// sorted.
     pub fn subdirs(&self, rel: &str) -> Vec<String> {
         let prefix = format!("{rel}/");
         let start = self.dirs.partition_point(|d| d.as_str() < prefix.as_str());
@@ -274,7 +278,6 @@ struct Listing<'c> {
     parsed: usize,
     buf: Vec<u8>,
     dirs: Vec<String>,
-    files: Vec<String>,
     nix: Vec<NixFile>,
 }
 
@@ -286,7 +289,6 @@ impl<'c> Listing<'c> {
             parsed: 0,
             buf: Vec::new(),
             dirs: Vec::new(),
-            files: Vec::new(),
             nix: Vec::new(),
         }
     }
@@ -297,7 +299,6 @@ impl<'c> Listing<'c> {
         let Ok(fd) = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) else {
             return;
         };
-        self.dirs.push(rel.to_string());
         let Some((dir, subdirs)) = self.read(fd, rel) else {
             return;
         };
@@ -337,12 +338,10 @@ impl<'c> Listing<'c> {
         if kind != Kind::File {
             return;
         }
-        let path = join(rel, name);
         if name.ends_with(".nix") {
-            let file = self.nix_file(dir, name, &path);
+            let file = self.nix_file(dir, name, &join(rel, name));
             self.nix.push(file);
         }
-        self.files.push(path);
     }
 }
 
@@ -462,10 +461,9 @@ mod tests {
             ]
         );
         assert_eq!(tree.text("homes/alice/meta.nix"), Some("{ a = 1; }"));
-        assert!(tree.is_file("homes/alice/notes.txt"));
-        assert!(!tree.is_file("homes/alice/sub"));
+        assert!(tree.is_nix_file("homes/alice/meta.nix"));
+        assert!(!tree.is_nix_file("homes/alice/gone.nix"));
         assert_eq!(tree.subdirs("homes"), ["alice"]);
-        assert_eq!(tree.subdirs("homes/alice"), ["sub"]);
         assert!(tree.tracked.is_none(), "not a git repository");
     }
 
@@ -479,6 +477,6 @@ mod tests {
         let tree = Tree::walk(t.path(), 2);
         assert_eq!(tree.text("lib/long.nix"), Some(long.as_str()));
         assert_eq!(tree.text("lib/bin.nix"), None);
-        assert!(tree.is_file("lib/bin.nix"));
+        assert!(tree.is_nix_file("lib/bin.nix"));
     }
 }

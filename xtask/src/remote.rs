@@ -69,16 +69,18 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// None where no socket path would do (ssh's limit is about a hundred bytes, and
-    /// NIX_SSHOPTS is split at whitespace): the steps then connect each on their own.
+    /// None where no socket path would do (ssh binds `PATH.<16 random characters>`, and a
+    /// socket's path is at most 104 bytes on macOS, 108 on Linux; NIX_SSHOPTS is split at
+    /// whitespace): the steps then connect each on their own. Under /tmp, not `$TMPDIR`,
+    /// which can be long (macOS, `nix develop`).
     pub fn new() -> Option<Shared> {
         let dir = tempfile::Builder::new()
             .prefix("xtask-ssh-")
-            .tempdir()
+            .tempdir_in("/tmp")
             .ok()?;
         let socket = dir.path().join("s");
         let text = socket.to_str()?;
-        (text.len() < 100 && !text.contains(char::is_whitespace))
+        (text.len() + 17 < 104 && !text.contains(char::is_whitespace))
             .then_some(Shared { socket, _dir: dir })
     }
 
@@ -129,7 +131,16 @@ impl Remote {
     /// carries the other steps' commands until that ends.
     pub fn ssh_master(&self, shared: &Shared, remote_command: &str) -> Command {
         let [o, path] = shared.client_opts();
-        let first = [o.clone(), "ControlMaster=yes".into(), o, path];
+        // ControlPersist=no: a `ControlPersist` in the user's ssh config would send the
+        // master to the background, where it would outlive the deployment.
+        let first = [
+            o.clone(),
+            "ControlMaster=yes".into(),
+            o.clone(),
+            "ControlPersist=no".into(),
+            o,
+            path,
+        ];
         self.ssh_with(&first, remote_command)
     }
 

@@ -275,6 +275,32 @@ impl Machine {
     fn activations(&self) -> String {
         fs::read_to_string(self.dir.join("activations")).unwrap_or_default()
     }
+    /// The sessions its sshd still serves (its child processes), waited for up to `limit`
+    /// to end.
+    fn sessions_after(&self, limit: Duration) -> usize {
+        let Some(pid) = self.child.as_ref().map(|c| c.id().to_string()) else {
+            return 0;
+        };
+        let count = || {
+            fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+                // `pid (comm) state ppid …`: the ppid is the second field after the comm.
+                .filter(|stat| {
+                    stat.rsplit(')')
+                        .next()
+                        .and_then(|rest| rest.split_whitespace().nth(1))
+                        == Some(pid.as_str())
+                })
+                .count()
+        };
+        let end = Instant::now() + limit;
+        while count() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        count()
+    }
     /// The ssh connections its sshd accepted so far (a multiplexed session is none).
     fn connections(&self) -> usize {
         fs::read_to_string(self.dir.join("sshd.log"))
@@ -308,6 +334,10 @@ impl Machine {
             "UserKnownHostsFile=/dev/null".into(),
             "-o".into(),
             "LogLevel=ERROR".into(),
+            // As many users' ssh config has it: the xtask's shared connection must not
+            // persist in the background after a deployment anyway.
+            "-o".into(),
+            "ControlPersist=yes".into(),
         ];
         let quoted: Vec<String> = words.iter().map(|w| common::nix_str(w)).collect();
         format!("[ {} ]", quoted.join(" "))
@@ -703,6 +733,15 @@ fn parallel_deploy_of_hosts_homes_and_droids() {
     let now: Vec<usize> = machines.iter().map(|m| m.connections()).collect();
     let per_target: Vec<usize> = now.iter().zip(&connected).map(|(n, b)| n - b).collect();
     assert_eq!(per_target, [2; 6], "connections per target");
+    // Nothing stays connected: no master went to the background (ControlPersist=yes above).
+    for m in machines {
+        assert_eq!(
+            m.sessions_after(Duration::from_secs(5)),
+            0,
+            "{}",
+            m.dir.display()
+        );
+    }
     eprintln!(
         "6 targets deployed in parallel in {:.1} s",
         took.as_secs_f64()

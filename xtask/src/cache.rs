@@ -6,7 +6,9 @@
 //! Only ever a shortcut: an entry that is missing, unreadable, corrupt or written by
 //! another format is recomputed, and a write that fails (read-only home, full disk) is
 //! ignored. Writes are atomic (a temporary file renamed into place), so two runs at once
-//! never read half an entry.
+//! never read half an entry, and an entry ends with its length (`end N`), so one cut short
+//! by a crash (the rename is not synced: a sync would cost every run) reads as missing,
+//! never as a shorter answer.
 
 use std::{
     fs,
@@ -29,14 +31,21 @@ pub fn dir(kind: &str) -> Option<PathBuf> {
 }
 
 /// An entry's text, if it starts with `header` (the format and what the entry is valid
-/// for); the rest after the header line.
+/// for) and is whole; the text between the header line and the end line.
 pub fn read(path: &Path, header: &str) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
     let rest = text.strip_prefix(header)?.strip_prefix('\n')?;
-    Some(rest.to_string())
+    let body = rest.strip_suffix('\n')?;
+    let (body, end) = match body.rsplit_once('\n') {
+        Some((body, end)) => (&rest[..body.len() + 1], end),
+        None => ("", body),
+    };
+    let len: usize = end.strip_prefix("end ")?.parse().ok()?;
+    (len == body.len()).then(|| body.to_string())
 }
 
-/// Writes `header`, a newline and `body` to `path` atomically; false if it could not.
+/// Writes `header`, a newline, `body` (empty, or ending with a newline) and the end line
+/// to `path` atomically; false if it could not.
 pub fn write(path: &Path, header: &str, body: &str) -> bool {
     let Some(dir) = path.parent() else {
         return false;
@@ -48,10 +57,25 @@ pub fn write(path: &Path, header: &str, body: &str) -> bool {
         return false;
     };
     let written = tmp
-        .write_all(header.as_bytes())
-        .and_then(|()| tmp.write_all(b"\n"))
-        .and_then(|()| tmp.write_all(body.as_bytes()));
+        .write_all(format!("{header}\n").as_bytes())
+        .and_then(|()| tmp.write_all(body.as_bytes()))
+        .and_then(|()| tmp.write_all(format!("end {}\n", body.len()).as_bytes()));
     written.is_ok() && tmp.persist(path).is_ok()
+}
+
+/// Removes the temporary files of writes that a kill interrupted (older than an hour:
+/// a write in progress is younger).
+pub fn forget_interrupted_writes(dir: &Path) {
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < hour_ago);
+        if stale && entry.file_name().to_string_lossy().starts_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +88,24 @@ mod tests {
         let path = t.path().join("kind/entry");
         assert!(write(&path, "fmt 1 key", "a\nb\n"));
         assert_eq!(read(&path, "fmt 1 key").as_deref(), Some("a\nb\n"));
+        assert!(write(&path, "fmt 1 key", ""));
+        assert_eq!(read(&path, "fmt 1 key").as_deref(), Some(""));
+        // Cut short at a line's end, or anywhere: missing, never a shorter entry.
+        assert!(write(&path, "fmt 1 key", "a\nb\n"));
+        let whole = fs::read_to_string(&path).unwrap();
+        for cut in 1..whole.len() {
+            fs::write(&path, &whole[..cut]).unwrap();
+            assert_eq!(
+                read(&path, "fmt 1 key"),
+                None,
+                "cut at {cut}: {:?}",
+                &whole[..cut]
+            );
+        }
+        // Or with a line missing from its middle.
+        fs::write(&path, whole.replace("a\n", "")).unwrap();
+        assert_eq!(read(&path, "fmt 1 key"), None);
+        assert!(write(&path, "fmt 1 key", "a\nb\n"));
         assert_eq!(read(&path, "fmt 2 key"), None, "another format");
         assert_eq!(
             read(&path, "fmt 1 ke"),

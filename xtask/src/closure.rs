@@ -307,6 +307,7 @@ impl CacheKey {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        crate::cache::forget_interrupted_writes(dir);
     }
 }
 

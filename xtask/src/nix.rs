@@ -445,14 +445,29 @@ impl Nix<'_> {
             if self.verbose {
                 term::command(&shown);
             }
-            let listing = tempfile::tempfile().context("creating a temporary file")?;
-            let child = std::process::Command::from(cmd)
-                .stdin(Stdio::null())
-                .stdout(listing.try_clone().context("creating a temporary file")?)
-                .stderr(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("running {shown}"))?;
-            children.push((child, listing, shown));
+            let started = tempfile::tempfile()
+                .and_then(|listing| Ok((listing.try_clone()?, listing)))
+                .context("creating a temporary file")
+                .and_then(|(out, listing)| {
+                    let child = std::process::Command::from(cmd)
+                        .stdin(Stdio::null())
+                        .stdout(out)
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .with_context(|| format!("running {shown}"))?;
+                    Ok((child, listing))
+                });
+            match started {
+                Ok((child, listing)) => children.push((child, listing, shown)),
+                Err(e) => {
+                    // The ones already started are ended, not left behind.
+                    for (child, _, _) in &mut children {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                    }
+                    return Err(e);
+                }
+            }
         }
         let read = |i: usize,
                     child: std::process::Child,

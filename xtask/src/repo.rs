@@ -835,7 +835,9 @@ impl Repo {
     /// The subdirectories of a directory of the repo (`homes`), sorted.
     fn subdirs(&self, rel: &str) -> Result<Vec<String>> {
         match &self.tree {
-            Some(tree) => Ok(tree.subdirs(rel)),
+            Some(tree) => tree
+                .subdirs(rel)
+                .with_context(|| format!("reading {}", self.root.join(rel).display())),
             None => list_dirs(&self.root.join(rel)),
         }
     }

@@ -132,14 +132,21 @@ impl LintCache {
         })
     }
 
+    /// Whether the cache has an entry for `rel` (to look at the file only then).
+    pub fn knows(&self, rel: &str) -> bool {
+        self.position(rel).is_some()
+    }
+
+    fn position(&self, rel: &str) -> Option<usize> {
+        self.index
+            .binary_search_by(|&(p, q, _, _)| self.text[p..q].cmp(rel))
+            .ok()
+    }
+
     /// What the cache says about `rel`, if its identity is still `id`: the report, and
     /// where the entry is in the cache's text (to keep it).
     pub fn lookup(&self, rel: &str, id: FileId) -> Option<(FileReport, (usize, usize))> {
-        let i = self
-            .index
-            .binary_search_by(|&(p, q, _, _)| self.text[p..q].cmp(rel))
-            .ok()?;
-        let (p, q, start, end) = self.index[i];
+        let (p, q, start, end) = self.index[self.position(rel)?];
         if FileId::parse(&self.text[start + 2..p - 1])? != id {
             return None;
         }
@@ -155,7 +162,8 @@ impl LintCache {
     /// The entry to keep for a file just parsed, or None if it is too fresh to trust (or
     /// its report does not fit the format).
     pub fn entry(&self, rel: &str, id: FileId, report: &FileReport) -> Option<String> {
-        if !id.settled(self.now) || rel.contains('\n') {
+        // A path read lossily (a name that is not UTF-8) may stand for two files.
+        if !id.settled(self.now) || rel.contains(['\n', '\u{fffd}']) {
             return None;
         }
         let mut text = String::with_capacity(128);
@@ -191,6 +199,7 @@ impl LintCache {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        crate::cache::forget_interrupted_writes(dir);
     }
 }
 
@@ -331,16 +340,28 @@ mod tests {
         // Another build of the xtask wrote it: its header differs.
         fs::write(&file, text.replacen("xtask ", "xtask 1", 1)).unwrap();
         assert_eq!(walk(r.path(), c.path(), SETTLE * 2).cached, 0);
-        // Damaged: cut in the middle of an entry, or out of order.
+        // Damaged: cut in the middle of an entry.
         fs::write(&file, &text[..text.len() - 5]).unwrap();
         assert_eq!(walk(r.path(), c.path(), SETTLE * 2).cached, 0);
-        let header = text.lines().next().unwrap();
-        fs::write(
-            &file,
-            format!("{header}\nF 1 2 3 4 5 6 b\nF 1 2 3 4 5 6 a\n"),
-        )
-        .unwrap();
-        assert_eq!(walk(r.path(), c.path(), SETTLE * 2).cached, 0);
+    }
+
+    #[test]
+    fn the_index_takes_only_entries_sorted_by_path() {
+        let sorted = "F 1 2 3 4 5 6 a\nR 1 1 I 0 ./x.nix\nF 1 2 3 4 5 6 b\n";
+        let entries = index(sorted).unwrap();
+        assert_eq!(entries.len(), 2);
+        let (p, q, start, end) = entries[0];
+        assert_eq!(
+            (&sorted[p..q], &sorted[start..end]),
+            ("a", "F 1 2 3 4 5 6 a\nR 1 1 I 0 ./x.nix\n")
+        );
+        assert_eq!(
+            index(sorted.replace("a\n", "c\n").as_str()),
+            None,
+            "out of order"
+        );
+        assert_eq!(index("R 1 1 I 0 ./x.nix\n"), None, "no entry to belong to");
+        assert_eq!(index("F 1 2 3 a\n"), None, "too few numbers");
     }
 
     #[test]

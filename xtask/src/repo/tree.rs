@@ -71,6 +71,8 @@ pub struct Tree {
     writer: Option<std::thread::JoinHandle<()>>,
     /// How many threads the walk may use.
     cores: usize,
+    /// Walked directories that exist but could not be read, with why.
+    unreadable: Vec<(String, std::io::Error)>,
 }
 
 impl Drop for Tree {
@@ -120,8 +122,13 @@ impl Tree {
     fn read(&mut self, top: BorrowedFd<'_>, cache: Option<&LintCache>) {
         let mut roots: Vec<(String, OwnedFd)> = Vec::new();
         for dir in NIX_DIRS {
-            if let Ok(fd) = rustix::fs::openat(top, dir, dir_flags(), Mode::empty()) {
-                roots.push((dir.to_string(), fd));
+            // Followed if it is a link (a `homes` kept elsewhere), as nix's readDir does.
+            let flags = dir_flags() - OFlags::NOFOLLOW;
+            match rustix::fs::openat(top, dir, flags, Mode::empty()) {
+                Ok(fd) => roots.push((dir.to_string(), fd)),
+                Err(rustix::io::Errno::NOENT) => {}
+                // Not a directory, not readable: the layout scan says so.
+                Err(e) => self.unreadable.push((dir.to_string(), e.into())),
             }
         }
         let mut listings = vec![Listing::new(cache)];
@@ -130,7 +137,7 @@ impl Tree {
         }
         // Each walked directory's own entries first, then its subdirectories spread over
         // the cores: homes/ alone has a directory per home.
-        let mut work: Vec<(BorrowedFd<'_>, String)> = Vec::new();
+        let mut work: Vec<(BorrowedFd<'_>, Subdir)> = Vec::new();
         for (rel, fd) in &roots {
             let mut own = Listing::new(cache);
             own.dirs.push(rel.clone());
@@ -140,7 +147,8 @@ impl Tree {
                 .and_then(|dup| own.read(dup, rel))
                 .map(|(_, subdirs)| subdirs)
                 .unwrap_or_default();
-            own.dirs.extend(subdirs.iter().cloned());
+            // Listed whether or not they can be read: the layout scan names those.
+            own.dirs.extend(subdirs.iter().map(|d| d.rel.clone()));
             work.extend(subdirs.into_iter().map(|d| (fd.as_fd(), d)));
             listings.push(own);
         }
@@ -158,8 +166,8 @@ impl Tree {
                 if batch.is_empty() {
                     break;
                 }
-                for (parent, rel) in batch {
-                    listing.walk(*parent, rel);
+                for (parent, sub) in batch {
+                    listing.walk(*parent, sub);
                 }
             }
             listing
@@ -204,17 +212,21 @@ impl Tree {
     }
 
     /// The subdirectories of `rel` (one of the walked directories: homes, systems, …),
-    /// sorted.
-    pub fn subdirs(&self, rel: &str) -> Vec<String> {
+    /// sorted; an error if it exists but could not be read.
+    pub fn subdirs(&self, rel: &str) -> std::io::Result<Vec<String>> {
+        if let Some((_, e)) = self.unreadable.iter().find(|(d, _)| d == rel) {
+            return Err(std::io::Error::new(e.kind(), e.to_string()));
+        }
         let prefix = format!("{rel}/");
         let start = self.dirs.partition_point(|d| d.as_str() < prefix.as_str());
-        self.dirs[start..]
+        let names: Vec<String> = self.dirs[start..]
             .iter()
             .take_while(|d| d.starts_with(&prefix))
             .filter_map(|d| d.strip_prefix(&prefix))
             .filter(|name| !name.contains('/'))
             .map(str::to_string)
-            .collect()
+            .collect();
+        Ok(names)
     }
 
     /// The text of a `.nix` file the walk read.
@@ -271,6 +283,13 @@ fn kind_at(dir: BorrowedFd<'_>, name: &CStr, hint: Option<FileType>) -> Option<K
     }
 }
 
+/// A directory to walk: its repo-relative path (lossy where its name or a parent's is not
+/// UTF-8) and its name as it is on disk.
+struct Subdir {
+    rel: String,
+    name: std::ffi::CString,
+}
+
 /// What one thread found.
 struct Listing<'c> {
     cache: Option<&'c LintCache>,
@@ -293,25 +312,25 @@ impl<'c> Listing<'c> {
         }
     }
 
-    /// Walks `rel`: its last component, opened relative to `parent`.
-    fn walk(&mut self, parent: BorrowedFd<'_>, rel: &str) {
-        let name = rel.rsplit('/').next().unwrap_or(rel);
-        let Ok(fd) = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) else {
+    /// Walks `sub`, opened relative to `parent` by its name as it is on disk.
+    fn walk(&mut self, parent: BorrowedFd<'_>, sub: &Subdir) {
+        let Ok(fd) = rustix::fs::openat(parent, sub.name.as_c_str(), dir_flags(), Mode::empty())
+        else {
             return;
         };
-        let Some((dir, subdirs)) = self.read(fd, rel) else {
+        let Some((dir, subdirs)) = self.read(fd, &sub.rel) else {
             return;
         };
         if let Ok(fd) = dir.fd() {
-            for sub in subdirs {
-                self.walk(fd, &sub);
+            for sub in &subdirs {
+                self.walk(fd, sub);
             }
         }
     }
 
-    /// Records the entries of the open directory `rel` and returns its subdirectories
-    /// (repo-relative), which the caller walks.
-    fn read(&mut self, fd: OwnedFd, rel: &str) -> Option<(Dir, Vec<String>)> {
+    /// Records the entries of the open directory `rel` and returns its subdirectories,
+    /// which the caller walks.
+    fn read(&mut self, fd: OwnedFd, rel: &str) -> Option<(Dir, Vec<Subdir>)> {
         let mut subdirs = Vec::new();
         let mut dir = Dir::new(fd).ok()?;
         while let Some(Ok(entry)) = dir.read() {
@@ -325,8 +344,12 @@ impl<'c> Listing<'c> {
             };
             let name = raw.to_string_lossy();
             if kind == Kind::Dir {
-                // A name that is not UTF-8 cannot be a valid one: the naming rule reports it.
-                subdirs.push(join(rel, &name));
+                // A name that is not UTF-8 cannot be a valid one: the naming rule reports it
+                // (by its lossy form), and the walk opens it by its own.
+                subdirs.push(Subdir {
+                    rel: join(rel, &name),
+                    name: raw.to_owned(),
+                });
             } else if kind == Kind::File && raw.to_str().is_ok() {
                 self.entry(fd, rel, &name, kind);
             }
@@ -347,18 +370,14 @@ impl<'c> Listing<'c> {
 
 impl Listing<'_> {
     /// Reads and parses a `.nix` file, unless the lint cache knows it: then one `stat`
-    /// says it is unchanged. The identity is taken before the read, so a change while
-    /// the file is read shows as a new identity next time.
+    /// says it is unchanged.
     fn nix_file(&mut self, dir: BorrowedFd<'_>, name: &str, path: &str) -> NixFile {
         // The repo model reads meta.nix files as data: always their text.
-        let model = is_model_meta(path);
-        let id = self
-            .cache
-            .filter(|_| !model)
-            .and_then(|_| rustix::fs::statat(dir, name, AtFlags::empty()).ok())
-            .map(|st| FileId::of(&st));
-        if let (Some(cache), Some(id)) = (self.cache, id)
-            && let Some((report, (a, b))) = cache.lookup(path, id)
+        let cache = self.cache.filter(|_| !is_model_meta(path));
+        if let Some(cache) = cache
+            && cache.knows(path)
+            && let Ok(st) = rustix::fs::statat(dir, name, AtFlags::empty())
+            && let Some((report, (a, b))) = cache.lookup(path, FileId::of(&st))
         {
             self.cached += 1;
             return NixFile {
@@ -368,13 +387,23 @@ impl Listing<'_> {
                 keep: Keep::Cached(a, b),
             };
         }
-        let text = read_text(dir, name, &mut self.buf);
+        let opened = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty());
+        // The identity of the file opened (not of what the name meant a moment before: a
+        // link can be pointed elsewhere meanwhile), taken before its text is read: a change
+        // while it is read shows as a new identity next time.
+        let id = opened
+            .as_ref()
+            .ok()
+            .filter(|_| cache.is_some())
+            .and_then(|fd| rustix::fs::fstat(fd).ok())
+            .map(|st| FileId::of(&st));
+        let text = opened.ok().and_then(|fd| read_text(&fd, &mut self.buf));
         let report = text
             .as_deref()
-            .filter(|_| !model)
+            .filter(|_| !is_model_meta(path))
             .map(|t| syntax::parse(path, t));
         self.parsed += usize::from(report.is_some());
-        let keep = match (self.cache, id, &report) {
+        let keep = match (cache, id, &report) {
             (Some(cache), Some(id), Some(report)) => cache
                 .entry(path, id, report)
                 .map_or(Keep::Nothing, Keep::New),
@@ -410,14 +439,13 @@ fn join(rel: &str, name: &str) -> String {
 
 /// The whole file, read until end of file into `buf` (one per thread, so that a file
 /// costs no more memory than its text).
-fn read_text(dir: BorrowedFd<'_>, name: &str, buf: &mut Vec<u8>) -> Option<String> {
-    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+fn read_text(fd: &OwnedFd, buf: &mut Vec<u8>) -> Option<String> {
     let mut len = 0;
     loop {
         if len == buf.len() {
             buf.resize((buf.len() * 2).max(16 * 1024), 0);
         }
-        match rustix::io::read(&fd, &mut buf[len..]) {
+        match rustix::io::read(fd, &mut buf[len..]) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(rustix::io::Errno::INTR) => continue,
@@ -463,8 +491,33 @@ mod tests {
         assert_eq!(tree.text("homes/alice/meta.nix"), Some("{ a = 1; }"));
         assert!(tree.is_nix_file("homes/alice/meta.nix"));
         assert!(!tree.is_nix_file("homes/alice/gone.nix"));
-        assert_eq!(tree.subdirs("homes"), ["alice"]);
+        assert_eq!(tree.subdirs("homes").unwrap(), ["alice"]);
         assert!(tree.tracked.is_none(), "not a git repository");
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_listed_and_walked_and_a_linked_homes_is_followed() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        let odd = root
+            .join("config/homes")
+            .join(std::ffi::OsStr::from_bytes(b"al\xffice"));
+        fs::create_dir_all(&odd).unwrap();
+        fs::write(odd.join("default.nix"), "{ }").unwrap();
+        std::os::unix::fs::symlink("config/homes", root.join("homes")).unwrap();
+        let tree = Tree::walk(root, 2);
+        assert_eq!(tree.subdirs("homes").unwrap(), ["al\u{fffd}ice"]);
+        assert!(tree.is_nix_file("homes/al\u{fffd}ice/default.nix"));
+    }
+
+    #[test]
+    fn a_walked_directory_that_cannot_be_read_is_an_error_not_an_empty_one() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("homes"), "not a directory").unwrap();
+        let tree = Tree::walk(t.path(), 2);
+        assert!(tree.subdirs("homes").is_err());
+        assert_eq!(tree.subdirs("systems").unwrap(), Vec::<String>::new());
     }
 
     #[test]

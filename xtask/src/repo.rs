@@ -1991,6 +1991,72 @@ mod tests {
         t
     }
 
+    /// The layout scan has two sources (a look at two names per directory, or the lint's
+    /// walk): the same repository gives the same model and findings from both.
+    #[test]
+    fn scan_and_scan_tree_agree() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tree(
+            &[
+                "config/homes/alice",
+                "config/homes/alice@ws",
+                "config/homes/Dave",
+                "config/homes/nodef",
+                "config/homes/linked-target",
+                "systems/ws",
+                "systems/bare",
+                "droids/phone",
+            ],
+            &[
+                "config/homes/alice/default.nix",
+                "config/homes/alice@ws/default.nix",
+                "config/homes/linked-target/default.nix",
+                "systems/ws/default.nix",
+                "systems/ws/meta.nix",
+                "systems/bare/default.nix",
+                "droids/phone/default.nix",
+            ],
+        );
+        let homes = t.path().join("config/homes");
+        // homes/ is a link; a name that is not UTF-8; a linked home directory (not
+        // followed by either); a default.nix that is a link to a file.
+        std::os::unix::fs::symlink("config/homes", t.path().join("homes")).unwrap();
+        fs::create_dir(homes.join(std::ffi::OsStr::from_bytes(b"b\xffb"))).unwrap();
+        std::os::unix::fs::symlink("linked-target", homes.join("linked")).unwrap();
+        fs::create_dir(homes.join("carol")).unwrap();
+        std::os::unix::fs::symlink("../alice/default.nix", homes.join("carol/default.nix"))
+            .unwrap();
+        let model = |r: &Repo| {
+            let mut findings: Vec<String> = r
+                .findings
+                .iter()
+                .map(|f| format!("{} {} {}", f.path, f.code, f.message))
+                .collect();
+            findings.sort();
+            (
+                format!("{:?}", r.users),
+                format!("{:?}", r.hosts),
+                format!("{:?}", r.droids),
+                findings,
+            )
+        };
+        let by_names = Repo::scan(t.path()).unwrap();
+        let by_walk = Repo::scan_tree(t.path()).unwrap();
+        assert_eq!(model(&by_walk), model(&by_names));
+        assert!(by_names.users.contains_key("carol"));
+        assert!(
+            by_names
+                .findings
+                .iter()
+                .any(|f| f.code == "bad-name" && f.path.contains('\u{fffd}'))
+        );
+        // homes/ as a file: both say so.
+        fs::remove_file(t.path().join("homes")).unwrap();
+        fs::write(t.path().join("homes"), "x").unwrap();
+        assert!(Repo::scan(t.path()).is_err());
+        assert!(Repo::scan_tree(t.path()).is_err());
+    }
+
     #[test]
     fn scan_builds_the_model_and_reports_every_problem() {
         let t = tree(

@@ -103,13 +103,15 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
             .collect();
         targets.extend((0..hosts).map(|h| Target::host(&format!("h{h}"))));
         let expr = batch_expr(&fx.0, &targets);
-        let single = b.median(|| {
+        let single = || {
             Bencher::run(
                 b.nix(&fx.0)
                     .args(["eval", "--json", "--impure", "--expr", &expr]),
             )
-        })?;
-        let check = b.median(|| Bencher::run(b.xtask(&fx.0).args(["check"])))?;
+        };
+        let check = || Bencher::run(b.xtask(&fx.0).args(["check"]));
+        let times = b.alternate(&[&check, &single])?;
+        let (check, single) = (times[0], times[1]);
         figures.push(Figure {
             name: format!("check, clean, {} homes + {hosts} hosts", b.homes),
             ours: check,
@@ -161,27 +163,17 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
         lint(&cold_dir)
     };
     let warm = || lint(&warm_dir);
-    warm()?;
-    let (mut cold_times, mut warm_times) = (Vec::new(), Vec::new());
-    for _ in 0..b.runs.max(1) {
-        for (f, times) in [
-            (&cold as &dyn Fn() -> Result<()>, &mut cold_times),
-            (&warm, &mut warm_times),
-        ] {
-            let start = std::time::Instant::now();
-            f()?;
-            times.push(start.elapsed());
-        }
-    }
+    let times = b.alternate(&[&cold, &warm])?;
+    let (cold_time, warm_time) = (times[0], times[1]);
     figures.push(Figure {
         name: "check --lint-only, 1000+100, no lint cache (first run)".into(),
-        ours: super::median(cold_times),
+        ours: cold_time,
         baseline: None,
         bound: "<= 50 ms".into(),
     });
     figures.push(Figure {
         name: "check --lint-only, 1000+100, lint cache (later runs)".into(),
-        ours: super::median(warm_times),
+        ours: warm_time,
         baseline: None,
         bound: "<= 50 ms".into(),
     });

@@ -384,7 +384,8 @@ fn figures(b: &Bencher, tmp: &Path, lab: &mut Lab) -> Result<Vec<Figure>> {
         }
         Ok(())
     };
-    let (ours, base) = alternate(b.runs, &deploy_all, &sequential)?;
+    let times = b.alternate(&[&deploy_all, &sequential])?;
+    let (ours, base) = (times[0], times[1]);
     // The deployments happened: every machine runs its generation.
     for (t, out) in targets.iter().zip(&outs) {
         let m = &lab.machines[t.machine];
@@ -497,7 +498,8 @@ fn figures(b: &Bencher, tmp: &Path, lab: &mut Lab) -> Result<Vec<Figure>> {
             )?;
             plain(t, out)
         };
-        let (ours, base) = alternate(b.runs, &ours, &plain_one)?;
+        let times = b.alternate(&[&ours, &plain_one])?;
+        let (ours, base) = (times[0], times[1]);
         let steps = breakdown(
             xtask(&["deploy", &t.name, "--confirm-timeout", "20"]),
             &t.name,
@@ -549,25 +551,4 @@ fn breakdown(mut cmd: Command, name: &str) -> Result<String> {
     ensure!(status.success(), "deploy {name} failed");
     marks.push(format!("exit at {} ms", start.elapsed().as_millis()));
     Ok(marks.join(", "))
-}
-
-/// Medians of `runs` rounds of both measurements, one of each per round (a load spike must
-/// not decide the ratio), after a warm-up round.
-fn alternate(
-    runs: usize,
-    ours: &dyn Fn() -> Result<()>,
-    base: &dyn Fn() -> Result<()>,
-) -> Result<(Duration, Duration)> {
-    ours()?;
-    base()?;
-    let (mut a, mut c) = (Vec::new(), Vec::new());
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        ours()?;
-        a.push(t.elapsed());
-        let t = Instant::now();
-        base()?;
-        c.push(t.elapsed());
-    }
-    Ok((median(a), median(c)))
 }

@@ -13,12 +13,12 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
 
-use super::{Bencher, Figure, Scratch, median};
+use super::{Bencher, Figure, Scratch};
 use crate::{closure::PackageDiff, nix::Nix};
 
 const PATHS: usize = 2000;
@@ -111,7 +111,7 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
         Bencher::run(&mut cmd)
     };
     // Alternating runs, as in the switch figure: a load spike must not decide the ratio.
-    let times = alternate(b.runs, &[&cold, &after_build, &again, &command, &baseline])?;
+    let times = b.alternate(&[&cold, &after_build, &again, &command, &baseline])?;
     forget(&[&old_entry, &new_entry]);
     let base = times[4];
     let what = "nix store diff-closures OLD NEW".to_string();
@@ -142,23 +142,6 @@ pub fn run(b: &Bencher) -> Result<Vec<Figure>> {
             times[3],
         ),
     ])
-}
-
-/// The medians of `runs` rounds of the measurements, one of each per round, after a
-/// warm-up round.
-fn alternate(runs: usize, fs: &[&dyn Fn() -> Result<()>]) -> Result<Vec<Duration>> {
-    for f in fs {
-        f()?;
-    }
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); fs.len()];
-    for _ in 0..runs.max(1) {
-        for (f, t) in fs.iter().zip(times.iter_mut()) {
-            let start = Instant::now();
-            f()?;
-            t.push(start.elapsed());
-        }
-    }
-    Ok(times.into_iter().map(median).collect())
 }
 
 /// Builds the two generations (out-links in `dir`, so they survive a collection while

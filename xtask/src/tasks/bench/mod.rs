@@ -105,6 +105,24 @@ impl Bencher {
         Ok(median(times))
     }
 
+    /// Medians of `runs` rounds of the measurements `fs`, one of each per round, after a
+    /// warm-up round: a load spike on this shared machine then hits all of them, not the
+    /// one that happened to run at that moment, so their ratios hold.
+    pub fn alternate(&self, fs: &[&dyn Fn() -> Result<()>]) -> Result<Vec<Duration>> {
+        for f in fs {
+            f()?;
+        }
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); fs.len()];
+        for _ in 0..self.runs.max(1) {
+            for (f, t) in fs.iter().zip(times.iter_mut()) {
+                let start = Instant::now();
+                f()?;
+                t.push(start.elapsed());
+            }
+        }
+        Ok(times.into_iter().map(median).collect())
+    }
+
     /// Writes the fixture flake of the integration tests (xtask/tests/fixtures: the repo's
     /// lib/ with the stub builders, so benchmarks measure what the tests check) at `root`,
     /// plus `files`

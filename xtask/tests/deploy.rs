@@ -355,6 +355,15 @@ impl Machine {
     fn sudo_log(&self) -> String {
         fs::read_to_string(self.dir.join("sudo.log")).unwrap_or_default()
     }
+    /// The probe first, then the target-side script (activate, confirm, …) every time
+    /// through sudo as `how` (`sudo -n sh `, `sudo -S -p  sh `).
+    fn assert_sudo_calls(&self, how: &str) {
+        let log = self.sudo_log();
+        let calls: Vec<&str> = log.lines().collect();
+        assert_eq!(calls[0], "sudo -n true", "{log}");
+        assert!(calls.len() >= 3, "{log}");
+        assert!(calls[1..].iter().all(|c| c.starts_with(how)), "{log}");
+    }
 }
 
 impl Drop for Machine {
@@ -1039,14 +1048,7 @@ fn sudo_is_probed_first_and_a_password_is_asked_once_up_front() {
     run.success();
     assert_eq!(outcomes(&run), pairs(&[("systems/web", "deployed")]));
     let first = web.current("system").expect("deployed");
-    let log = web.sudo_log();
-    let calls: Vec<&str> = log.lines().collect();
-    assert_eq!(calls[0], "sudo -n true", "{log}");
-    assert!(calls.len() >= 3, "{log}");
-    assert!(
-        calls[1..].iter().all(|c| c.starts_with("sudo -n sh ")),
-        "{log}"
-    );
+    web.assert_sudo_calls("sudo -n sh ");
 
     // A password is needed: without --ask-sudo-password nothing runs past the probe.
     fs::write(web.dir.join("sudo-needs-password"), "").unwrap();
@@ -1097,13 +1099,6 @@ fn sudo_is_probed_first_and_a_password_is_asked_once_up_front() {
         assert_eq!(shown.matches("sudo password for web").count(), 1, "{shown}");
         assert!(shown.contains("\"deployed\""), "{shown}");
     }
-    let log = web.sudo_log();
-    let calls: Vec<&str> = log.lines().collect();
-    assert_eq!(calls[0], "sudo -n true", "{log}");
-    assert!(calls.len() >= 3, "{log}");
-    assert!(
-        calls[1..].iter().all(|c| c.starts_with("sudo -S -p  sh ")),
-        "{log}"
-    );
+    web.assert_sudo_calls("sudo -S -p  sh ");
     assert_ne!(web.current("system").as_ref(), Some(&first), "not deployed");
 }

@@ -1,8 +1,9 @@
 //! The static lint's memory between runs: for each `.nix` file it parsed, the file's
 //! identity on disk and what its syntax said. A file whose identity is unchanged is not
 //! read or parsed again, only looked at (one `stat`), as git's index does: in a homelab of
-//! a thousand homes the parse is most of what the lint costs, and a pre-commit hook or an
-//! editor runs the lint again and again over files that did not change.
+//! a thousand homes reading and parsing the files is most of what the lint costs, and a
+//! pre-commit hook or an editor runs the lint again and again over files that did not
+//! change.
 //!
 //! The identity is the size, the modification and change times (in nanoseconds) and the
 //! inode: an edit changes the change time even when it keeps the size and puts the
@@ -74,12 +75,17 @@ impl FileId {
 
     fn parse(fields: &str) -> Option<FileId> {
         let mut n = fields.split(' ');
-        let mut next = || n.next()?.parse::<i64>().ok();
+        // Seconds may be negative (before 1970); sizes and inodes use all 64 bits (NFS).
+        let mut word = || n.next();
+        let size = word()?.parse().ok()?;
+        let mtime = (word()?.parse().ok()?, word()?.parse().ok()?);
+        let ctime = (word()?.parse().ok()?, word()?.parse().ok()?);
+        let ino = word()?.parse().ok()?;
         Some(FileId {
-            size: next()? as u64,
-            mtime: (next()?, next()? as u64),
-            ctime: (next()?, next()? as u64),
-            ino: next()? as u64,
+            size,
+            mtime,
+            ctime,
+            ino,
         })
     }
 }
@@ -343,6 +349,22 @@ mod tests {
         // Damaged: cut in the middle of an entry.
         fs::write(&file, &text[..text.len() - 5]).unwrap();
         assert_eq!(walk(r.path(), c.path(), SETTLE * 2).cached, 0);
+    }
+
+    #[test]
+    fn identities_survive_their_line_whatever_their_values() {
+        let id = FileId {
+            size: u64::MAX,
+            mtime: (-1, 999_999_999),
+            ctime: (i64::MAX, 0),
+            ino: u64::MAX,
+        };
+        let mut line = String::new();
+        id.write_line("homes/a b/default.nix", &mut line);
+        let fields = line.strip_prefix("F ").unwrap();
+        let numbers: Vec<&str> = fields.splitn(7, ' ').take(6).collect();
+        assert_eq!(FileId::parse(&numbers.join(" ")), Some(id));
+        assert_eq!(index(&line).unwrap().len(), 1, "a path with a space");
     }
 
     #[test]

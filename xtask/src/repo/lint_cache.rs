@@ -178,16 +178,11 @@ impl LintCache {
     }
 
     /// Writes `entries` (in path order) as the new cache unless they are what it already
-    /// holds; a thread does it, so the caller's work goes on meanwhile.
-    pub fn store(self, entries: String) -> Option<std::thread::JoinHandle<()>> {
-        if entries == self.text {
-            return None;
+    /// holds.
+    pub fn store(self, entries: String) {
+        if entries != self.text && crate::cache::write(&self.file, &self.header, &entries) {
+            self.forget_gone_repositories();
         }
-        Some(std::thread::spawn(move || {
-            if crate::cache::write(&self.file, &self.header, &entries) {
-                self.forget_gone_repositories();
-            }
-        }))
     }
 
     /// Removes the caches of repositories that no longer exist (a moved clone, a

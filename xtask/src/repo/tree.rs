@@ -15,7 +15,10 @@ use std::{
     ffi::CStr,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
@@ -47,7 +50,8 @@ enum Keep {
     Nothing,
     /// The entry the cache already has: this byte range of its text.
     Cached(usize, usize),
-    New(String),
+    /// Parsed now: its identity, for an entry of its report.
+    New(FileId),
 }
 
 /// What the walk found.
@@ -57,8 +61,8 @@ pub struct Tree {
     /// and sorted: what the layout scan lists. Not those behind a symlink: git stores the
     /// link, not the files behind it, and a link cycle would never end.
     dirs: Vec<String>,
-    /// The `.nix` files, sorted by path.
-    pub nix: Vec<NixFile>,
+    /// The `.nix` files, sorted by path (shared with the thread that writes the cache).
+    pub nix: Arc<Vec<NixFile>>,
     /// The files git tracks (its index, `git add -N` ones included: all a flake in a git
     /// repository sees). None outside a git repository or without git: then every file is
     /// visible (a `path:` flake).
@@ -105,15 +109,24 @@ impl Tree {
             tree.read(top.as_fd(), cache.as_ref());
         }
         if let Some(cache) = cache {
-            let mut entries = String::new();
-            for f in &tree.nix {
-                match &f.keep {
-                    Keep::Nothing => {}
-                    Keep::Cached(a, b) => entries.push_str(cache.slice(*a, *b)),
-                    Keep::New(text) => entries.push_str(text),
+            // The new cache is put together and written by a thread of its own, on the core
+            // the walk no longer needs, while the layout scan and the analysis run.
+            let files = Arc::clone(&tree.nix);
+            tree.writer = Some(std::thread::spawn(move || {
+                let mut entries = String::new();
+                for f in files.iter() {
+                    match (&f.keep, &f.report) {
+                        (Keep::Cached(a, b), _) => entries.push_str(cache.slice(*a, *b)),
+                        (Keep::New(id), Some(report)) => {
+                            if let Some(entry) = cache.entry(&f.rel, *id, report) {
+                                entries.push_str(&entry);
+                            }
+                        }
+                        _ => {}
+                    }
                 }
-            }
-            tree.writer = cache.store(entries);
+                cache.store(entries);
+            }));
         }
         tree.tracked = git.and_then(|g| g.wait()).map(|v| v.into_iter().collect());
         tree
@@ -181,14 +194,16 @@ impl Tree {
                 listings.push(w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
             }
         });
+        let mut nix = Vec::new();
         for l in listings {
             self.cached += l.cached;
             self.parsed += l.parsed;
             self.dirs.extend(l.dirs);
-            self.nix.extend(l.nix);
+            nix.extend(l.nix);
         }
         self.dirs.sort_unstable();
-        self.nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        self.nix = Arc::new(nix);
     }
 
     /// Waits for the lint cache's write (tests read it next).
@@ -403,10 +418,8 @@ impl Listing<'_> {
             .filter(|_| !is_model_meta(path))
             .map(|t| syntax::parse(path, t));
         self.parsed += usize::from(report.is_some());
-        let keep = match (cache, id, &report) {
-            (Some(cache), Some(id), Some(report)) => cache
-                .entry(path, id, report)
-                .map_or(Keep::Nothing, Keep::New),
+        let keep = match (id, &report) {
+            (Some(id), Some(_)) => Keep::New(id),
             _ => Keep::Nothing,
         };
         NixFile {

@@ -11,6 +11,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt, fs,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -754,7 +755,10 @@ pub struct Repo {
     meta_pending: Option<PendingMeta>,
     /// [`Repo::scan_tree`]'s walk: the layout and the meta.nix files are read from it, and
     /// the syntax analysis uses it instead of walking again.
-    tree: Option<Tree>,
+    tree: Option<Arc<Tree>>,
+    /// The part of that analysis that ran beside the layout scan, taken by
+    /// [`Repo::nix_file_findings`].
+    analysis: Mutex<Option<syntax::Analysis>>,
 }
 
 impl Repo {
@@ -793,10 +797,18 @@ impl Repo {
     /// reads all of them anyway. (A task that needs the layout only is quicker with `scan`:
     /// a look at two names per directory costs less than reading the directory.)
     pub fn scan_tree(root: &Path) -> Result<Repo> {
-        Repo::scan_from(root, Some(Tree::walk(root, Tree::all_cores())))
+        let tree = Arc::new(Tree::walk(root, Tree::all_cores()));
+        // The analysis of the parsed files needs only the walk: it runs on the other core
+        // while this one scans the layout.
+        let (for_analysis, at) = (Arc::clone(&tree), root.to_path_buf());
+        let analysis = std::thread::spawn(move || syntax::Analysis::start(&at, &for_analysis));
+        let repo = Repo::scan_from(root, Some(tree))?;
+        // A panic there is a bug; the analysis then runs again, in nix_file_findings.
+        *repo.analysis.lock().unwrap_or_else(|e| e.into_inner()) = analysis.join().ok();
+        Ok(repo)
     }
 
-    fn scan_from(root: &Path, tree: Option<Tree>) -> Result<Repo> {
+    fn scan_from(root: &Path, tree: Option<Arc<Tree>>) -> Result<Repo> {
         let defaults = Defaults::load(root)?;
         let mut repo = Repo {
             root: root.to_path_buf(),
@@ -808,6 +820,7 @@ impl Repo {
             meta_loaded: false,
             meta_pending: None,
             tree,
+            analysis: Mutex::new(None),
         };
         for name in repo.subdirs("systems")? {
             repo.add_host_dir(&name);
@@ -1189,7 +1202,7 @@ impl Repo {
         let skip = self.meta_files();
         let walked;
         let tree = match &self.tree {
-            Some(tree) => tree,
+            Some(tree) => tree.as_ref(),
             // Without the scan's walk, `check` asks for this while nix evaluates: one
             // core is nix's, so the walk takes one.
             None => {
@@ -1201,7 +1214,14 @@ impl Repo {
             parsed: tree.parsed,
             cached: tree.cached,
         };
-        (syntax::analyse(&self.root, tree, &skip), count)
+        let started = self
+            .analysis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|_| self.tree.is_some())
+            .unwrap_or_else(|| syntax::Analysis::start(&self.root, tree));
+        (started.finish(&self.root, tree, &skip), count)
     }
 
     /// Checks what meta.nix files say and puts it into the model: the shape, `system`

@@ -60,67 +60,99 @@ pub struct FileReport {
     refs: Vec<PathRef>,
 }
 
-/// What the syntax of every `.nix` file the walk found says (except the meta.nix files in
-/// `skip`, which the repo model reads itself, and those git ignores): returns the untracked files, the
-/// syntax errors and the path literals that are missing, untracked or outside the
-/// repository.
-pub fn analyse(root: &Path, tree: &Tree, skip: &BTreeSet<String>) -> Vec<Finding> {
-    let tracked = tree.tracked.as_ref();
-    // Whether git tracks each file: both lists are sorted, so one pass over them says it.
-    let in_index: Vec<bool> = match tracked {
-        Some(t) => {
-            let mut index = t.iter().peekable();
-            tree.nix
-                .iter()
-                .map(|f| {
-                    while index.next_if(|p| p.as_str() < f.rel.as_str()).is_some() {}
-                    index.peek().is_some_and(|p| **p == f.rel)
-                })
-                .collect()
-        }
-        None => vec![true; tree.nix.len()],
-    };
-    // git is asked about ignore rules only for the `.nix` files outside its index, which in
-    // a clean repository are none (`git ls-files --others` would read every directory and
-    // its ignore rules again).
-    let candidates: Vec<&str> = tree
-        .nix
-        .iter()
-        .zip(&in_index)
-        .filter(|(_, tracked)| !**tracked)
-        .map(|(f, _)| f.rel.as_str())
-        .collect();
-    let untracked: Vec<String> = if candidates.is_empty() {
-        Vec::new()
-    } else {
-        let mut args = vec!["--others", "--exclude-standard", "--"];
-        args.extend(candidates);
-        super::git_ls_files(root, &args).unwrap_or_default()
-    };
-    let shown: HashSet<&str> = untracked.iter().map(String::as_str).collect();
-    let mut findings = super::untracked_file_findings(&untracked);
+/// What the syntax of every `.nix` file the walk found says (except the meta.nix files the
+/// repo model reads itself, and those git ignores): the untracked files, the syntax errors
+/// and the path literals that are missing, untracked or outside the repository. In two
+/// steps: `start` needs only the walk, so it can run while the layout scan runs (which
+/// says what the model reads); `finish` adds the few files the walk did not parse
+/// (meta.nix files the model turns out not to read).
+#[derive(Debug)]
+pub struct Analysis {
+    /// Per file of the walk: whether the flake sees it (tracked, or untracked and not
+    /// ignored).
+    visible: Vec<bool>,
+    findings: Vec<Finding>,
+}
+
+impl Analysis {
+    /// The untracked files, and what the files the walk parsed say.
+    pub fn start(root: &Path, tree: &Tree) -> Analysis {
+        let tracked = tree.tracked.as_ref();
+        // Whether git tracks each file: both lists are sorted, so one pass says it.
+        let in_index: Vec<bool> = match tracked {
+            Some(t) => {
+                let mut index = t.iter().peekable();
+                tree.nix
+                    .iter()
+                    .map(|f| {
+                        while index.next_if(|p| p.as_str() < f.rel.as_str()).is_some() {}
+                        index.peek().is_some_and(|p| **p == f.rel)
+                    })
+                    .collect()
+            }
+            None => vec![true; tree.nix.len()],
+        };
+        // git is asked about ignore rules only for the `.nix` files outside its index,
+        // which in a clean repository are none (`git ls-files --others` would read every
+        // directory and its ignore rules again).
+        let candidates: Vec<&str> = tree
+            .nix
+            .iter()
+            .zip(&in_index)
+            .filter(|(_, tracked)| !**tracked)
+            .map(|(f, _)| f.rel.as_str())
+            .collect();
+        let untracked: Vec<String> = if candidates.is_empty() {
+            Vec::new()
+        } else {
+            let mut args = vec!["--others", "--exclude-standard", "--"];
+            args.extend(candidates);
+            super::git_ls_files(root, &args).unwrap_or_default()
+        };
+        let shown: HashSet<&str> = untracked.iter().map(String::as_str).collect();
+        let visible: Vec<bool> = tree
+            .nix
+            .iter()
+            .zip(&in_index)
+            .map(|(f, tracked)| *tracked || shown.contains(f.rel.as_str()))
+            .collect();
+        let mut findings = super::untracked_file_findings(&untracked);
+        let parsed = tree
+            .nix
+            .iter()
+            .zip(&visible)
+            .filter(|(_, visible)| **visible)
+            .filter_map(|(f, _)| f.report.as_ref());
+        findings.extend(report_findings(root, tracked, parsed));
+        Analysis { visible, findings }
+    }
+
+    /// Adds the files the walk did not parse, unless the repo model reads them (`skip`).
+    pub fn finish(mut self, root: &Path, tree: &Tree, skip: &BTreeSet<String>) -> Vec<Finding> {
+        let reports: Vec<FileReport> = tree
+            .nix
+            .iter()
+            .zip(&self.visible)
+            .filter(|(f, visible)| **visible && f.report.is_none() && !skip.contains(&f.rel))
+            .filter_map(|(f, _)| Some(parse(&f.rel, f.text.as_deref()?)))
+            .collect();
+        self.findings
+            .extend(report_findings(root, tree.tracked.as_ref(), reports.iter()));
+        self.findings
+    }
+}
+
+/// The findings of some files' reports: their syntax errors and their path literals that
+/// are missing, untracked or outside the repository.
+fn report_findings<'a>(
+    root: &Path,
+    tracked: Option<&BTreeSet<String>>,
+    reports: impl Iterator<Item = &'a FileReport>,
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
     // Many homes import the same shared module: each target is looked at once.
     let mut verdicts: HashMap<(String, Use, bool), Option<Verdict>> = HashMap::new();
-    let files = tree
-        .nix
-        .iter()
-        .zip(&in_index)
-        .filter(|(f, tracked)| {
-            !skip.contains(&f.rel) && (**tracked || shown.contains(f.rel.as_str()))
-        })
-        .map(|(f, _)| f);
-    for file in files {
-        // The walk parsed it, unless it is a meta.nix the model does not read after all
-        // (its directory's name is not a valid one).
-        let parsed;
-        let report = match (&file.report, &file.text) {
-            (Some(report), _) => report,
-            (None, Some(text)) => {
-                parsed = parse(&file.rel, text);
-                &parsed
-            }
-            (None, None) => continue,
-        };
+    for report in reports {
         if let Some(err) = &report.syntax {
             findings.push(err.finding(&report.rel));
         }

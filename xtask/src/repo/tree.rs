@@ -489,7 +489,7 @@ mod tests {
         std::os::unix::fs::symlink("../systems", root.join("homes/loop")).unwrap();
         fs::write(root.join("outside.nix"), "o").unwrap();
 
-        let tree = Tree::walk(root, Tree::all_cores());
+        let tree = Tree::walk_with(root, None, 2);
         let rels: Vec<&str> = tree.nix.iter().map(|f| f.rel.as_str()).collect();
         assert_eq!(
             rels,
@@ -519,7 +519,7 @@ mod tests {
         fs::create_dir_all(&odd).unwrap();
         fs::write(odd.join("default.nix"), "{ }").unwrap();
         std::os::unix::fs::symlink("config/homes", root.join("homes")).unwrap();
-        let tree = Tree::walk(root, 2);
+        let tree = Tree::walk_with(root, None, 2);
         assert_eq!(tree.subdirs("homes").unwrap(), ["al\u{fffd}ice"]);
         assert!(tree.is_nix_file("homes/al\u{fffd}ice/default.nix"));
     }
@@ -528,7 +528,7 @@ mod tests {
     fn a_walked_directory_that_cannot_be_read_is_an_error_not_an_empty_one() {
         let t = tempfile::tempdir().unwrap();
         fs::write(t.path().join("homes"), "not a directory").unwrap();
-        let tree = Tree::walk(t.path(), 2);
+        let tree = Tree::walk_with(t.path(), None, 2);
         assert!(tree.subdirs("homes").is_err());
         assert_eq!(tree.subdirs("systems").unwrap(), Vec::<String>::new());
     }
@@ -540,7 +540,7 @@ mod tests {
         let long = "# x\n".repeat(10_000);
         fs::write(t.path().join("lib/long.nix"), &long).unwrap();
         fs::write(t.path().join("lib/bin.nix"), [0xff, 0xfe]).unwrap();
-        let tree = Tree::walk(t.path(), 2);
+        let tree = Tree::walk_with(t.path(), None, 2);
         assert_eq!(tree.text("lib/long.nix"), Some(long.as_str()));
         assert_eq!(tree.text("lib/bin.nix"), None);
         assert!(tree.is_nix_file("lib/bin.nix"));

@@ -20,7 +20,7 @@ use rnix::{
 // rnix's nodes get `cast` and `syntax` from rowan's trait (rnix re-exports only its alias).
 use rowan::ast::AstNode;
 
-use super::{Finding, MetaFile, tree::Tree};
+use super::{Finding, meta::MetaFile, tree::Tree};
 
 /// How a path literal is used, which decides what must exist behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

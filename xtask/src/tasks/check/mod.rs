@@ -3,6 +3,8 @@
 //! stage reports all of its findings; the exit status says whether any is an error.
 
 mod eval;
+mod report;
+mod select;
 
 use std::{collections::BTreeSet, time::Instant};
 
@@ -17,6 +19,8 @@ use crate::{
 };
 
 pub use eval::{Kind, Target};
+use report::{label_list, plural, print_findings};
+use select::{Selection, targets};
 
 /// The single batched evaluation expression over all `targets` (what `check` runs first),
 /// for the benchmark's baseline.
@@ -203,214 +207,6 @@ impl Check {
     }
 }
 
-fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
-    }
-}
-
-/// What `--only` selects: home users and hosts (everything without --only).
-struct Selection {
-    homes: BTreeSet<String>,
-    hosts: BTreeSet<String>,
-    droids: BTreeSet<String>,
-}
-
-impl Selection {
-    fn new(repo: &Repo, only: &[String]) -> Result<Selection> {
-        if only.is_empty() {
-            return Ok(Selection {
-                homes: repo.standalone_users().map(|u| u.name.clone()).collect(),
-                hosts: repo.hosts.keys().cloned().collect(),
-                droids: repo.droids.keys().cloned().collect(),
-            });
-        }
-        let mut sel = Selection {
-            homes: BTreeSet::new(),
-            hosts: BTreeSet::new(),
-            droids: BTreeSet::new(),
-        };
-        let items: Vec<&str> = only
-            .iter()
-            .map(|n| n.trim())
-            .filter(|n| !n.is_empty())
-            .collect();
-        if items.is_empty() {
-            // `--only ""` (an empty CI matrix variable) would otherwise check nothing and pass.
-            return Err(crate::UsageError(
-                "--only names nothing; pass home or host names (--only alice,workstation), or leave --only out to check everything".into(),
-            )
-            .into());
-        }
-        let mut unknown = Vec::new();
-        for item in items {
-            // `homes/pi` or `systems/pi` picks one of a home and a host with the same name
-            // (a CI matrix job per target); a bare name means both.
-            let (name, homes, hosts) =
-                match (item.strip_prefix("homes/"), item.strip_prefix("systems/")) {
-                    (Some(n), _) => (n.trim_end_matches('/'), true, false),
-                    (_, Some(n)) => (n.trim_end_matches('/'), false, true),
-                    _ => (item.strip_prefix("droids/").unwrap_or(item), true, true),
-                };
-            if hosts && repo.droids.contains_key(name) {
-                sel.droids.insert(name.to_string());
-                continue;
-            }
-            let mut found = false;
-            if let Some(u) = repo.users.get(name).filter(|_| homes) {
-                found = true;
-                if u.base {
-                    sel.homes.insert(name.to_string());
-                } else {
-                    // An integrated-only user has no standalone home: check the hosts it is on.
-                    sel.hosts.extend(repo.user_hosts(name));
-                }
-            }
-            if hosts && repo.hosts.contains_key(name) {
-                found = true;
-                sel.hosts.insert(name.to_string());
-            }
-            if !found {
-                unknown.push(item.to_string());
-            }
-        }
-        if !unknown.is_empty() {
-            let known: Vec<String> = repo
-                .users
-                .keys()
-                .map(|u| format!("homes/{u}"))
-                .chain(repo.hosts.keys().map(|h| format!("systems/{h}")))
-                .chain(repo.droids.keys().map(|d| format!("droids/{d}")))
-                .collect();
-            // A flag value naming nothing is a usage error (exit 2), like a bad flag.
-            return Err(crate::UsageError(format!(
-                "--only: {} {} neither a home (homes/<name>) nor a host (systems/<name>); known names: {} (cargo xtask list shows them)",
-                unknown.join(", "),
-                if unknown.len() == 1 { "is" } else { "are" },
-                term::list(&known)
-            ))
-            .into());
-        }
-        Ok(sel)
-    }
-
-    fn counts(&self) -> (usize, usize) {
-        (self.homes.len(), self.hosts.len() + self.droids.len())
-    }
-}
-
-/// True when an error finding is about `dir` (the directory or a file in it).
-fn has_error_in(findings: &[Finding], dir: &str) -> bool {
-    findings.iter().any(|f| {
-        f.severity == Severity::Error
-            && (f.path == dir || f.path.strip_prefix(dir).is_some_and(|r| r.starts_with('/')))
-    })
-}
-
-/// The targets to evaluate, and notes about what is skipped and why. A target whose own
-/// directories already have a lint error is not evaluated: its evaluation would only fail
-/// again with nix's less helpful words for the same problem (a missing default.nix, an
-/// untracked file). An invalid directory name makes the flake's discovery refuse the whole
-/// homes/ (or systems/) directory, so then nothing under it is evaluated.
-fn targets(
-    repo: &Repo,
-    sel: &Selection,
-    findings: &[Finding],
-    systems: &[String],
-) -> (Vec<Target>, Vec<String>) {
-    let bad_dir_name = |top: &str| {
-        findings.iter().any(|f| {
-            f.code == "bad-name"
-                && f.path
-                    .strip_prefix(top)
-                    .is_some_and(|r| r.starts_with('/') && !r[1..].contains('/'))
-        })
-    };
-    // flake.nix or lib/ that does not parse, or imports what the flake cannot see, fails
-    // every evaluation with one error the lint has already reported, with its place.
-    let flake_broken = findings.iter().any(|f| {
-        f.severity == Severity::Error
-            && matches!(f.code, "syntax-error" | "missing-path" | "untracked-path")
-            && (f.path == "flake.nix" || f.path.starts_with("lib/"))
-    });
-    let mut notes = Vec::new();
-    let mut targets = Vec::new();
-    let homes_blocked = flake_broken || bad_dir_name("homes");
-    let hosts_blocked = homes_blocked || bad_dir_name("systems");
-    let anything = !(sel.homes.is_empty() && sel.hosts.is_empty());
-    if flake_broken && anything {
-        notes.push("nothing was evaluated: flake.nix or lib/ has the errors above, and every home and host goes through them; fix those first".into());
-    } else if homes_blocked && anything {
-        notes.push("nothing was evaluated: an invalid name under homes/ stops the flake's discovery of every home and host; fix the names first".into());
-    } else if hosts_blocked && !sel.hosts.is_empty() {
-        notes.push("hosts were not evaluated: an invalid name under systems/ stops the flake's discovery of every host; fix the names first".into());
-    }
-    let mut skipped = Vec::new();
-    if !homes_blocked {
-        // Home by home, its systems together, so one home's failures are reported together.
-        for name in &sel.homes {
-            let Some(user) = repo.users.get(name) else {
-                continue;
-            };
-            let dirs: Vec<String> = user
-                .standalone_parts()
-                .iter()
-                .map(|p| format!("homes/{}", repo::home_dir_name(name, p)))
-                .collect();
-            if dirs.iter().any(|d| has_error_in(findings, d)) {
-                skipped.push(format!("home '{name}'"));
-                continue;
-            }
-            targets.extend(systems.iter().map(|system| Target::home(name, system)));
-        }
-    }
-    if !hosts_blocked {
-        for host in &sel.hosts {
-            let mut dirs = vec![format!("systems/{host}")];
-            for user in repo.host_users(host) {
-                if let Some(u) = repo.users.get(&user) {
-                    dirs.extend(
-                        u.host_parts_for(host)
-                            .iter()
-                            .map(|p| format!("homes/{}", repo::home_dir_name(&user, p))),
-                    );
-                }
-            }
-            if dirs.iter().any(|d| has_error_in(findings, d)) {
-                skipped.push(format!("host '{host}'"));
-                continue;
-            }
-            targets.push(Target::host(host));
-        }
-        for droid in &sel.droids {
-            let mut dirs = vec![format!("droids/{droid}")];
-            for user in repo.droid_users(droid) {
-                if let Some(u) = repo.users.get(&user) {
-                    dirs.extend(
-                        u.host_parts_for(droid)
-                            .iter()
-                            .map(|p| format!("homes/{}", repo::home_dir_name(&user, p))),
-                    );
-                }
-            }
-            if dirs.iter().any(|d| has_error_in(findings, d)) {
-                skipped.push(format!("droid '{droid}'"));
-                continue;
-            }
-            targets.push(Target::droid(droid));
-        }
-    }
-    if !skipped.is_empty() {
-        notes.push(format!(
-            "not evaluated because of the errors above: {}",
-            skipped.join(", ")
-        ));
-    }
-    (targets, notes)
-}
-
 /// Runs the batched evaluation and turns failures into findings, one per distinct error
 /// (a home broken on every system, or a shared file breaking several targets, is one
 /// finding naming all of them). Returns the targets that evaluated.
@@ -515,29 +311,6 @@ fn evaluate(
     ok
 }
 
-/// `home 'bob' (x86_64-linux, aarch64-linux) and host 'web'`.
-fn label_list(ts: &[&Target]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < ts.len() {
-        let t = ts[i];
-        let mut systems: Vec<&str> = t.system.iter().map(String::as_str).collect();
-        let mut j = i + 1;
-        while j < ts.len() && ts[j].kind == t.kind && ts[j].name == t.name {
-            systems.extend(ts[j].system.as_deref());
-            j += 1;
-        }
-        parts.push(match t.kind {
-            Kind::Home if !systems.is_empty() => {
-                format!("home '{}' ({})", t.name, systems.join(", "))
-            }
-            _ => t.label(),
-        });
-        i = j;
-    }
-    parts.join(", ")
-}
-
 /// Stage 3 (--build / --full): build what evaluated. One `nix build` for all (nix builds
 /// in parallel); only when it fails is each target built alone, to say which one broke.
 fn build(nix: &Nix, repo: &Repo, targets: &[Target], findings: &mut Vec<Finding>) {
@@ -560,89 +333,5 @@ fn build(nix: &Nix, repo: &Repo, targets: &[Target], findings: &mut Vec<Finding>
                 format!("nix build {inst} -L shows the full build log"),
             ));
         }
-    }
-}
-
-fn print_findings(findings: &[Finding], format: CheckFormat) -> Result<()> {
-    match format {
-        CheckFormat::Human => {
-            for f in findings {
-                let text = f.to_string();
-                let (sev, style) = match f.severity {
-                    Severity::Error => ("error:", Style::Red),
-                    Severity::Warning => ("warning:", Style::Yellow),
-                };
-                let rest = text.strip_prefix(sev).unwrap_or(&text);
-                term::info(&format!("{}{rest}", term::paint(style, sev)));
-            }
-        }
-        CheckFormat::Json => term::out(&serde_json::to_string_pretty(findings)?),
-        CheckFormat::Github => {
-            for f in findings {
-                term::out(&github_annotation(f));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A GitHub Actions workflow command. Data escapes `%`, CR and LF; property values also
-/// `:` and `,` (the runner's own escaping rules).
-fn github_annotation(f: &Finding) -> String {
-    let data = |s: &str| {
-        s.replace('%', "%25")
-            .replace('\r', "%0D")
-            .replace('\n', "%0A")
-    };
-    let prop = |s: &str| data(s).replace(':', "%3A").replace(',', "%2C");
-    let level = match f.severity {
-        Severity::Error => "error",
-        Severity::Warning => "warning",
-    };
-    let mut props = format!("file={}", prop(&f.path));
-    if let Some(line) = f.line {
-        props.push_str(&format!(",line={line}"));
-        if let Some(col) = f.column {
-            props.push_str(&format!(",col={col}"));
-        }
-    }
-    props.push_str(&format!(",title={}", prop(f.code)));
-    let mut msg = f.message.clone();
-    if !f.fix.is_empty() {
-        msg.push_str(&format!(" ({})", f.fix));
-    }
-    format!("::{level} {props}::{}", data(&msg))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn github_annotations_escape_their_fields() {
-        let mut f = Finding::error(
-            "homes/bob/default.nix",
-            "eval-error",
-            "a: b, 100%\nnext".into(),
-            "fix it".into(),
-        );
-        f.line = Some(3);
-        assert_eq!(
-            github_annotation(&f),
-            "::error file=homes/bob/default.nix,line=3,title=eval-error::a: b, 100%25%0Anext (fix it)"
-        );
-    }
-
-    #[test]
-    fn labels_group_systems_of_one_home() {
-        let a = Target::home("bob", "x86_64-linux");
-        let b = Target::home("bob", "aarch64-linux");
-        let h = Target::host("web");
-        assert_eq!(
-            label_list(&[&a, &b, &h]),
-            "home 'bob' (x86_64-linux, aarch64-linux), host 'web'"
-        );
-        assert_eq!(plural(1, "error"), "1 error");
-        assert_eq!(plural(0, "warning"), "0 warnings");
     }
 }

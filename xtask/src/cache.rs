@@ -63,16 +63,25 @@ pub fn write(path: &Path, header: &str, body: &str) -> bool {
     written.is_ok() && tmp.persist(path).is_ok()
 }
 
-/// Removes the temporary files of writes that a kill interrupted (older than an hour:
-/// a write in progress is younger).
-pub fn forget_interrupted_writes(dir: &Path) {
+/// Removes the entries of `dir` whose subject is `gone` (a store path collected, a
+/// repository moved), so the cache does not outgrow what it is about, and the temporary
+/// files of writes a kill interrupted (older than an hour: a write in progress is
+/// younger). One pass over the directory, after a write.
+pub fn prune(dir: &Path, gone: impl Fn(&str) -> bool) {
     let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t < hour_ago);
-        if stale && entry.file_name().to_string_lossy().starts_with(".tmp") {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let remove = if name.starts_with(".tmp") {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < hour_ago)
+        } else {
+            gone(&name)
+        };
+        if remove {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -119,5 +128,27 @@ mod tests {
         let blocked = t.path().join("file");
         fs::write(&blocked, "x").unwrap();
         assert!(!write(&blocked.join("entry"), "h", "b"));
+    }
+
+    #[test]
+    fn prune_removes_gone_entries_and_old_temporary_files_only() {
+        let t = tempfile::tempdir().unwrap();
+        for name in ["keep", "gone", ".tmpfresh", ".tmpold"] {
+            fs::write(t.path().join(name), "x").unwrap();
+        }
+        let day_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+        fs::File::options()
+            .write(true)
+            .open(t.path().join(".tmpold"))
+            .unwrap()
+            .set_modified(day_ago)
+            .unwrap();
+        prune(t.path(), |name| name == "gone");
+        let mut left: Vec<String> = fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".tmpfresh", "keep"]);
     }
 }

@@ -298,16 +298,9 @@ impl CacheKey {
         if !crate::cache::write(&self.file, &self.header, &summary.to_text()) {
             return;
         }
-        let Some(dir) = self.file.parent() else {
-            return;
-        };
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            if !self.store.join(&name).exists() && !name.to_string_lossy().starts_with(".tmp") {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Some(dir) = self.file.parent() {
+            crate::cache::prune(dir, |name| !self.store.join(name).exists());
         }
-        crate::cache::forget_interrupted_writes(dir);
     }
 }
 

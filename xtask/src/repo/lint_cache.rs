@@ -188,19 +188,11 @@ impl LintCache {
     /// Removes the caches of repositories that no longer exist (a moved clone, a
     /// benchmark's fixture), so the cache does not grow without end.
     fn forget_gone_repositories(&self) {
-        let Some(dir) = self.file.parent() else {
-            return;
-        };
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name();
-            let Some(repo) = name.to_str().and_then(repository) else {
-                continue;
-            };
-            if !repo.join("flake.nix").exists() {
-                let _ = std::fs::remove_file(entry.path());
-            }
+        if let Some(dir) = self.file.parent() {
+            crate::cache::prune(dir, |name| {
+                repository(name).is_some_and(|repo| !repo.join("flake.nix").exists())
+            });
         }
-        crate::cache::forget_interrupted_writes(dir);
     }
 }
 

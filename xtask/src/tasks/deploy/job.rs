@@ -125,21 +125,26 @@ impl Job<'_> {
 
         // The steps, as commands: --dry-run prints them, a deployment runs them (through
         // the connection they share, when there is one).
-        let make_steps = |shared: Option<&remote::Shared>| -> Result<Vec<(String, std::process::Command)>, Failed> {
+        // The steps, as commands: --dry-run prints them, a deployment runs them. A local
+        // build needs no connection; the steps that talk to the target run through the
+        // connection they share, when there is one.
+        let local_build = match t.settings.build_on {
+            BuildOn::Local => Some((
+                "build".to_string(),
+                std::process::Command::from(nix.realise_cmd(&drv).map_err(nix_err)?),
+            )),
+            BuildOn::Remote => None,
+        };
+        type Steps = Vec<(String, std::process::Command)>;
+        let target_steps = |shared: Option<&remote::Shared>| -> Result<Steps, Failed> {
             Ok(match t.settings.build_on {
-                BuildOn::Local => vec![
-                    (
-                        "build".into(),
-                        std::process::Command::from(nix.realise_cmd(&drv).map_err(nix_err)?),
+                BuildOn::Local => vec![(
+                    "copy".into(),
+                    with_sshopts(
+                        nix.copy_cmd(&r.store_url(), &out, false).map_err(nix_err)?,
+                        shared,
                     ),
-                    (
-                        "copy".into(),
-                        with_sshopts(
-                            nix.copy_cmd(&r.store_url(), &out, false).map_err(nix_err)?,
-                            shared,
-                        ),
-                    ),
-                ],
+                )],
                 BuildOn::Remote => vec![
                     (
                         "copy the derivation".into(),
@@ -183,7 +188,7 @@ impl Job<'_> {
             return Ok("would-change");
         }
         if s.dry_run {
-            for (what, cmd) in &make_steps(None)? {
+            for (what, cmd) in local_build.iter().chain(&target_steps(None)?) {
                 term::out(&format!("[{}] {what}: {}", t.name, show(cmd)));
             }
             let activate = r.ssh(&format!(
@@ -211,11 +216,8 @@ impl Job<'_> {
         on_go_args[0] = "activate-on-go";
         let shared = remote::Shared::new();
         let mut early = self.spawn_script(s, &on_go_args, shared.as_ref())?;
-        // The local build needs no connection: it runs while ssh connects.
-        let mut pending = make_steps(None)?.into_iter();
-        if t.settings.build_on == BuildOn::Local
-            && let Some((what, cmd)) = pending.next()
-        {
+        // The local build runs while ssh connects.
+        if let Some((what, cmd)) = local_build {
             self.say(&what);
             if let Err(e) = self.local(cmd, &what) {
                 let _ = early.kill();
@@ -226,10 +228,7 @@ impl Job<'_> {
         let up = shared
             .as_ref()
             .filter(|sh| sh.wait_ready(&mut early, Duration::from_secs(15)));
-        let rest: Vec<_> = match up {
-            Some(sh) => steps_after_build(make_steps(Some(sh))?, t.settings.build_on),
-            None => pending.collect(),
-        };
+        let rest = target_steps(up)?;
         for (what, cmd) in rest {
             self.say(what.as_str());
             if let Err(e) = self.local(cmd, &what) {
@@ -292,15 +291,6 @@ impl Job<'_> {
             s.confirm_timeout
         )))
     }
-}
-
-/// The steps left once a local build ran (all of them for a build on the target).
-fn steps_after_build(
-    steps: Vec<(String, std::process::Command)>,
-    build_on: BuildOn,
-) -> Vec<(String, std::process::Command)> {
-    let skip = usize::from(build_on == BuildOn::Local);
-    steps.into_iter().skip(skip).collect()
 }
 
 /// `abc…` of `/nix/store/abc…-name`: names the canary per generation.

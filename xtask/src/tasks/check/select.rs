@@ -167,39 +167,34 @@ pub(super) fn targets(
         }
     }
     if !hosts_blocked {
-        for host in &sel.hosts {
-            let mut dirs = vec![format!("systems/{host}")];
-            for user in repo.host_users(host) {
+        // A machine (host or phone) with the parts of the homes merged into it.
+        let machine_dirs = |kind_dir: &str, name: &str, users: Vec<String>| {
+            let mut dirs = vec![format!("{kind_dir}/{name}")];
+            for user in users {
                 if let Some(u) = repo.users.get(&user) {
                     dirs.extend(
-                        u.host_parts_for(host)
+                        u.host_parts_for(name)
                             .iter()
                             .map(|p| format!("homes/{}", repo::home_dir_name(&user, p))),
                     );
                 }
             }
+            dirs
+        };
+        let hosts = sel.hosts.iter().map(|h| {
+            let dirs = machine_dirs("systems", h, repo.host_users(h));
+            ("host", h, dirs, Target::host(h))
+        });
+        let droids = sel.droids.iter().map(|d| {
+            let dirs = machine_dirs("droids", d, repo.droid_users(d));
+            ("droid", d, dirs, Target::droid(d))
+        });
+        for (what, name, dirs, target) in hosts.chain(droids) {
             if dirs.iter().any(|d| has_error_in(findings, d)) {
-                skipped.push(format!("host '{host}'"));
+                skipped.push(format!("{what} '{name}'"));
                 continue;
             }
-            targets.push(Target::host(host));
-        }
-        for droid in &sel.droids {
-            let mut dirs = vec![format!("droids/{droid}")];
-            for user in repo.droid_users(droid) {
-                if let Some(u) = repo.users.get(&user) {
-                    dirs.extend(
-                        u.host_parts_for(droid)
-                            .iter()
-                            .map(|p| format!("homes/{}", repo::home_dir_name(&user, p))),
-                    );
-                }
-            }
-            if dirs.iter().any(|d| has_error_in(findings, d)) {
-                skipped.push(format!("droid '{droid}'"));
-                continue;
-            }
-            targets.push(Target::droid(droid));
+            targets.push(target);
         }
     }
     if !skipped.is_empty() {

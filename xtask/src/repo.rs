@@ -24,6 +24,7 @@ use anyhow::{Context, Result, bail};
 mod finding;
 mod lint_cache;
 mod meta;
+mod meta_text;
 mod rules;
 mod syntax;
 mod tree;

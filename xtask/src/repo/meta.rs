@@ -11,7 +11,7 @@ use std::{
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use super::{Finding, Repo, locate_nix_error, nix_string, rules, syntax, validate_name};
+use super::{Finding, Repo, locate_nix_error, meta_text, nix_string, rules, validate_name};
 use crate::nix::Nix;
 
 /// Where a target is built before it is copied.
@@ -337,13 +337,13 @@ impl Repo {
                 Some(tree) => tree.text(&rel).map(str::to_string),
                 None => fs::read_to_string(self.root.join(&rel)).ok(),
             };
-            let read_one = text.map_or(syntax::MetaRead::Computed, |t| syntax::read_meta(&t));
+            let read_one = text.map_or(meta_text::MetaRead::Computed, |t| meta_text::read_meta(&t));
             match read_one {
-                syntax::MetaRead::Literal(meta) => {
+                meta_text::MetaRead::Literal(meta) => {
                     read.of_kind(kind).insert(name, meta);
                 }
-                syntax::MetaRead::Computed => pending.of_kind(kind).push(name),
-                syntax::MetaRead::Syntax {
+                meta_text::MetaRead::Computed => pending.of_kind(kind).push(name),
+                meta_text::MetaRead::Syntax {
                     line,
                     column,
                     message,

@@ -94,7 +94,7 @@ fn run(cli: cli::Cli) -> Result<()> {
     let root = Repo::find_root(cli.flake.as_deref(), &cwd)?;
     // The naming rules and supported systems of this repository (Cargo.toml), for every
     // layer, before any task looks at a name.
-    repo::Defaults::load(&root)?.install()?;
+    repo::Defaults::load(&root)?.install(&root)?;
     sh.change_dir(&root);
     let ctx = Ctx {
         sh,

@@ -192,14 +192,14 @@ impl Repo {
             tree,
             analysis: Mutex::new(None),
         };
-        for name in repo.subdirs("systems")? {
-            repo.add_host_dir(&name);
+        for dir in repo.model_dirs("systems")? {
+            repo.add_host_dir(&dir);
         }
-        for name in repo.subdirs("droids")? {
-            repo.add_droid_dir(&name);
+        for dir in repo.model_dirs("droids")? {
+            repo.add_droid_dir(&dir);
         }
-        for name in repo.subdirs("homes")? {
-            repo.add_home_dir(&name);
+        for dir in repo.model_dirs("homes")? {
+            repo.add_home_dir(&dir);
         }
         repo.cross_check();
         repo.check_droid_users();
@@ -215,48 +215,41 @@ impl Repo {
         Ok(repo)
     }
 
-    /// The subdirectories of a directory of the repo (`homes`), sorted.
-    fn subdirs(&self, rel: &str) -> Result<Vec<String>> {
+    /// The directories of `homes`, `systems` or `droids`, sorted, with the files the
+    /// layout looks for in them.
+    fn model_dirs(&self, rel: &str) -> Result<Vec<ModelDir>> {
         match &self.tree {
             Some(tree) => tree
-                .subdirs(rel)
+                .model_dirs(rel)
                 .with_context(|| format!("reading {}", self.root.join(rel).display())),
-            None => list_dirs(&self.root.join(rel)),
-        }
-    }
-
-    /// Whether the repo-relative `.nix` file `rel` is a file (or a link to one).
-    fn is_file(&self, rel: &str) -> bool {
-        match &self.tree {
-            Some(tree) => tree.is_nix_file(rel),
-            None => self.root.join(rel).is_file(),
+            None => Ok(list_dirs(&self.root.join(rel))?
+                .into_iter()
+                .map(|name| {
+                    let dir = self.root.join(rel).join(&name);
+                    ModelDir {
+                        default: dir.join("default.nix").is_file(),
+                        meta: dir.join("meta.nix").is_file(),
+                        name,
+                    }
+                })
+                .collect()),
         }
     }
 
     /// A machine's directory (`systems/<host>`, `droids/<phone>`): its name must be a host
     /// name and it needs a default.nix (`what` it configures, `create` how to make one).
     /// Returns whether default.nix and meta.nix exist, or None for a bad name.
-    fn machine_dir(
-        &mut self,
-        rel: &str,
-        name: &str,
-        what: &str,
-        create: &str,
-    ) -> Option<(bool, bool)> {
-        if let Err(e) = validate_host_name(name) {
+    fn machine_dir(&mut self, rel: &str, dir: &ModelDir, what: &str, create: &str) -> bool {
+        if let Err(e) = validate_host_name(&dir.name) {
             self.findings.push(Finding::error(
                 rel,
                 "bad-name",
                 e,
                 "rename the directory to a valid host name".into(),
             ));
-            return None;
+            return false;
         }
-        let (has_default, has_meta) = (
-            self.is_file(&format!("{rel}/default.nix")),
-            self.is_file(&format!("{rel}/meta.nix")),
-        );
-        if !has_default {
+        if !dir.default {
             self.findings.push(Finding::error(
                 rel,
                 "missing-default-nix",
@@ -264,17 +257,16 @@ impl Repo {
                 format!("create {rel}/default.nix ({create}) or remove the directory"),
             ));
         }
-        Some((has_default, has_meta))
+        true
     }
 
-    fn add_host_dir(&mut self, name: &str) {
+    fn add_host_dir(&mut self, dir: &ModelDir) {
+        let name = &dir.name;
         let rel = format!("systems/{name}");
-        let Some((has_default, has_meta)) =
-            self.machine_dir(&rel, name, "host", "cargo xtask new-host scaffolds one")
-        else {
+        if !self.machine_dir(&rel, dir, "host", "cargo xtask new-host scaffolds one") {
             return;
-        };
-        if !has_meta {
+        }
+        if !dir.meta {
             self.findings.push(Finding::warning(
                 &rel,
                 "missing-meta-nix",
@@ -290,14 +282,15 @@ impl Repo {
         }
         let host = Host {
             name: name.to_string(),
-            has_default,
-            has_meta,
+            has_default: dir.default,
+            has_meta: dir.meta,
             ..Host::default()
         };
         self.hosts.insert(name.to_string(), host);
     }
 
-    fn add_droid_dir(&mut self, name: &str) {
+    fn add_droid_dir(&mut self, dir: &ModelDir) {
+        let name = &dir.name;
         let rel = format!("droids/{name}");
         if self.hosts.contains_key(name) {
             // homes/<user>@<name> would mean both: one name, one machine.
@@ -309,23 +302,21 @@ impl Repo {
             ));
             return;
         }
-        let Some((has_default, has_meta)) =
-            self.machine_dir(&rel, name, "phone", "a Nix-on-Droid module")
-        else {
+        if !self.machine_dir(&rel, dir, "phone", "a Nix-on-Droid module") {
             return;
-        };
+        }
         let droid = Droid {
             name: name.to_string(),
-            has_default,
-            has_meta,
+            has_default: dir.default,
+            has_meta: dir.meta,
             ..Droid::default()
         };
         self.droids.insert(name.to_string(), droid);
     }
 
-    fn add_home_dir(&mut self, dir: &str) {
-        let rel = format!("homes/{dir}");
-        let (user, part) = match parse_home_dir(dir) {
+    fn add_home_dir(&mut self, dir: &ModelDir) {
+        let rel = format!("homes/{}", dir.name);
+        let (user, part) = match parse_home_dir(&dir.name) {
             Ok(p) => p,
             Err(e) => {
                 self.findings.push(Finding::error(
@@ -337,7 +328,7 @@ impl Repo {
                 return;
             }
         };
-        if !self.is_file(&format!("{rel}/default.nix")) {
+        if !dir.default {
             self.findings.push(Finding::error(
                 &rel,
                 "missing-default-nix",
@@ -345,7 +336,7 @@ impl Repo {
                 format!("create {rel}/default.nix (a Home Manager module) or remove the directory"),
             ));
         }
-        let has_meta = part == Part::Base && self.is_file(&format!("{rel}/meta.nix"));
+        let has_meta = part == Part::Base && dir.meta;
         let entry = self.users.entry(user.clone()).or_insert_with(|| User {
             name: user.clone(),
             ..User::default()
@@ -559,6 +550,15 @@ fn list_dirs(dir: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// A directory of homes/, systems/ or droids/: its name, and whether default.nix and
+/// meta.nix are files (or links to files) in it, which is all the layout asks of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ModelDir {
+    pub name: String,
+    pub default: bool,
+    pub meta: bool,
 }
 
 /// A Nix string literal for a path (quotes and `${` escaped).

@@ -169,7 +169,11 @@ impl LintCache {
     /// its report does not fit the format).
     pub fn entry(&self, rel: &str, id: FileId, report: &FileReport) -> Option<String> {
         // A path read lossily (a name that is not UTF-8) may stand for two files.
-        if !id.settled(self.now) || rel.contains(['\n', '\u{fffd}']) {
+        // (memchr: thousands of paths on a first run, in the dev build.)
+        if !id.settled(self.now)
+            || memchr::memchr(b'\n', rel.as_bytes()).is_some()
+            || memchr::memmem::find(rel.as_bytes(), "\u{fffd}".as_bytes()).is_some()
+        {
             return None;
         }
         let mut text = String::with_capacity(128);

@@ -210,7 +210,7 @@ impl MetaEval {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub(super) struct MetaFile {
     /// Set (to nix's `builtins.typeOf`) when the file is not an attribute set.
     #[serde(default)]
@@ -332,12 +332,14 @@ impl Repo {
         let mut pending = PendingMeta::default();
         for (kind, name) in self.meta_targets() {
             let rel = kind.meta_file(&name);
-            // Unreadable: nix says why.
-            let text = match &self.tree {
-                Some(tree) => tree.text(&rel).map(str::to_string),
-                None => fs::read_to_string(self.root.join(&rel)).ok(),
+            // Unreadable: nix says why. The walk read it already (on its threads).
+            let read_one = match &self.tree {
+                Some(tree) => tree.meta(&rel),
+                None => fs::read_to_string(self.root.join(&rel))
+                    .ok()
+                    .map(|t| meta_text::read_meta(&t)),
             };
-            let read_one = text.map_or(meta_text::MetaRead::Computed, |t| meta_text::read_meta(&t));
+            let read_one = read_one.unwrap_or(meta_text::MetaRead::Computed);
             match read_one {
                 meta_text::MetaRead::Literal(meta) => {
                     read.of_kind(kind).insert(name, meta);

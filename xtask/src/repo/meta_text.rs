@@ -13,7 +13,7 @@ use super::{
 };
 
 /// What a meta.nix says, as far as its text tells.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum MetaRead {
     /// Every value the xtask reads is a literal: this is what nix would read too.
     Literal(MetaFile),

@@ -15,6 +15,9 @@ pub struct Rules {
     name_pattern: String,
     /// `^(?:name-pattern)$`: Nix's `builtins.match` matches the whole string.
     name_regex: regex_lite::Regex,
+    /// The pattern is the built-in one, which [`builtin_name`] checks without the regex
+    /// engine (a scan of a thousand homes matches thousands of names).
+    builtin: bool,
     max_user_length: usize,
     max_host_length: usize,
     pub reserved_host: String,
@@ -27,6 +30,10 @@ pub struct Rules {
 /// Process-wide so that the free functions below (`validate_name`, …) keep their simple
 /// signatures for every caller.
 static RULES: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+
+/// The defaults [`Defaults::install`] made the rules of this run, and the repository whose
+/// Cargo.toml they come from.
+static INSTALLED: std::sync::OnceLock<(std::path::PathBuf, Defaults)> = std::sync::OnceLock::new();
 
 pub fn rules() -> &'static Rules {
     RULES.get_or_init(|| Rules::new(&Defaults::default()).expect("the built-in rules are valid"))
@@ -91,6 +98,7 @@ impl Rules {
         Ok(Rules {
             name_pattern: d.name_pattern.clone(),
             name_regex,
+            builtin: d.name_pattern == BUILTIN_NAME_PATTERN,
             max_user_length: d.max_user_length,
             max_host_length: d.max_host_length,
             reserved_host: d.reserved_host.clone(),
@@ -111,7 +119,12 @@ impl Rules {
         if name.is_empty() {
             return Err(format!("the name is empty; {}", self.name_rule()));
         }
-        if !self.name_regex.is_match(name) {
+        let matches = if self.builtin {
+            builtin_name(name)
+        } else {
+            self.name_regex.is_match(name)
+        };
+        if !matches {
             // The name may be hostile (control characters, a whole paragraph): escaped, cut.
             let shown: String = name.escape_default().to_string().chars().take(40).collect();
             return Err(format!(
@@ -265,6 +278,16 @@ pub struct Defaults {
 
 const BUILTIN_NAME_PATTERN: &str = "[a-z_][a-z0-9_-]*";
 
+/// [`BUILTIN_NAME_PATTERN`] as code (a test holds the two to the same answers).
+fn builtin_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && matches!(b[0], b'a'..=b'z' | b'_')
+        && b[1..]
+            .iter()
+            .all(|c| matches!(c, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'))
+}
+
 impl Default for Defaults {
     fn default() -> Self {
         let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
@@ -295,6 +318,12 @@ impl Defaults {
     /// Reads the defaults from `<root>/Cargo.toml`; a flake without one (a fixture, a user's
     /// own flake) gets the built-in defaults, which are the same values.
     pub fn load(root: &Path) -> Result<Defaults> {
+        // Installed for this repository at start-up: read once per run.
+        if let Some((at, d)) = INSTALLED.get()
+            && at == root
+        {
+            return Ok(d.clone());
+        }
         let path = root.join("Cargo.toml");
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -337,9 +366,11 @@ impl Defaults {
 
     /// Makes these the rules of this process ([`rules`]); `main` calls it once, before any
     /// task runs. Returns false when rules were already in use (then those stay).
-    pub fn install(&self) -> Result<bool> {
+    /// Makes these the rules of this run (see [`rules`]), read from `root`'s Cargo.toml.
+    pub fn install(&self, root: &Path) -> Result<bool> {
         let rules = Rules::new(self)?;
         crate::nix::set_supported_systems(self.supported_systems.clone());
+        let _ = INSTALLED.set((root.to_path_buf(), self.clone()));
         Ok(RULES.set(rules).is_ok())
     }
 
@@ -351,6 +382,28 @@ impl Defaults {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_builtin_pattern_and_its_code_agree() {
+        let regex = regex_lite::Regex::new(&format!("^(?:{BUILTIN_NAME_PATTERN})$")).unwrap();
+        let mut names: Vec<String> = [
+            "", "a", "_", "-", "0", "a-", "a_1", "A", "aB", "a b", "a.b", "a/b", "a@b", "ä", "a\n",
+            "_-_", "9a", "z9-_",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Every one- and two-byte ASCII name.
+        for a in 0u8..128 {
+            names.push((a as char).to_string());
+            for b in 0u8..128 {
+                names.push(format!("{}{}", a as char, b as char));
+            }
+        }
+        for name in names {
+            assert_eq!(builtin_name(&name), regex.is_match(&name), "{name:?}");
+        }
+    }
 
     #[test]
     fn names_follow_the_rule() {

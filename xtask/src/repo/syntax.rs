@@ -203,7 +203,7 @@ pub fn parse(rel: &str, text: &str) -> FileReport {
     if memchr::memchr(b'/', text.as_bytes()).is_none() {
         return report;
     }
-    let (refs, guarded) = path_refs(&parse.syntax());
+    let (refs, guarded) = path_refs(&parse.syntax(), text);
     report.refs = refs
         .into_iter()
         .map(|(literal, range, usage)| {
@@ -242,7 +242,7 @@ impl FileReport {
     /// `R LINE COLUMN USE GUARDED LITERAL` per path literal), appended to `out`; false
     /// (and nothing appended) if some text would not survive as one line.
     pub fn write_lines(&self, out: &mut String) -> bool {
-        let one_line = |t: &str| !t.contains('\n') && !t.contains('\r');
+        let one_line = |t: &str| memchr::memchr2(b'\n', b'\r', t.as_bytes()).is_none();
         if !self.syntax.as_ref().is_none_or(|e| one_line(&e.message))
             || !self.refs.iter().all(|r| one_line(&r.literal))
         {
@@ -335,29 +335,41 @@ impl FileReport {
 }
 
 /// Byte offsets to 1-based lines and columns (columns in characters, as editors count).
+/// Lines are counted from the last offset asked about (or from the start, for an earlier
+/// one): a file's few findings come in the order of the text, and need no table of all
+/// its lines.
 pub(super) struct LineIndex<'a> {
     text: &'a str,
-    starts: Vec<usize>,
+    /// The line (0-based) and the offset of its start where the last count stopped.
+    at: std::cell::Cell<(u32, usize)>,
 }
 
 impl<'a> LineIndex<'a> {
     pub(super) fn new(text: &'a str) -> Self {
-        // memchr: quick in the dev build, over thousands of files.
-        let starts = std::iter::once(0)
-            .chain(memchr::memchr_iter(b'\n', text.as_bytes()).map(|i| i + 1))
-            .collect();
-        LineIndex { text, starts }
+        LineIndex {
+            text,
+            at: std::cell::Cell::new((0, 0)),
+        }
     }
 
     pub(super) fn locate(&self, offset: usize) -> (u32, u32) {
         let offset = offset.min(self.text.len());
-        let line = self.starts.partition_point(|&s| s <= offset) - 1;
-        let start = self.starts[line];
+        let (mut line, mut start) = self.at.get();
+        if offset < start {
+            (line, start) = (0, 0);
+        }
+        // memchr: quick in the dev build.
+        let bytes = self.text.as_bytes();
+        while let Some(i) = memchr::memchr(b'\n', &bytes[start..offset]) {
+            line += 1;
+            start += i + 1;
+        }
+        self.at.set((line, start));
         let column = self
             .text
             .get(start..offset)
             .map_or(0, |s| s.chars().count());
-        (line as u32 + 1, column as u32 + 1)
+        (line + 1, column as u32 + 1)
     }
 }
 
@@ -516,99 +528,140 @@ fn function_name(f: ast::Expr) -> Option<String> {
     }
 }
 
-/// A relative path literal without interpolation (`./hypr.nix`, `../modules`): its text
-/// and where it is.
-fn relative_path(e: ast::Expr) -> Option<(String, TextRange)> {
-    match unparen(e) {
-        ast::Expr::PathRel(p) if p.syntax().children().next().is_none() => {
-            Some((p.syntax().text().to_string(), p.syntax().text_range()))
-        }
-        _ => None,
-    }
-}
-
 /// The relative path literals used as imports or sources, and those tested with
 /// `pathExists`. Only these contexts are checked: elsewhere a path may well name something
 /// that is optional (`lib.optional (pathExists ./x) ./x`) or produced at evaluation.
 type Refs = Vec<(String, TextRange, Use)>;
 
-fn path_refs(root: &rnix::SyntaxNode) -> (Refs, HashSet<String>) {
+/// Found from the literals up, in the order of the text: every relative path literal has a
+/// `/` after a path character (`./x`, `a/b`), which memchr finds at once, and only those
+/// few tokens and their parents are looked at, not every node of the file (thousands of
+/// files are parsed on each first run of the lint).
+fn path_refs(root: &rnix::SyntaxNode, text: &str) -> (Refs, HashSet<String>) {
     let mut refs = Vec::new();
     let mut guarded = HashSet::new();
-    for node in root.descendants() {
-        if let Some(av) = ast::AttrpathValue::cast(node.clone()) {
-            let name = av
-                .attrpath()
-                .and_then(|p| p.attrs().last())
-                .and_then(|a| attr_name(&a));
-            let Some(value) = av.value() else { continue };
-            match name.as_deref() {
-                Some("imports") => import_list(value, &mut refs),
-                Some("source" | "src") => {
-                    if let Some((lit, range)) = relative_path(value) {
-                        refs.push((lit, range, Use::Source));
-                    }
-                }
-                _ => {}
-            }
-        } else if let Some(apply) = ast::Apply::cast(node) {
-            let (Some(f), Some(arg)) = (apply.lambda(), apply.argument()) else {
+    let bytes = text.as_bytes();
+    // Slashes before this are in a token already looked at.
+    let mut seen = 0;
+    for slash in memchr::memchr_iter(b'/', bytes) {
+        // A URL's ("https://") or a division's ("a / b") slash follows no path character.
+        if slash < seen || slash == 0 || !is_path_byte(bytes[slash - 1]) {
+            continue;
+        }
+        let Some(token) = root
+            .token_at_offset(rnix::TextSize::from(slash as u32))
+            .right_biased()
+        else {
+            continue;
+        };
+        seen = usize::from(token.text_range().end());
+        if token.kind() != SyntaxKind::TOKEN_PATH_REL {
+            continue;
+        }
+        // Without interpolation (`./${name}.nix` is the evaluation's business).
+        let Some(path) = token
+            .parent()
+            .filter(|p| p.kind() == SyntaxKind::NODE_PATH_REL && p.first_child().is_none())
+        else {
+            continue;
+        };
+        let range = path.text_range();
+        let lit = text[usize::from(range.start())..usize::from(range.end())].to_string();
+        // What the literal is, `(./x)` being `./x`: an argument, a value, a list's item.
+        let mut expr = path;
+        while let Some(paren) = expr.parent().filter(|p| p.kind() == SyntaxKind::NODE_PAREN) {
+            expr = paren;
+        }
+        let Some(parent) = expr.parent() else {
+            continue;
+        };
+        let usage = if let Some(apply) = ast::Apply::cast(parent.clone()) {
+            if apply.argument().is_none_or(|a| *a.syntax() != expr) {
                 continue;
-            };
-            let usage = match function_name(f).as_deref() {
+            }
+            match apply.lambda().and_then(function_name).as_deref() {
                 Some("import" | "callPackage" | "scopedImport") => Use::Import,
                 Some("readFile" | "readDir" | "fileContents") => Use::Source,
                 Some("pathExists") => {
-                    if let Some((lit, _)) = relative_path(arg) {
-                        guarded.insert(lit);
-                    }
+                    guarded.insert(lit);
                     continue;
                 }
                 _ => continue,
-            };
-            if let Some((lit, range)) = relative_path(arg) {
-                refs.push((lit, range, usage));
             }
-        }
+        } else if parent.kind() == SyntaxKind::NODE_LIST {
+            if value_name(&parent).as_deref() != Some("imports") {
+                continue;
+            }
+            Use::Import
+        } else if let Some("source" | "src") = value_of(&expr).as_deref() {
+            Use::Source
+        } else {
+            continue;
+        };
+        refs.push((lit, range, usage));
     }
     (refs, guarded)
 }
 
-/// The paths of an `imports` value: list items, through `++` and parentheses. Anything
-/// computed (`lib.optional …`, a `map`) is the evaluation's business.
-fn import_list(value: ast::Expr, refs: &mut Refs) {
-    match unparen(value) {
-        ast::Expr::List(list) => {
-            for item in list.items() {
-                if let Some((lit, range)) = relative_path(item) {
-                    refs.push((lit, range, Use::Import));
+/// The characters of a path literal, as nix's lexer has them.
+fn is_path_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+')
+}
+
+/// The attribute whose value `expr` is (`imports` of `imports = …`), if it is one.
+fn value_of(expr: &rnix::SyntaxNode) -> Option<String> {
+    let av = ast::AttrpathValue::cast(expr.parent()?)?;
+    if *av.value()?.syntax() != *expr {
+        return None;
+    }
+    attr_name(&av.attrpath()?.attrs().last()?)
+}
+
+/// The attribute whose value `list` is part of, through parentheses and `++`
+/// (`imports = [ … ] ++ [ … ]`); anything computed (`lib.optional …`, a `map`) is the
+/// evaluation's business.
+fn value_name(list: &rnix::SyntaxNode) -> Option<String> {
+    let mut expr = list.clone();
+    loop {
+        let parent = expr.parent()?;
+        match parent.kind() {
+            SyntaxKind::NODE_PAREN => {}
+            SyntaxKind::NODE_BIN_OP => {
+                let op = ast::BinOp::cast(parent.clone())?;
+                if op.operator() != Some(ast::BinOpKind::Concat) {
+                    return None;
                 }
             }
+            _ => return value_of(&expr),
         }
-        ast::Expr::BinOp(op) if op.operator() == Some(ast::BinOpKind::Concat) => {
-            for side in [op.lhs(), op.rhs()].into_iter().flatten() {
-                import_list(side, refs);
-            }
-        }
-        _ => {}
+        expr = parent;
     }
 }
 
 /// Resolves `literal` against the directory of `file` (both repo-relative) as nix does:
 /// lexically, `..` removing a component. None when it leaves the repository.
 fn resolve(file: &str, literal: &str) -> Option<String> {
-    let mut parts: Vec<&str> = file.split('/').collect();
-    parts.pop();
+    // Built in one string, not a list of parts: thousands of literals on a first run.
+    let mut out = String::with_capacity(file.len() + literal.len());
+    out.push_str(file.rsplit_once('/').map_or("", |(dir, _)| dir));
     for c in literal.split('/') {
         match c {
             "" | "." => {}
             ".." => {
-                parts.pop()?;
+                if out.is_empty() {
+                    return None;
+                }
+                out.truncate(out.rfind('/').unwrap_or(0));
             }
-            c => parts.push(c),
+            c => {
+                if !out.is_empty() {
+                    out.push('/');
+                }
+                out.push_str(c);
+            }
         }
     }
-    Some(parts.join("/"))
+    Some(out)
 }
 
 fn is_tracked(tracked: &BTreeSet<String>, path: &str, dir: bool) -> bool {

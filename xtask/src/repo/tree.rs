@@ -15,17 +15,15 @@ use std::{
     ffi::CStr,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
 };
 
 use rustix::fs::{AtFlags, CWD, Dir, FileType, Mode, OFlags};
 
 use super::{
-    NIX_DIRS,
+    ModelDir, NIX_DIRS,
     lint_cache::{FileId, LintCache},
+    meta_text::{self, MetaRead},
     syntax::{self, FileReport},
 };
 
@@ -38,6 +36,8 @@ pub struct NixFile {
     /// What its syntax says, parsed by the thread that read it; None for the meta.nix files
     /// of homes and machines, which the repo model reads as data instead.
     pub report: Option<FileReport>,
+    /// What a meta.nix of a home or machine says, read as data by the thread that read it.
+    meta: Option<MetaRead>,
     /// Its entry for the next run's lint cache.
     keep: Keep,
 }
@@ -101,8 +101,12 @@ impl Tree {
 
     /// [`Tree::walk`] with the lint cache given (or none).
     pub(super) fn walk_with(root: &Path, cache: Option<LintCache>, cores: usize) -> Tree {
-        // git reads its index while the directories are walked.
-        let git = super::GitLsFiles::spawn(root, &["--cached"]);
+        // git reads its index while the directories are walked; a thread of its own starts
+        // it (a millisecond until git runs) and makes its answer a set.
+        let at = root.to_path_buf();
+        let git = std::thread::spawn(move || {
+            super::git_ls_files(&at, &["--cached"]).map(|v| v.into_iter().collect())
+        });
         let mut tree = Tree::default();
         tree.cores = cores;
         if let Ok(top) = rustix::fs::openat(CWD, root, dir_flags(), Mode::empty()) {
@@ -128,7 +132,7 @@ impl Tree {
                 cache.store(entries);
             }));
         }
-        tree.tracked = git.and_then(|g| g.wait()).map(|v| v.into_iter().collect());
+        tree.tracked = git.join().ok().flatten();
         tree
     }
 
@@ -148,61 +152,56 @@ impl Tree {
         if let Some(kind) = kind_at(top, c"flake.nix", None) {
             listings[0].entry(top, "", "flake.nix", kind);
         }
-        // Each walked directory's own entries first, then its subdirectories spread over
-        // the cores: homes/ alone has a directory per home.
-        let mut work: Vec<(BorrowedFd<'_>, Subdir)> = Vec::new();
-        for (rel, fd) in &roots {
-            let mut own = Listing::new(cache);
-            own.dirs.push(rel.clone());
-            // Read through a descriptor of its own: `fd` stays open for the threads.
-            let subdirs = rustix::fs::openat(fd, c".", dir_flags(), Mode::empty())
-                .ok()
-                .and_then(|dup| own.read(dup, rel))
-                .map(|(_, subdirs)| subdirs)
-                .unwrap_or_default();
-            // Listed whether or not they can be read: the layout scan names those.
-            own.dirs.extend(subdirs.iter().map(|d| d.rel.clone()));
-            work.extend(subdirs.into_iter().map(|d| (fd.as_fd(), d)));
-            listings.push(own);
-        }
-        // The directories go to every core a few at a time, so that one that happens to get
-        // bigger homes does not keep the others waiting.
-        let threads = self.cores.min(8).min(work.len().div_ceil(100)).max(1);
-        let next = AtomicUsize::new(0);
-        let take = || {
-            let mut listing = Listing::new(cache);
-            loop {
-                let start = next.fetch_add(BATCH, Ordering::Relaxed);
-                let Some(batch) = work.get(start..(start + BATCH).min(work.len())) else {
-                    break;
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                for (parent, sub) in batch {
-                    listing.walk(*parent, sub);
-                }
-            }
-            listing
-        };
+        // The walked directories' own entries are read by this thread, and their
+        // subdirectories (homes/ alone has a directory per home) handed to every core a few
+        // at a time as they are read: the other threads start on the first homes while
+        // this one still reads homes/, and one that happens to get bigger homes does not
+        // keep the others waiting.
+        let threads = self.cores.clamp(1, 8);
+        let queue = Queue::default();
         std::thread::scope(|s| {
-            let workers: Vec<_> = (1..threads).map(|_| s.spawn(take)).collect();
+            let workers: Vec<_> = (1..threads)
+                .map(|_| s.spawn(|| queue.work(cache)))
+                .collect();
+            let mut batch = Vec::with_capacity(BATCH);
+            for (rel, fd) in &roots {
+                let mut own = Listing::new(cache);
+                own.dirs.push(rel.clone());
+                // Read through a descriptor of its own: `fd` stays open for the threads.
+                if let Ok(dup) = rustix::fs::openat(fd, c".", dir_flags(), Mode::empty()) {
+                    own.read(dup, rel, |name| {
+                        batch.push(Job {
+                            parent: fd.as_fd(),
+                            root: rel,
+                            name: name.to_owned(),
+                        });
+                        if batch.len() == BATCH {
+                            queue.push(std::mem::take(&mut batch));
+                        }
+                    });
+                }
+                listings.push(own);
+            }
+            queue.push(batch);
+            queue.close();
             // This thread takes its share rather than wait.
-            listings.push(take());
+            listings.push(queue.work(cache));
             for w in workers {
                 // A walker that panicked is a bug: not a reason to report fewer files.
                 listings.push(w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
             }
         });
         let mut nix = Vec::new();
-        for l in listings {
+        for mut l in listings {
+            l.sort();
             self.cached += l.cached;
             self.parsed += l.parsed;
             self.dirs.extend(l.dirs);
             nix.extend(l.nix);
         }
-        self.dirs.sort_unstable();
-        nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+        // Sorted runs, one per thread: the stable sort finds them and merges them.
+        self.dirs.sort();
+        nix.sort_by(|a, b| a.rel.cmp(&b.rel));
         self.nix = Arc::new(nix);
     }
 
@@ -215,20 +214,39 @@ impl Tree {
         self
     }
 
-    /// Whether the `.nix` file `rel` is a file (or a symlink to one), as `Path::is_file`
-    /// would say. Only `.nix` files are kept: only they are asked about (`default.nix`,
-    /// `meta.nix`), and keeping every file's path would cost the walk more.
-    pub fn is_nix_file(&self, rel: &str) -> bool {
-        rel.ends_with(".nix")
-            && self
+    /// The directories in `rel` (homes, systems, droids), sorted, each with whether
+    /// default.nix and meta.nix are files (or links to files) in it: one search of the
+    /// sorted files per directory.
+    pub fn model_dirs(&self, rel: &str) -> std::io::Result<Vec<ModelDir>> {
+        let mut dirs = Vec::new();
+        for name in self.subdirs(rel)? {
+            let prefix = format!("{rel}/{name}/");
+            let start = self
                 .nix
-                .binary_search_by(|f| f.rel.as_str().cmp(rel))
-                .is_ok()
+                .partition_point(|f| f.rel.as_str() < prefix.as_str());
+            let (mut default, mut meta) = (false, false);
+            for f in self.nix[start..]
+                .iter()
+                .take_while(|f| f.rel.starts_with(&prefix))
+            {
+                match &f.rel[prefix.len()..] {
+                    "default.nix" => default = true,
+                    "meta.nix" => meta = true,
+                    _ => {}
+                }
+            }
+            dirs.push(ModelDir {
+                name,
+                default,
+                meta,
+            });
+        }
+        Ok(dirs)
     }
 
     /// The subdirectories of `rel` (one of the walked directories: homes, systems, …),
     /// sorted; an error if it exists but could not be read.
-    pub fn subdirs(&self, rel: &str) -> std::io::Result<Vec<String>> {
+    fn subdirs(&self, rel: &str) -> std::io::Result<Vec<String>> {
         if let Some((_, e)) = self.unreadable.iter().find(|(d, _)| d == rel) {
             return Err(std::io::Error::new(e.kind(), e.to_string()));
         }
@@ -244,7 +262,18 @@ impl Tree {
         Ok(names)
     }
 
+    /// What the meta.nix `rel` of a home or machine says; None if the walk could not read
+    /// it.
+    pub(super) fn meta(&self, rel: &str) -> Option<MetaRead> {
+        let i = self
+            .nix
+            .binary_search_by(|f| f.rel.as_str().cmp(rel))
+            .ok()?;
+        self.nix[i].meta.clone()
+    }
+
     /// The text of a `.nix` file the walk read.
+    #[cfg(test)]
     pub fn text(&self, rel: &str) -> Option<&str> {
         let i = self
             .nix
@@ -298,11 +327,72 @@ fn kind_at(dir: BorrowedFd<'_>, name: &CStr, hint: Option<FileType>) -> Option<K
     }
 }
 
-/// A directory to walk: its repo-relative path (lossy where its name or a parent's is not
-/// UTF-8) and its name as it is on disk.
-struct Subdir {
-    rel: String,
+/// A directory of one of the walked directories (`homes/alice`), to walk: the walked
+/// directory open, its path, and the name as it is on disk.
+struct Job<'a> {
+    parent: BorrowedFd<'a>,
+    root: &'a str,
     name: std::ffi::CString,
+}
+
+/// The jobs not yet taken, and whether more may come.
+#[derive(Default)]
+struct Queue<'a> {
+    jobs: std::sync::Mutex<(Vec<Job<'a>>, bool)>,
+    ready: std::sync::Condvar,
+}
+
+impl<'a> Queue<'a> {
+    fn push(&self, jobs: Vec<Job<'a>>) {
+        if jobs.is_empty() {
+            return;
+        }
+        self.lock().0.extend(jobs);
+        self.ready.notify_one();
+    }
+
+    /// No more jobs will come.
+    fn close(&self) {
+        self.lock().1 = true;
+        self.ready.notify_all();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Job<'a>>, bool)> {
+        // A walker that panicked leaves the list as it was: still a list of jobs.
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes jobs a few at a time until there are none and no more will come, and walks
+    /// them; returns what they hold, sorted (so that the whole is only merged after).
+    fn work<'c>(&self, cache: Option<&'c LintCache>) -> Listing<'c> {
+        let mut listing = Listing::new(cache);
+        loop {
+            let batch = {
+                let mut jobs = self.lock();
+                loop {
+                    let n = jobs.0.len();
+                    if n > 0 {
+                        break jobs.0.split_off(n - n.min(BATCH));
+                    }
+                    if jobs.1 {
+                        break Vec::new();
+                    }
+                    jobs = self.ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            if batch.is_empty() {
+                break;
+            }
+            for job in batch {
+                let rel = join(job.root, &job.name.to_string_lossy());
+                // Listed whether or not it can be read: the layout scan names those.
+                listing.dirs.push(rel.clone());
+                listing.walk(job.parent, &job.name, &rel);
+            }
+        }
+        listing.sort();
+        listing
+    }
 }
 
 /// What one thread found.
@@ -327,26 +417,33 @@ impl<'c> Listing<'c> {
         }
     }
 
-    /// Walks `sub`, opened relative to `parent` by its name as it is on disk.
-    fn walk(&mut self, parent: BorrowedFd<'_>, sub: &Subdir) {
-        let Ok(fd) = rustix::fs::openat(parent, sub.name.as_c_str(), dir_flags(), Mode::empty())
-        else {
+    fn sort(&mut self) {
+        self.dirs.sort_unstable();
+        self.nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    }
+
+    /// Walks the directory `rel`, opened relative to `parent` by its name as it is on disk
+    /// (the lossy `rel` may not name it: a name that is not UTF-8 cannot be a valid one, and
+    /// the naming rule reports it by its lossy form).
+    fn walk(&mut self, parent: BorrowedFd<'_>, name: &CStr, rel: &str) {
+        let Ok(fd) = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) else {
             return;
         };
-        let Some((dir, subdirs)) = self.read(fd, &sub.rel) else {
+        let mut subdirs = Vec::new();
+        let Some(dir) = self.read(fd, rel, |name| subdirs.push(name.to_owned())) else {
             return;
         };
         if let Ok(fd) = dir.fd() {
-            for sub in &subdirs {
-                self.walk(fd, sub);
+            for name in &subdirs {
+                let sub = join(rel, &name.to_string_lossy());
+                self.walk(fd, name, &sub);
             }
         }
     }
 
-    /// Records the entries of the open directory `rel` and returns its subdirectories,
-    /// which the caller walks.
-    fn read(&mut self, fd: OwnedFd, rel: &str) -> Option<(Dir, Vec<Subdir>)> {
-        let mut subdirs = Vec::new();
+    /// Records the entries of the open directory `rel` and passes the names of its
+    /// subdirectories to `subdir`, for the caller to walk.
+    fn read(&mut self, fd: OwnedFd, rel: &str, mut subdir: impl FnMut(&CStr)) -> Option<Dir> {
         let mut dir = Dir::new(fd).ok()?;
         while let Some(Ok(entry)) = dir.read() {
             let fd = dir.fd().ok()?;
@@ -357,19 +454,15 @@ impl<'c> Listing<'c> {
             let Some(kind) = kind_at(fd, raw, Some(entry.file_type())) else {
                 continue;
             };
-            let name = raw.to_string_lossy();
             if kind == Kind::Dir {
-                // A name that is not UTF-8 cannot be a valid one: the naming rule reports it
-                // (by its lossy form), and the walk opens it by its own.
-                subdirs.push(Subdir {
-                    rel: join(rel, &name),
-                    name: raw.to_owned(),
-                });
-            } else if kind == Kind::File && raw.to_str().is_ok() {
-                self.entry(fd, rel, &name, kind);
+                subdir(raw);
+            } else if kind == Kind::File
+                && let Ok(name) = raw.to_str()
+            {
+                self.entry(fd, rel, name, kind);
             }
         }
-        Some((dir, subdirs))
+        Some(dir)
     }
 
     fn entry(&mut self, dir: BorrowedFd<'_>, rel: &str, name: &str, kind: Kind) {
@@ -399,6 +492,7 @@ impl Listing<'_> {
                 rel: path.to_string(),
                 text: None,
                 report: Some(report),
+                meta: None,
                 keep: Keep::Cached(a, b),
             };
         }
@@ -406,17 +500,20 @@ impl Listing<'_> {
         // The identity of the file opened (not of what the name meant a moment before: a
         // link can be pointed elsewhere meanwhile), taken before its text is read: a change
         // while it is read shows as a new identity next time.
-        let id = opened
+        let st = opened
             .as_ref()
             .ok()
-            .filter(|_| cache.is_some())
-            .and_then(|fd| rustix::fs::fstat(fd).ok())
-            .map(|st| FileId::of(&st));
-        let text = opened.ok().and_then(|fd| read_text(&fd, &mut self.buf));
-        let report = text
-            .as_deref()
-            .filter(|_| !is_model_meta(path))
-            .map(|t| syntax::parse(path, t));
+            .and_then(|fd| rustix::fs::fstat(fd).ok());
+        let id = st.as_ref().filter(|_| cache.is_some()).map(FileId::of);
+        let size = st.and_then(|st| usize::try_from(st.st_size).ok());
+        let text = opened
+            .ok()
+            .and_then(|fd| read_text(&fd, size, &mut self.buf));
+        let (report, meta) = match text.as_deref() {
+            Some(t) if is_model_meta(path) => (None, Some(meta_text::read_meta(t))),
+            Some(t) => (Some(syntax::parse(path, t)), None),
+            None => (None, None),
+        };
         self.parsed += usize::from(report.is_some());
         let keep = match (id, &report) {
             (Some(id), Some(_)) => Keep::New(id),
@@ -426,6 +523,7 @@ impl Listing<'_> {
             rel: path.to_string(),
             text,
             report,
+            meta,
             keep,
         }
     }
@@ -450,9 +548,16 @@ fn join(rel: &str, name: &str) -> String {
     }
 }
 
-/// The whole file, read until end of file into `buf` (one per thread, so that a file
-/// costs no more memory than its text).
-fn read_text(fd: &OwnedFd, buf: &mut Vec<u8>) -> Option<String> {
+/// The whole file, read into `buf` (one per thread, so that a file costs no more memory
+/// than its text): until `size` bytes (what `fstat` said) came, which spares the read that
+/// would only say the file ends there, else until end of file. A file that grew after the
+/// `fstat` is read on to its end; one that grows just after the read is read as it was,
+/// as any read of it would be.
+fn read_text(fd: &OwnedFd, size: Option<usize>, buf: &mut Vec<u8>) -> Option<String> {
+    let want = size.map_or(0, |s| s + 1);
+    if buf.len() < want {
+        buf.resize(want.max(16 * 1024), 0);
+    }
     let mut len = 0;
     loop {
         if len == buf.len() {
@@ -460,7 +565,12 @@ fn read_text(fd: &OwnedFd, buf: &mut Vec<u8>) -> Option<String> {
         }
         match rustix::io::read(fd, &mut buf[len..]) {
             Ok(0) => break,
-            Ok(n) => len += n,
+            Ok(n) => {
+                len += n;
+                if Some(len) == size {
+                    break;
+                }
+            }
             Err(rustix::io::Errno::INTR) => continue,
             Err(_) => return None,
         }
@@ -502,9 +612,14 @@ mod tests {
             ]
         );
         assert_eq!(tree.text("homes/alice/meta.nix"), Some("{ a = 1; }"));
-        assert!(tree.is_nix_file("homes/alice/meta.nix"));
-        assert!(!tree.is_nix_file("homes/alice/gone.nix"));
-        assert_eq!(tree.subdirs("homes").unwrap(), ["alice"]);
+        assert_eq!(
+            tree.model_dirs("homes").unwrap(),
+            [ModelDir {
+                name: "alice".into(),
+                default: true,
+                meta: true
+            }]
+        );
         assert!(tree.tracked.is_none(), "not a git repository");
     }
 
@@ -520,8 +635,14 @@ mod tests {
         fs::write(odd.join("default.nix"), "{ }").unwrap();
         std::os::unix::fs::symlink("config/homes", root.join("homes")).unwrap();
         let tree = Tree::walk_with(root, None, 2);
-        assert_eq!(tree.subdirs("homes").unwrap(), ["al\u{fffd}ice"]);
-        assert!(tree.is_nix_file("homes/al\u{fffd}ice/default.nix"));
+        assert_eq!(
+            tree.model_dirs("homes").unwrap(),
+            [ModelDir {
+                name: "al\u{fffd}ice".into(),
+                default: true,
+                meta: false
+            }]
+        );
     }
 
     #[test]
@@ -543,6 +664,6 @@ mod tests {
         let tree = Tree::walk_with(t.path(), None, 2);
         assert_eq!(tree.text("lib/long.nix"), Some(long.as_str()));
         assert_eq!(tree.text("lib/bin.nix"), None);
-        assert!(tree.is_nix_file("lib/bin.nix"));
+        assert!(tree.nix.iter().any(|f| f.rel == "lib/bin.nix"));
     }
 }

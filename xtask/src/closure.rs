@@ -1,5 +1,6 @@
 //! Package changes between two closures, computed here rather than by
-//! `nix store diff-closures`: one `nix path-info -rs` per side, both running at once, then
+//! `nix store diff-closures`: one `nix-store --query --graphml` per side (each path of
+//! the closure with its NAR size), both running at once, then
 //! every store path's `name-version` grouped by name, as nvd and dix do. A name only in
 //! the new closure is added, only in the old one removed, in both with other versions
 //! changed; rebuilds of the same version are no package change. The closure sizes are the
@@ -191,7 +192,7 @@ impl Summary {
 
     /// The summary of each root's closure. A store path's closure never changes while
     /// the path exists, so the summaries of roots seen before come from the cache; nix
-    /// is asked only about the others (one `nix path-info -rs` each, all at once), and
+    /// is asked only about the others (one `nix-store --query --graphml` each, all at once), and
     /// their answers are kept for next time: `diff` after a build asks only about the
     /// new generation, the active one being known since the last diff or switch.
     pub fn of_all(nix: &Nix<'_>, roots: &[&Path]) -> Result<Vec<Summary>> {
@@ -407,7 +408,7 @@ mod tests {
     fn packages_are_grouped_by_name_each_once() {
         let h = |c: char| c.to_string().repeat(32);
         let n = |c: char, rest: &str| format!("{}-{rest}", h(c));
-        // Each side's closure, as `nix path-info -rs` lists it (the root included).
+        // Each side's closure, as nix lists it (the root included).
         let old = vec![
             (n('a', "gen"), 100),
             (n('c', "tool-1.0"), 10),

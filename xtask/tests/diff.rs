@@ -255,6 +255,27 @@ fn diff_of_two_store_paths() {
         v["packages"]["changed"],
         json!([{"name": "tool", "old": "1.0", "new": "1.1"}])
     );
+    // The closure sizes are nix's own: `nix path-info -S` of each generation.
+    for (id, key) in [(1, "before"), (2, "after")] {
+        let out = Command::new("nix")
+            .args([
+                "--extra-experimental-features",
+                "nix-command",
+                "path-info",
+                "-S",
+            ])
+            .arg(link(id))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let nix_size: i64 = text.split_whitespace().last().unwrap().parse().unwrap();
+        assert_eq!(
+            v["packages"]["size"][key].as_i64(),
+            Some(nix_size),
+            "{text}"
+        );
+    }
     f.xtask(&["diff", &link(2), &link(1)])
         .success()
         .stdout_has("  ~ tool 1.1 → 1.0\n")

@@ -1,6 +1,6 @@
 //! Figures of issue 12's `diff`: two generations of 2000 store paths with 200 differences
 //! (100 version changes, 50 added and 50 removed packages), compared
-//! - by `diff`'s package part (`closure::PackageDiff`, `nix path-info -rs` per side not
+//! - by `diff`'s package part (`closure::PackageDiff`, `nix-store --query --graphml` per side not
 //!   in the closure cache, at once, and the grouping here), in process, with nothing
 //!   cached, with the old side cached (a diff after a build) and with both;
 //! - by the whole `cargo xtask diff OLD NEW --json` command, the old side cached;

@@ -163,6 +163,8 @@ impl Tree {
             let workers: Vec<_> = (1..threads)
                 .map(|_| s.spawn(|| queue.work(cache)))
                 .collect();
+            // Closed however this thread leaves (a panic too), or the others would wait on.
+            let _closed = Closing(&queue);
             let mut batch = Vec::with_capacity(BATCH);
             for (rel, fd) in &roots {
                 let mut own = Listing::new(cache);
@@ -392,6 +394,15 @@ impl<'a> Queue<'a> {
         }
         listing.sort();
         listing
+    }
+}
+
+/// Closes the queue when dropped.
+struct Closing<'q, 'a>(&'q Queue<'a>);
+
+impl Drop for Closing<'_, '_> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 

@@ -364,9 +364,9 @@ impl Defaults {
         Ok(defaults)
     }
 
-    /// Makes these the rules of this process ([`rules`]); `main` calls it once, before any
-    /// task runs. Returns false when rules were already in use (then those stay).
-    /// Makes these the rules of this run (see [`rules`]), read from `root`'s Cargo.toml.
+    /// Makes these (read from `root`'s Cargo.toml) the rules of this process ([`rules`]);
+    /// `main` calls it once, before any task runs. Returns false when rules were already in
+    /// use (then those stay).
     pub fn install(&self, root: &Path) -> Result<bool> {
         let rules = Rules::new(self)?;
         crate::nix::set_supported_systems(self.supported_systems.clone());

@@ -862,6 +862,15 @@ mod tests {
     }
 
     #[test]
+    fn path_literals_come_in_the_order_of_the_text() {
+        let lits: Vec<String> = refs("{ imports = [ ./a.nix (import ./b.nix) ./c.nix ]; }\n")
+            .into_iter()
+            .map(|(l, _, _)| l)
+            .collect();
+        assert_eq!(lits, ["./a.nix", "./b.nix", "./c.nix"]);
+    }
+
+    #[test]
     fn paths_resolve_lexically_and_may_leave_the_repo() {
         assert_eq!(
             resolve("homes/bob/default.nix", "./hypr.nix").as_deref(),

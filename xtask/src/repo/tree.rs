@@ -104,9 +104,10 @@ impl Tree {
         // git reads its index while the directories are walked; a thread of its own starts
         // it (a millisecond until git runs) and makes its answer a set.
         let at = root.to_path_buf();
-        let git = std::thread::spawn(move || {
-            super::git_ls_files(&at, &["--cached"]).map(|v| v.into_iter().collect())
-        });
+        let ls_files =
+            move || super::git_ls_files(&at, &["--cached"]).map(|v| v.into_iter().collect());
+        // Without a thread (a process or memory limit), git runs after the walk instead.
+        let git = std::thread::Builder::new().spawn(ls_files.clone());
         let mut tree = Tree::default();
         tree.cores = cores;
         if let Ok(top) = rustix::fs::openat(CWD, root, dir_flags(), Mode::empty()) {
@@ -132,7 +133,10 @@ impl Tree {
                 cache.store(entries);
             }));
         }
-        tree.tracked = git.join().ok().flatten();
+        tree.tracked = match git {
+            Ok(thread) => thread.join().ok().flatten(),
+            Err(_) => ls_files(),
+        };
         tree
     }
 
@@ -160,11 +164,17 @@ impl Tree {
         let threads = self.cores.clamp(1, 8);
         let queue = Queue::default();
         std::thread::scope(|s| {
-            let workers: Vec<_> = (1..threads)
-                .map(|_| s.spawn(|| queue.work(cache)))
-                .collect();
             // Closed however this thread leaves (a panic too), or the others would wait on.
             let _closed = Closing(&queue);
+            // A thread that cannot be started (a process or memory limit) leaves its share
+            // to the others, this one included.
+            let workers: Vec<_> = (1..threads)
+                .map_while(|_| {
+                    std::thread::Builder::new()
+                        .spawn_scoped(s, || queue.work(cache))
+                        .ok()
+                })
+                .collect();
             let mut batch = Vec::with_capacity(BATCH);
             for (rel, fd) in &roots {
                 let mut own = Listing::new(cache);
@@ -182,6 +192,7 @@ impl Tree {
                         }
                     });
                 }
+                own.sort();
                 listings.push(own);
             }
             queue.push(batch);
@@ -194,8 +205,7 @@ impl Tree {
             }
         });
         let mut nix = Vec::new();
-        for mut l in listings {
-            l.sort();
+        for l in listings {
             self.cached += l.cached;
             self.parsed += l.parsed;
             self.dirs.extend(l.dirs);
@@ -663,6 +673,70 @@ mod tests {
         let tree = Tree::walk_with(t.path(), None, 2);
         assert!(tree.subdirs("homes").is_err());
         assert_eq!(tree.subdirs("systems").unwrap(), Vec::<String>::new());
+    }
+
+    /// Threads that cannot be started (here: too little address space for their stacks)
+    /// must leave their share to the others, not leave them waiting for it forever. Run
+    /// in a child process of this test binary, under the limit.
+    #[test]
+    fn a_walker_that_cannot_be_started_does_not_hang_the_walk() {
+        const STACK: u64 = 1 << 30;
+        const CHILD: &str = "XTASK_TEST_SPAWN_FAILS";
+        if std::env::var_os(CHILD).is_some() {
+            let t = tempfile::tempdir().unwrap();
+            for i in 0..40 {
+                fs::create_dir_all(t.path().join(format!("homes/u{i}"))).unwrap();
+                fs::write(t.path().join(format!("homes/u{i}/default.nix")), "{ }").unwrap();
+            }
+            let vm_kib: u64 = fs::read_to_string("/proc/self/status")
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("VmSize:"))
+                .unwrap()
+                .trim()
+                .trim_end_matches(" kB")
+                .parse()
+                .unwrap();
+            // Room for git's thread and one walker's stack, not for a second walker's.
+            rustix::process::setrlimit(
+                rustix::process::Resource::As,
+                rustix::process::Rlimit {
+                    current: Some(vm_kib * 1024 + 2 * STACK + STACK / 2),
+                    maximum: None,
+                },
+            )
+            .unwrap();
+            let tree = Tree::walk_with(t.path(), None, 8);
+            assert_eq!(tree.model_dirs("homes").unwrap().len(), 40);
+            return;
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "repo::tree::tests::a_walker_that_cannot_be_started_does_not_hang_the_walk",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(CHILD, "1")
+            .env("RUST_MIN_STACK", STACK.to_string())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut out = String::new();
+                std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+                assert!(status.success(), "the walk failed under the limit: {out}");
+                return;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the walk hung: a walker could not be started and the others wait on");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     #[test]

@@ -171,10 +171,14 @@ impl Repo {
         // The analysis of the parsed files needs only the walk: it runs on the other core
         // while this one scans the layout.
         let (for_analysis, at) = (Arc::clone(&tree), root.to_path_buf());
-        let analysis = std::thread::spawn(move || syntax::Analysis::start(&at, &for_analysis));
+        let analysis = std::thread::Builder::new()
+            .spawn(move || syntax::Analysis::start(&at, &for_analysis))
+            .ok();
         let repo = Repo::scan_from(root, Some(tree))?;
-        // A panic there is a bug; the analysis then runs again, in nix_file_findings.
-        *repo.analysis.lock().unwrap_or_else(|e| e.into_inner()) = analysis.join().ok();
+        // Without its thread (a process limit), or after a panic there (a bug), the analysis
+        // runs in nix_file_findings.
+        *repo.analysis.lock().unwrap_or_else(|e| e.into_inner()) =
+            analysis.and_then(|a| a.join().ok());
         Ok(repo)
     }
 

@@ -115,9 +115,10 @@ impl Tree {
         }
         if let Some(cache) = cache {
             // The new cache is put together and written by a thread of its own, on the core
-            // the walk no longer needs, while the layout scan and the analysis run.
+            // the walk no longer needs, while the layout scan and the analysis run (none if
+            // no thread can be started: it is only a cache).
             let files = Arc::clone(&tree.nix);
-            tree.writer = Some(std::thread::spawn(move || {
+            let writer = std::thread::Builder::new().spawn(move || {
                 let mut entries = String::new();
                 for f in files.iter() {
                     match (&f.keep, &f.report) {
@@ -131,7 +132,8 @@ impl Tree {
                     }
                 }
                 cache.store(entries);
-            }));
+            });
+            tree.writer = writer.ok();
         }
         tree.tracked = match git {
             Ok(thread) => thread.join().ok().flatten(),

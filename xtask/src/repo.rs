@@ -341,7 +341,7 @@ impl Repo {
             ));
         }
         let has_meta = part == Part::Base && dir.meta;
-        let entry = self.users.entry(user.clone()).or_insert_with(|| User {
+        let entry = self.users.entry(user).or_insert_with_key(|user| User {
             name: user.clone(),
             ..User::default()
         });

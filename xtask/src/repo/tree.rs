@@ -57,10 +57,10 @@ enum Keep {
 /// What the walk found.
 #[derive(Debug, Default)]
 pub struct Tree {
-    /// The walked directories and the directories in them (`homes/alice`), repo-relative
-    /// and sorted: what the layout scan lists. Not those behind a symlink: git stores the
-    /// link, not the files behind it, and a link cycle would never end.
-    dirs: Vec<String>,
+    /// The walked directories and the directories in them (`homes/alice`), sorted: what
+    /// the layout scan lists. Not those behind a symlink: git stores the link, not the
+    /// files behind it, and a link cycle would never end.
+    dirs: Vec<Walked>,
     /// The `.nix` files, sorted by path (shared with the thread that writes the cache).
     pub nix: Arc<Vec<NixFile>>,
     /// The files git tracks (its index, `git add -N` ones included: all a flake in a git
@@ -180,7 +180,7 @@ impl Tree {
             let mut batch = Vec::with_capacity(BATCH);
             for (rel, fd) in &roots {
                 let mut own = Listing::new(cache);
-                own.dirs.push(rel.clone());
+                own.dirs.push(Walked::new(rel.clone()));
                 // Read through a descriptor of its own: `fd` stays open for the threads.
                 if let Ok(dup) = rustix::fs::openat(fd, c".", dir_flags(), Mode::empty()) {
                     own.read(dup, rel, |name| {
@@ -214,7 +214,7 @@ impl Tree {
             nix.extend(l.nix);
         }
         // Sorted runs, one per thread: the stable sort finds them and merges them.
-        self.dirs.sort();
+        self.dirs.sort_by(|a, b| a.rel.cmp(&b.rel));
         nix.sort_by(|a, b| a.rel.cmp(&b.rel));
         self.nix = Arc::new(nix);
     }
@@ -229,51 +229,29 @@ impl Tree {
     }
 
     /// The directories in `rel` (homes, systems, droids), sorted, each with whether
-    /// default.nix and meta.nix are files (or links to files) in it: one search of the
-    /// sorted files per directory.
+    /// default.nix and meta.nix are files (or links to files) in it, as the walk saw them;
+    /// an error if `rel` exists but could not be read.
     pub fn model_dirs(&self, rel: &str) -> std::io::Result<Vec<ModelDir>> {
-        let mut dirs = Vec::new();
-        for name in self.subdirs(rel)? {
-            let prefix = format!("{rel}/{name}/");
-            let start = self
-                .nix
-                .partition_point(|f| f.rel.as_str() < prefix.as_str());
-            let (mut default, mut meta) = (false, false);
-            for f in self.nix[start..]
-                .iter()
-                .take_while(|f| f.rel.starts_with(&prefix))
-            {
-                match &f.rel[prefix.len()..] {
-                    "default.nix" => default = true,
-                    "meta.nix" => meta = true,
-                    _ => {}
-                }
-            }
-            dirs.push(ModelDir {
-                name,
-                default,
-                meta,
-            });
-        }
-        Ok(dirs)
-    }
-
-    /// The subdirectories of `rel` (one of the walked directories: homes, systems, …),
-    /// sorted; an error if it exists but could not be read.
-    fn subdirs(&self, rel: &str) -> std::io::Result<Vec<String>> {
         if let Some((_, e)) = self.unreadable.iter().find(|(d, _)| d == rel) {
             return Err(std::io::Error::new(e.kind(), e.to_string()));
         }
         let prefix = format!("{rel}/");
-        let start = self.dirs.partition_point(|d| d.as_str() < prefix.as_str());
-        let names: Vec<String> = self.dirs[start..]
+        let start = self
+            .dirs
+            .partition_point(|d| d.rel.as_str() < prefix.as_str());
+        let dirs = self.dirs[start..]
             .iter()
-            .take_while(|d| d.starts_with(&prefix))
-            .filter_map(|d| d.strip_prefix(&prefix))
-            .filter(|name| !name.contains('/'))
-            .map(str::to_string)
+            .take_while(|d| d.rel.starts_with(&prefix))
+            .filter_map(|d| {
+                let name = &d.rel[prefix.len()..];
+                (!name.contains('/')).then(|| ModelDir {
+                    name: name.to_string(),
+                    default: d.default,
+                    meta: d.meta,
+                })
+            })
             .collect();
-        Ok(names)
+        Ok(dirs)
     }
 
     /// What the meta.nix `rel` of a home or machine says; None if the walk could not read
@@ -400,8 +378,8 @@ impl<'a> Queue<'a> {
             for job in batch {
                 let rel = join(job.root, &job.name.to_string_lossy());
                 // Listed whether or not it can be read: the layout scan names those.
-                listing.dirs.push(rel.clone());
-                listing.walk(job.parent, &job.name, &rel);
+                let (default, meta) = listing.walk(job.parent, &job.name, &rel);
+                listing.dirs.push(Walked { rel, default, meta });
             }
         }
         listing.sort();
@@ -418,13 +396,32 @@ impl Drop for Closing<'_, '_> {
     }
 }
 
+/// A walked directory or one in it (`homes/alice`, repo-relative), and whether default.nix
+/// and meta.nix are files (or links to files) in it: what the layout asks of it.
+#[derive(Debug)]
+struct Walked {
+    rel: String,
+    default: bool,
+    meta: bool,
+}
+
+impl Walked {
+    fn new(rel: String) -> Walked {
+        Walked {
+            rel,
+            default: false,
+            meta: false,
+        }
+    }
+}
+
 /// What one thread found.
 struct Listing<'c> {
     cache: Option<&'c LintCache>,
     cached: usize,
     parsed: usize,
     buf: Vec<u8>,
-    dirs: Vec<String>,
+    dirs: Vec<Walked>,
     nix: Vec<NixFile>,
 }
 
@@ -441,20 +438,21 @@ impl<'c> Listing<'c> {
     }
 
     fn sort(&mut self) {
-        self.dirs.sort_unstable();
+        self.dirs.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
         self.nix.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
     }
 
     /// Walks the directory `rel`, opened relative to `parent` by its name as it is on disk
     /// (the lossy `rel` may not name it: a name that is not UTF-8 cannot be a valid one, and
-    /// the naming rule reports it by its lossy form).
-    fn walk(&mut self, parent: BorrowedFd<'_>, name: &CStr, rel: &str) {
+    /// the naming rule reports it by its lossy form). Returns whether default.nix and
+    /// meta.nix are files in it.
+    fn walk(&mut self, parent: BorrowedFd<'_>, name: &CStr, rel: &str) -> (bool, bool) {
         let Ok(fd) = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()) else {
-            return;
+            return (false, false);
         };
         let mut subdirs = Vec::new();
-        let Some(dir) = self.read(fd, rel, |name| subdirs.push(name.to_owned())) else {
-            return;
+        let Some((dir, has)) = self.read(fd, rel, |name| subdirs.push(name.to_owned())) else {
+            return (false, false);
         };
         if let Ok(fd) = dir.fd() {
             for name in &subdirs {
@@ -462,11 +460,19 @@ impl<'c> Listing<'c> {
                 self.walk(fd, name, &sub);
             }
         }
+        has
     }
 
     /// Records the entries of the open directory `rel` and passes the names of its
-    /// subdirectories to `subdir`, for the caller to walk.
-    fn read(&mut self, fd: OwnedFd, rel: &str, mut subdir: impl FnMut(&CStr)) -> Option<Dir> {
+    /// subdirectories to `subdir`, for the caller to walk; says whether default.nix and
+    /// meta.nix are files in it.
+    fn read(
+        &mut self,
+        fd: OwnedFd,
+        rel: &str,
+        mut subdir: impl FnMut(&CStr),
+    ) -> Option<(Dir, (bool, bool))> {
+        let mut has = (false, false);
         let mut dir = Dir::new(fd).ok()?;
         while let Some(Ok(entry)) = dir.read() {
             let fd = dir.fd().ok()?;
@@ -482,10 +488,15 @@ impl<'c> Listing<'c> {
             } else if kind == Kind::File
                 && let Ok(name) = raw.to_str()
             {
+                match name {
+                    "default.nix" => has.0 = true,
+                    "meta.nix" => has.1 = true,
+                    _ => {}
+                }
                 self.entry(fd, rel, name, kind);
             }
         }
-        Some(dir)
+        Some((dir, has))
     }
 
     fn entry(&mut self, dir: BorrowedFd<'_>, rel: &str, name: &str, kind: Kind) {
@@ -673,8 +684,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::write(t.path().join("homes"), "not a directory").unwrap();
         let tree = Tree::walk_with(t.path(), None, 2);
-        assert!(tree.subdirs("homes").is_err());
-        assert_eq!(tree.subdirs("systems").unwrap(), Vec::<String>::new());
+        assert!(tree.model_dirs("homes").is_err());
+        assert_eq!(tree.model_dirs("systems").unwrap(), []);
     }
 
     /// Threads that cannot be started (here: too little address space for their stacks)

@@ -2,8 +2,11 @@
 //! deployments over a real sshd (Debian's openssh-server) on loopback.
 
 mod common;
+#[path = "common/sshd.rs"]
+mod sshd;
 
 use common::Fixture;
+use sshd::{Keys, SSHD, free_port};
 
 /// A droid, a host and a home with `deploy` settings: `list --json` shows them, `check`
 /// evaluates the droid with the others in its one batched nix process.
@@ -253,7 +256,6 @@ fn droid_meta_and_files_are_linted_without_nix() {
 
 use std::{
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -323,22 +325,10 @@ impl Machine {
     }
     /// What the xtask passes to ssh for this machine (deploy.sshOpts).
     fn ssh_opts(&self, lab: &Lab) -> String {
-        let words = [
-            "-p".to_string(),
-            self.port.to_string(),
-            "-i".into(),
-            lab.key.display().to_string(),
-            "-o".into(),
-            "StrictHostKeyChecking=no".into(),
-            "-o".into(),
-            "UserKnownHostsFile=/dev/null".into(),
-            "-o".into(),
-            "LogLevel=ERROR".into(),
-            // As many users' ssh config has it: the xtask's shared connection must not
-            // persist in the background after a deployment anyway.
-            "-o".into(),
-            "ControlPersist=yes".into(),
-        ];
+        let mut words = lab.keys.ssh_words(self.port);
+        // As many users' ssh config has it: the xtask's shared connection must not persist
+        // in the background after a deployment anyway.
+        words.extend(["-o".into(), "ControlPersist=yes".into()]);
         let quoted: Vec<String> = words.iter().map(|w| common::nix_str(w)).collect();
         format!("[ {} ]", quoted.join(" "))
     }
@@ -402,51 +392,21 @@ exit 1
 
 struct Lab {
     tmp: tempfile::TempDir,
-    key: PathBuf,
-    host_key: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    keys: Keys,
 }
 
 impl Lab {
     /// None (with the reason printed) only when sshd cannot run here at all.
     fn new() -> Option<Lab> {
-        let sshd = Path::new("/usr/sbin/sshd");
-        if !sshd.is_file() {
+        if !Path::new(SSHD).is_file() {
             eprintln!(
                 "SKIPPED: /usr/sbin/sshd is missing (apt-get install openssh-server openssh-client; .ci/run does)"
             );
             return None;
         }
-        // sshd's privilege separation directory (Debian creates it at boot).
-        let _ = fs::create_dir_all("/run/sshd");
         let tmp = tempfile::tempdir().unwrap();
-        let key = tmp.path().join("client_key");
-        let host_key = tmp.path().join("host_key");
-        for k in [&key, &host_key] {
-            let out = Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(k)
-                .output()
-                .expect("ssh-keygen (openssh-client) is required");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        fs::copy(
-            key.with_extension("pub"),
-            tmp.path().join("authorized_keys"),
-        )
-        .unwrap();
-        Some(Lab { tmp, key, host_key })
+        let keys = Keys::new(tmp.path()).unwrap();
+        Some(Lab { tmp, keys })
     }
 
     /// A machine whose sshd runs, with `user` as `$USER`.
@@ -473,29 +433,8 @@ impl Lab {
 
     fn start(&self, name: &str, user: &str, sudo_user: bool) -> Machine {
         let dir = self.tmp.path().join(name);
-        fs::create_dir_all(dir.join("home/.local/state/nix/profiles")).unwrap();
-        fs::create_dir_all(dir.join("profiles")).unwrap();
-        let port = free_port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile none\n\
-                 SetEnv HOME={home} USER={user} LOGNAME={user} STUB_STATE_DIR={dir} XTASK_SYSTEM_PROFILE={dir}/profiles/system XTASK_DROID_PROFILE={dir}/profiles/nix-on-droid TMPDIR={dir} \"NIX_CONFIG=substituters =\"{path}\n",
-                hk = self.host_key.display(),
-                auth = self.tmp.path().join("authorized_keys").display(),
-                home = dir.join("home").display(),
-                dir = dir.display(),
-                path = if sudo_user {
-                    format!(" PATH={}/bin:/usr/local/bin:/usr/bin:/bin", dir.display())
-                } else {
-                    String::new()
-                },
-            ),
-        )
-        .unwrap();
-        let mut sshd = Command::new("/usr/sbin/sshd");
-        if sudo_user {
+        fs::create_dir_all(&dir).unwrap();
+        let (env, launcher) = if sudo_user {
             let passwd = dir.join("passwd");
             let mut text = fs::read_to_string("/etc/passwd").unwrap();
             text.push_str(&format!(
@@ -509,44 +448,30 @@ impl Lab {
             fs::set_permissions(&sudo, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .unwrap();
             // unshare execs sh, which execs sshd: one process, the child killed on drop.
-            sshd = Command::new("unshare");
-            sshd.args([
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                "mount --bind \"$1\" /etc/passwd && shift && exec /usr/sbin/sshd \"$@\"",
-                "sh",
-            ])
-            .arg(&passwd);
-        }
-        let child = sshd
-            .arg("-f")
-            .arg(&config)
-            .args(["-D", "-e"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("sshd.log")).unwrap())
-            .spawn()
-            .unwrap();
+            let mut unshare = Command::new("unshare");
+            unshare
+                .args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$1\" /etc/passwd && shift && exec /usr/sbin/sshd \"$@\"",
+                    "sh",
+                ])
+                .arg(&passwd);
+            let path = format!(" PATH={}/bin:/usr/local/bin:/usr/bin:/bin", dir.display());
+            (path, Some(unshare))
+        } else {
+            (String::new(), None)
+        };
+        let (child, port) = self.keys.start(&dir, user, &env, launcher).unwrap();
         fs::write(dir.join("sshd.pid"), child.id().to_string()).unwrap();
-        let m = Machine {
+        Machine {
             dir,
             port,
             child: Some(child),
-        };
-        // Bounded: sshd listens within milliseconds.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "sshd did not start: {}",
-                fs::read_to_string(m.dir.join("sshd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
-        m
     }
 
     /// A machine nobody answers on (a free port with no sshd).
@@ -555,7 +480,7 @@ impl Lab {
         fs::create_dir_all(&dir).unwrap();
         Machine {
             dir,
-            port: free_port(),
+            port: free_port().unwrap(),
             child: None,
         }
     }

@@ -1,5 +1,5 @@
 //! Figures of the deploy issue (13), against "machines" of our own: one sshd per machine on
-//! a loopback port, started here with generated keys as xtask/tests/deploy.rs does (each
+//! a loopback port, started by the deploy tests' own lab (xtask/tests/common/sshd.rs: each
 //! with its own `$HOME`, `$USER` and profiles through sshd's SetEnv, sharing this
 //! machine's /nix/store), stand-in activations from the test stub builders:
 //! - 8 targets (4 hosts, 4 homes) with `deploy --parallel 8` vs the same 8 deployed one
@@ -16,18 +16,21 @@
 
 use std::{
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use super::{Bencher, Figure, Scratch, median};
 use crate::{home::shell_quote, repo::nix_string, tasks::deploy::Kind};
 
-const SSHD: &str = "/usr/sbin/sshd";
+// The deploy tests' lab, shared rather than copied (integration tests cannot use the
+// crate's modules, so the crate uses theirs).
+#[path = "../../../tests/common/sshd.rs"]
+mod sshd;
+use sshd::{Keys, SSHD};
 /// Targets of the parallel figure: hosts h0…h3 and homes u0…u3, one machine each.
 const PARALLEL: usize = 8;
 /// Targets of the evaluation figure.
@@ -42,34 +45,18 @@ struct Machine {
     child: Option<Child>,
 }
 
-/// The client key, the host key, and the machines; dropping it ends every process.
+/// The keys and the machines; dropping it ends every process.
 struct Lab {
     dir: PathBuf,
-    key: PathBuf,
-    host_key: PathBuf,
+    keys: Keys,
     machines: Vec<Machine>,
 }
 
 impl Lab {
     fn new(dir: &Path) -> Result<Lab> {
-        // sshd's privilege separation directory (Debian creates it at boot).
-        let _ = fs::create_dir_all("/run/sshd");
-        fs::create_dir_all(dir)?;
-        let key = dir.join("client_key");
-        let host_key = dir.join("host_key");
-        for k in [&key, &host_key] {
-            Bencher::run(
-                Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(k),
-            )
-            .context("ssh-keygen (openssh-client) is needed")?;
-        }
-        fs::copy(key.with_extension("pub"), dir.join("authorized_keys"))?;
         Ok(Lab {
             dir: dir.to_path_buf(),
-            key,
-            host_key,
+            keys: Keys::new(dir)?,
             machines: Vec::new(),
         })
     }
@@ -77,64 +64,19 @@ impl Lab {
     /// Starts a machine's sshd and waits (bounded) until it listens; returns its index.
     fn machine(&mut self, name: &str, user: &str) -> Result<usize> {
         let dir = self.dir.join(name);
-        fs::create_dir_all(dir.join("home/.local/state/nix/profiles"))?;
-        fs::create_dir_all(dir.join("profiles"))?;
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let config = dir.join("sshd_config");
-        fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nAuthorizedKeysFile {auth}\nPermitRootLogin yes\nStrictModes no\nUsePAM no\nPidFile none\n\
-                 SetEnv HOME={home} USER={user} LOGNAME={user} STUB_STATE_DIR={dir} XTASK_SYSTEM_PROFILE={dir}/profiles/system XTASK_DROID_PROFILE={dir}/profiles/nix-on-droid TMPDIR={dir} \"NIX_CONFIG=substituters =\"\n",
-                hk = self.host_key.display(),
-                auth = self.dir.join("authorized_keys").display(),
-                home = dir.join("home").display(),
-                dir = dir.display(),
-            ),
-        )?;
-        let child = Command::new(SSHD)
-            .arg("-f")
-            .arg(&config)
-            .args(["-D", "-e"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(dir.join("sshd.log"))?)
-            .spawn()
-            .context("starting sshd")?;
+        let (child, port) = self.keys.start(&dir, user, "", None)?;
         self.machines.push(Machine {
             dir,
             port,
             user: user.to_string(),
             child: Some(child),
         });
-        let m = self.machines.last().context("no machine")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "sshd did not start: {}",
-                    fs::read_to_string(m.dir.join("sshd.log")).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Ok(self.machines.len() - 1)
     }
 
     /// The ssh options for machine `m`, one word each (deploy.sshOpts, NIX_SSHOPTS).
     fn ssh_opts(&self, m: &Machine) -> Vec<String> {
-        vec![
-            "-p".into(),
-            m.port.to_string(),
-            "-i".into(),
-            self.key.display().to_string(),
-            "-o".into(),
-            "StrictHostKeyChecking=no".into(),
-            "-o".into(),
-            "UserKnownHostsFile=/dev/null".into(),
-            "-o".into(),
-            "LogLevel=ERROR".into(),
-        ]
+        self.keys.ssh_words(m.port)
     }
 
     /// `{ deploy = { … }; }`, a meta.nix for a target on machine `m`.

@@ -44,6 +44,31 @@ struct BuildResult {
     outputs: std::collections::BTreeMap<String, PathBuf>,
 }
 
+/// `cmd` as a process to run, and as a line a user can paste into a shell (what `-v`
+/// prints and what errors show as "tried:"). xshell's own Display of a command is not shell
+/// syntax (it writes Rust escapes), so commands are shown from the process they become.
+pub fn prepare(cmd: Cmd<'_>) -> (std::process::Command, String) {
+    let command = std::process::Command::from(cmd);
+    let shown = shell_line(&command);
+    (command, shown)
+}
+
+/// A process's program and arguments as a shell line, each quoted where the shell would
+/// read it otherwise.
+pub fn shell_line(c: &std::process::Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| crate::home::shell_quote(&a.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A nix command to suggest to the user (`nix flake lock`), runnable as printed on a stock
+/// nix.conf, where flakes are experimental: with the feature flag the xtask passes too.
+pub fn suggest(args: &str) -> String {
+    format!("nix --extra-experimental-features 'nix-command flakes' {args}")
+}
+
 impl<'a> Nix<'a> {
     pub fn new(sh: &'a Shell, verbose: bool) -> Nix<'a> {
         Nix { sh, verbose }
@@ -99,8 +124,7 @@ impl<'a> Nix<'a> {
         expr: &str,
         on_stderr_line: impl FnMut(&str),
     ) -> Result<EvalOutput> {
-        let cmd = self.eval_expr_cmd(expr)?;
-        let shown = cmd.to_string();
+        let (cmd, shown) = prepare(self.eval_expr_cmd(expr)?);
         if self.verbose {
             term::command(&shown);
         }
@@ -137,13 +161,12 @@ impl<'a> Nix<'a> {
     /// Runs `cmd` to completion with both streams captured, whatever its exit status;
     /// `announce` shows the command line first. Returns the output and that line.
     fn capture(&self, cmd: Cmd<'_>, announce: bool) -> Result<(std::process::Output, String)> {
-        let shown = cmd.to_string();
+        let (mut cmd, shown) = prepare(cmd);
         if announce {
             term::command(&shown);
         }
         let out = cmd
-            .quiet()
-            .ignore_status()
+            .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {shown}"))?;
         Ok((out, shown))
@@ -175,8 +198,7 @@ impl<'a> Nix<'a> {
             args.push("--print-build-logs".into());
         }
         args.extend(installables.iter().cloned());
-        let cmd = self.cmd(&args)?;
-        let shown = cmd.to_string();
+        let (cmd, shown) = prepare(self.cmd(&args)?);
         term::command(&shown);
         // stdout is the JSON; nix's log (stderr) is passed through line by line as it
         // comes, so a failure can be explained like `check` explains it.
@@ -443,11 +465,11 @@ impl Nix<'_> {
         // at every pipeful (measured: about 10 ms more for two closures of 2000 paths).
         let mut children = Vec::new();
         for root in roots {
-            let cmd = self
-                .tool("nix-store")?
-                .args(["--query", "--graphml"])
-                .arg(root);
-            let shown = cmd.to_string();
+            let (mut cmd, shown) = prepare(
+                self.tool("nix-store")?
+                    .args(["--query", "--graphml"])
+                    .arg(root),
+            );
             if self.verbose {
                 term::command(&shown);
             }
@@ -455,7 +477,7 @@ impl Nix<'_> {
                 .and_then(|listing| Ok((listing.try_clone()?, listing)))
                 .context("creating a temporary file")
                 .and_then(|(out, listing)| {
-                    let child = std::process::Command::from(cmd)
+                    let child = cmd
                         .stdin(Stdio::null())
                         .stdout(out)
                         .stderr(Stdio::piped())
@@ -577,11 +599,11 @@ pub fn parse_graphml(text: &[u8]) -> Result<Vec<(&str, u64)>> {
 /// progress, trace marks) and stdout drained on its own thread, so a large result cannot
 /// block nix on a full pipe. Returns the exit status, stdout and the whole stderr.
 fn stream(
-    cmd: Cmd<'_>,
+    mut cmd: std::process::Command,
     shown: &str,
     mut on_line: impl FnMut(&str),
 ) -> Result<(std::process::ExitStatus, Vec<u8>, String)> {
-    let mut child = std::process::Command::from(cmd)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -621,15 +643,16 @@ pub struct EvalOutput {
 /// Runs a command that changes something, or only prints it with `dry_run`
 /// (nh's command builder pattern: the printed line is exactly what would run).
 pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
-    let shown = cmd.to_string();
+    let (mut cmd, shown) = prepare(cmd);
     if dry_run {
         term::out(&shown);
         return Ok(());
     }
     term::command(&shown);
-    cmd.quiet()
-        .run()
-        .with_context(|| format!("tried: {shown}"))?;
+    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
     Ok(())
 }
 
@@ -705,7 +728,7 @@ pub fn environment_fix(err: &str) -> Option<&'static str> {
     }
     if cannot_run(err) {
         return Some(
-            "nix could not fetch or lock the flake's inputs (no network?); run `nix flake lock` where the network is reachable and commit flake.lock",
+            "nix could not fetch or lock the flake's inputs (no network?); run `nix --extra-experimental-features 'nix-command flakes' flake lock` where the network is reachable and commit flake.lock",
         );
     }
     None
@@ -728,16 +751,18 @@ pub fn cannot_run(err: &str) -> bool {
     .any(|needle| err.contains(needle))
 }
 
-/// Keeps the useful part of a nix error: the `error:` lines and the location they name,
-/// without the source excerpt and the trace.
+/// Keeps the useful part of a nix error: the `error:` lines (the first without its prefix,
+/// shown after the xtask's own `error:`) and the location they name, without the source
+/// excerpt and the trace.
 pub fn trim_error(stderr: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let mut in_error = false;
     for line in stderr.lines() {
         let t = line.trim();
-        if t.starts_with("error:") {
+        if let Some(rest) = t.strip_prefix("error:") {
+            // The message without its first `error:`: it is shown after the xtask's own.
+            out.push(if in_error { t } else { rest.trim_start() });
             in_error = true;
-            out.push(t);
             continue;
         }
         if !in_error || t.is_empty() || t.starts_with("(use '--show-trace'") {
@@ -814,10 +839,11 @@ pub fn pick_system_in(flag: Option<&str>, supported: &[String]) -> Result<String
         }
     };
     if !supported.contains(&system) {
-        bail!(
+        return Err(crate::UsageError(format!(
             "system '{system}' is not supported; use one of {} (or auto for this machine's; supported-systems in Cargo.toml lists them)",
             supported.join(", ")
-        );
+        ))
+        .into());
     }
     Ok(system)
 }
@@ -882,7 +908,7 @@ mod tests {
         let stderr = "warning: Git tree '/r' is dirty\nerror: undefined variable 'pkgz'\n\n       at /nix/store/abc-source/homes/bob/default.nix:3:15:\n\n            2| {\n            3|   home.packages = [ pkgz.hello ];\n             |               ^\n(use '--show-trace' to show detailed location information)\n";
         assert_eq!(
             trim_error(stderr),
-            "error: undefined variable 'pkgz' at /nix/store/abc-source/homes/bob/default.nix:3:15:"
+            "undefined variable 'pkgz' at /nix/store/abc-source/homes/bob/default.nix:3:15:"
         );
     }
 
@@ -917,6 +943,30 @@ mod tests {
         assert!(!cannot_run(
             "error: undefined variable 'pkgz' at /nix/store/a-source/homes/b/default.nix:3:5:"
         ));
+    }
+
+    #[test]
+    fn shown_commands_are_shell_lines_that_run_as_printed() {
+        let args = [
+            "%s|",
+            "a b",
+            "it's",
+            "$HOME",
+            "x\ny",
+            "«function»",
+            "${id}",
+            "",
+        ];
+        let mut cmd = std::process::Command::new("printf");
+        cmd.args(args);
+        let line = shell_line(&cmd);
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{line}");
+        let expected: String = args[1..].iter().map(|a| format!("{a}|")).collect();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "{line}");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub use tree::Tree;
 pub struct ParseCount {
     pub parsed: usize,
     pub cached: usize,
+    /// A git repository whose tracked files git could not list (git not on PATH): the
+    /// files the flake cannot see were not looked for.
+    pub untracked_unknown: bool,
 }
 
 /// A user: the union of its `homes/` directories.
@@ -436,6 +439,7 @@ impl Repo {
         let count = ParseCount {
             parsed: tree.parsed,
             cached: tree.cached,
+            untracked_unknown: tree.tracked.is_none() && self.root.join(".git").exists(),
         };
         let started = self
             .analysis

@@ -287,6 +287,29 @@ fn evaluation_error_is_reported_against_the_home() {
     let run = f.xtask(&["check"]);
     run.failure(1)
         .stderr_has("error: homes/bob/default.nix:3: home 'bob' (");
+
+    // The repro command in the fix runs as printed, in a shell, on a stock nix.conf (no
+    // NIX_CONFIG, flakes not enabled): it reproduces nix's error, not a complaint about
+    // the command.
+    let fix = e["fix"].as_str().unwrap();
+    let repro = fix
+        .strip_prefix("fix the error nix names; ")
+        .and_then(|r| r.strip_suffix(" reproduces it"))
+        .unwrap_or_else(|| panic!("{fix}"));
+    assert!(
+        repro.starts_with("nix --extra-experimental-features "),
+        "{repro}"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", repro])
+        .current_dir(&f.root)
+        .env("HOME", &f.home)
+        .env_remove("NIX_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("attribute 'hello' missing"), "{stderr}");
 }
 
 #[test]
@@ -1018,6 +1041,25 @@ fn meta_nix_of_the_wrong_shape_is_an_error() {
             assert!(found["fix"].as_str().unwrap().contains(fix), "{found}");
         }
     }
+}
+
+#[test]
+fn the_lint_says_when_git_could_not_list_the_tracked_files() {
+    let f = clean_fixture();
+    // Untracked, so a lint with git reports it; without git it cannot know, and says so.
+    f.write("homes/alice/extra.nix", "{ }\n");
+    f.xtask(&["check", "--lint-only"])
+        .failure(1)
+        .stderr_has("git does not track this file");
+    let no_git = tempfile::tempdir().unwrap();
+    let out = f
+        .command(&["check", "--lint-only"])
+        .env("PATH", no_git.path())
+        .output()
+        .unwrap();
+    common::run(out)
+        .success()
+        .stderr_has("git could not list the files it tracks (is git on PATH?)");
 }
 
 #[test]

@@ -587,6 +587,12 @@ fn parallel_deploy_of_hosts_homes_and_droids() {
             .collect::<Vec<_>>()
     };
     let before = digest();
+    // An empty --on (an unset CI variable) selects neither nothing nor everything.
+    for on in ["", ","] {
+        f.xtask(&["deploy", "--on", on, "--dry-run"])
+            .failure(2)
+            .stderr_has("--on names nothing");
+    }
     let run = f.xtask(&["deploy", "--dry-run", "--parallel", "6"]);
     run.success()
         .stdout_has("[web1] build: nix-store --realise /nix/store/")

@@ -147,6 +147,85 @@ fn doctor_names_a_user_without_a_home() {
 }
 
 #[test]
+fn doctor_never_suggests_a_home_that_cannot_exist() {
+    let mut f = good();
+    f.user = "global".into();
+    let run = f.xtask(&["doctor"]);
+    run.failure(1);
+    let l = line_of(&run, "home");
+    assert!(l.contains("no homes/global"), "{l}");
+    assert!(!l.contains("new-user global"), "{l}");
+    assert!(l.contains("log in as a user who has a home (alice)"), "{l}");
+}
+
+#[test]
+fn doctor_without_nix_reads_the_system_of_meta_nix_from_its_text() {
+    let f = good();
+    let other = if cfg!(target_arch = "aarch64") {
+        "x86_64-linux"
+    } else {
+        "aarch64-linux"
+    };
+    f.write(
+        "homes/alice/meta.nix",
+        &format!("{{ system = \"{other}\"; }}\n"),
+    )
+    .commit();
+    let bin = common::path_with_git_only();
+    let out = f
+        .command(&["doctor"])
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let run = common::run(out);
+    let l = line_of(&run, "system");
+    assert!(!l.contains('{'), "a placeholder: {l}");
+    assert!(
+        l.contains(&format!("homes/alice/meta.nix says {other}")),
+        "{l}"
+    );
+    // One that computes its system needs nix: skipped, and said why.
+    f.write(
+        "homes/alice/meta.nix",
+        "let s = \"x86_64-linux\"; in { system = s; }\n",
+    )
+    .commit();
+    let out = f
+        .command(&["doctor"])
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let l = line_of(&common::run(out), "system");
+    assert!(
+        l.contains("skipped") && l.contains("computes its system"),
+        "{l}"
+    );
+}
+
+#[test]
+fn doctor_looks_at_the_store_when_nix_cannot_evaluate() {
+    // A daemon store with no daemon: evaluation fails because the store cannot be opened,
+    // and the store line (not a generic "fix the error") says what to do.
+    let f = good();
+    let out = f
+        .command(&["doctor"])
+        .env("NIX_REMOTE", "daemon")
+        .env("NIX_DAEMON_SOCKET_PATH", f.root.join("no-daemon.sock"))
+        .output()
+        .unwrap();
+    let run = common::run(out);
+    run.failure(1);
+    let store = line_of(&run, "store");
+    assert!(store.starts_with('✗'), "{store}");
+    assert!(store.contains("start the nix daemon"), "{store}");
+    let flakes = line_of(&run, "flakes");
+    assert!(
+        flakes.starts_with('✓') || flakes.contains("see the store line"),
+        "{flakes}"
+    );
+}
+
+#[test]
 fn doctor_names_an_invalid_meta_nix() {
     let f = good();
     f.write("homes/alice/meta.nix", "[ ]\n").commit();

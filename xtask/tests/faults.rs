@@ -951,4 +951,41 @@ fn bad_names_are_refused_by_every_home_task() {
         f.xtask(&[task, "-rf"]).failure(2);
         assert_unchanged(&f, &before, &format!("{task} -rf"));
     }
+    // The reserved part name is no home's either: a usage error that suggests nothing
+    // the tool would refuse (no `new-user global`, no "log in as global").
+    for args in [
+        &["switch", "global"][..],
+        &["build-home", "global"],
+        &["diff", "global"],
+        &["gc", "global"],
+        &["generations", "global"],
+        &["rollback", "global"],
+        &["packages", "global"],
+        &["uninstall", "global", "--dry-run"],
+    ] {
+        let run = f.xtask(args);
+        run.failure(2);
+        assert!(
+            !run.stderr.contains("new-user global") && !run.stderr.contains("log in as global"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_unchanged(&f, &before, &format!("{args:?}"));
+    }
+    // A host name that cannot be one, an unsupported system: usage errors too.
+    for args in [
+        &["switch", "--host", "Bad", "--dry-run"][..],
+        &["switch", "--host", "global", "--dry-run"],
+        &["build-home", "--system", "foo-bar"],
+        &["switch", "--system", "foo-bar", "--dry-run"],
+    ] {
+        f.xtask(args).failure(2);
+        assert_unchanged(&f, &before, &format!("{args:?}"));
+    }
+    // root has no home here; the fix is one new-user accepts (its --allow-root), not a
+    // flag switch does not have.
+    let run = f.xtask(&["switch", "root"]);
+    run.failure(1)
+        .stderr_has("cargo xtask new-user root --allow-root");
+    assert_unchanged(&f, &before, "switch root");
 }

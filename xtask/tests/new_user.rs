@@ -325,8 +325,9 @@ fn new_host_writes_the_detected_system_and_evaluates() {
     f.xtask(&["new-host", "web"])
         .failure(1)
         .stderr_has("systems/web already exists");
+    // An unsupported --system is a usage error, as a bad name is.
     f.xtask(&["new-host", "x", "--system", "riscv64-linux"])
-        .failure(1)
+        .failure(2)
         .stderr_has("not supported");
     f.xtask(&["new-host", "x", "--user", "root"])
         .failure(2)

@@ -218,6 +218,15 @@ fn a_missing_option_names_the_nearest_existing_ones() {
         .failure(1)
         .stderr_has("config has no hom")
         .stderr_has("home");
+    // The command it suggests selects the same home or host again, and works.
+    f.xtask(&["option", "programs.gti.enable", "alice"])
+        .failure(1)
+        .stderr_has("`cargo xtask option programs alice` prints all");
+    f.xtask(&["option", "programs.x", "alice"]).success();
+    let run = f.xtask(&["option", "--host", "ws", "networking.hostname"]);
+    run.failure(1)
+        .stderr_has("`cargo xtask option networking --host ws` prints all");
+    f.xtask(&["option", "networking", "--host", "ws"]).success();
 }
 
 #[test]

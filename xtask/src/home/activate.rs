@@ -395,9 +395,8 @@ impl Drop for RestoreGuard<'_, '_> {
 
 /// Runs a step of the critical section; its output must not be able to kill it.
 fn run_quietly(cmd: xshell::Cmd<'_>) -> Result<()> {
-    let shown = cmd.to_string();
+    let (mut c, shown) = crate::nix::prepare(cmd);
     term::command(&shown);
-    let mut c = Command::from(cmd);
     c.stdin(Stdio::null());
     child_output(&mut c, false);
     let status = c.status().with_context(|| format!("running {shown}"))?;

@@ -106,13 +106,22 @@ pub fn standalone_user(repo: &Repo, name: &str) -> Result<()> {
         }
         None => {
             let homes: Vec<&str> = repo.standalone_users().map(|u| u.name.as_str()).collect();
-            // Never suggest what new-user would refuse.
-            if let Err(e) = repo::validate_new_user_name(&user, false) {
+            // Never suggest what new-user would refuse: root needs its --allow-root, and a
+            // name no home can have is a usage error.
+            if user == repo::RESERVED_USER {
                 bail!(
-                    "there is no home for {user} in {} (homes: {}), and there cannot be one: {e}; name one of those homes",
+                    "there is no home for {user} in {} (homes: {}); the superuser is usually configured by the NixOS host, but `cargo xtask new-user {user} --allow-root` creates one",
                     repo.root.join("homes").display(),
                     term::list(&homes)
                 );
+            }
+            if let Err(e) = repo::validate_new_user_name(&user, false) {
+                return Err(crate::UsageError(format!(
+                    "there is no home for {user} in {} (homes: {}), and there cannot be one: {e}; name one of those homes",
+                    repo.root.join("homes").display(),
+                    term::list(&homes)
+                ))
+                .into());
             }
             bail!(
                 "there is no home for {user} in {} (homes: {}); create one with `cargo xtask new-user {user}`, or name another user",

@@ -205,6 +205,12 @@ pub fn check_runner(user: &str, env: &UserEnv, writes: bool) -> Result<()> {
             "{user:?} is not a user name a home can have: {e}; name a home in homes/"
         ))
     })?;
+    if user == repo::rules().reserved_host {
+        return Err(crate::UsageError(format!(
+            "'{user}' is reserved (homes/<user>@{user} is the standalone-only part of a home), so no home is called that; name a home in homes/"
+        ))
+        .into());
+    }
     if user == env.user {
         return env.check_home(writes);
     }

@@ -132,10 +132,8 @@ pub struct Prepared {
 
 impl From<Cmd<'_>> for Prepared {
     fn from(cmd: Cmd<'_>) -> Prepared {
-        Prepared {
-            shown: cmd.to_string(),
-            command: std::process::Command::from(cmd),
-        }
+        let (command, shown) = super::prepare(cmd);
+        Prepared { shown, command }
     }
 }
 

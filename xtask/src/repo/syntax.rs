@@ -230,7 +230,8 @@ impl SyntaxError {
                 "syntax-error",
                 format!("syntax error: {}", self.message),
                 format!(
-                    "fix the syntax there; nix-instantiate --parse {rel} shows how nix reads the file"
+                    "fix the syntax there; nix-instantiate --parse {} shows how nix reads the file",
+                    crate::home::shell_quote(rel)
                 ),
             )
         }

@@ -165,14 +165,16 @@ fn stage(ctx: &Ctx, paths: &[&str]) -> Result<()> {
         term::info("not a git repository: nothing to stage");
         return Ok(());
     }
-    let stage = stage_cmd(ctx, paths);
-    let shown = stage.to_string();
+    let (mut stage, shown) = crate::nix::prepare(stage_cmd(ctx, paths));
     term::command(&shown);
-    stage.quiet().run().map_err(|e| {
-        anyhow!(
-            "the files were written but git could not stage them ({e}); the flake cannot see them until you run: {shown}"
-        )
-    })
+    let why = match stage.stdin(std::process::Stdio::null()).status() {
+        Ok(status) if status.success() => return Ok(()),
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(anyhow!(
+        "the files were written but git could not stage them ({why}); the flake cannot see them until you run: {shown}"
+    ))
 }
 
 /// One nix process for every attribute: `getFlake` of `nix::flake_ref` reads the flake as

@@ -239,7 +239,7 @@ impl Gc {
     /// or with the human text when stdout is for --json).
     fn step(&self, cmd: xshell::Cmd<'_>) -> Result<()> {
         if self.dry_run && self.json {
-            term::command(&cmd.to_string());
+            term::command(&crate::nix::prepare(cmd).1);
             return Ok(());
         }
         nix::run_step(cmd, self.dry_run)
@@ -373,11 +373,10 @@ fn would_free(nix: &Nix<'_>, doomed: &[&Generation], links: &[PathBuf]) -> Resul
 /// Runs `nix-store --gc` and prints one summary line instead of a line per deleted path
 /// (all of them with -v): nix's own last line, `N store paths deleted, X MiB freed`.
 fn store_gc(gc: xshell::Cmd<'_>, verbose: bool) -> Result<Option<GcSummary>> {
-    let shown = gc.to_string();
+    let (mut gc, shown) = crate::nix::prepare(gc);
     term::command(&shown);
     let out = gc
-        .quiet()
-        .ignore_status()
+        .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| anyhow::anyhow!("{e}; tried: {shown}"))?;
     let text = format!(

@@ -52,7 +52,9 @@ impl EvalOption {
             ))
         })?;
         let repo = ctx.repo()?;
-        let (output, target, what) = match &self.host {
+        // `what` names the home or host in messages, `whose` selects it again in the
+        // commands they suggest.
+        let (output, target, what, whose) = match &self.host {
             Some(host) => {
                 repo::validate_host_name(host)
                     .map_err(|e| UsageError(format!("--host {host:?}: {e}")))?;
@@ -64,7 +66,12 @@ impl EvalOption {
                         term::list(&hosts)
                     );
                 }
-                ("nixosConfigurations", host.clone(), format!("host {host}"))
+                (
+                    "nixosConfigurations",
+                    host.clone(),
+                    format!("host {host}"),
+                    format!(" --host {}", shell_word(host)),
+                )
             }
             None => {
                 let user = match self.user {
@@ -73,7 +80,8 @@ impl EvalOption {
                 };
                 home::standalone_user(&repo, &user)?;
                 let what = format!("{user}'s home");
-                ("homeConfigurations", user, what)
+                let whose = format!(" {}", shell_word(&user));
+                ("homeConfigurations", user, what, whose)
             }
         };
         let expr = walk_expr(&nix::flake_ref(&ctx.root), output, &target, &path);
@@ -96,7 +104,7 @@ impl EvalOption {
             }
         };
         if !walk.found {
-            bail!("{}", missing_message(&what, &path, &walk));
+            bail!("{}", missing_message(&what, &whose, &path, &walk));
         }
         match walk.r#type.as_str() {
             "lambda" => term::info(&format!(
@@ -159,7 +167,7 @@ in walk root 0"#,
 }
 
 /// What to say about a path that does not exist: where it stops and the nearest names.
-fn missing_message(what: &str, path: &[String], walk: &Walk) -> String {
+fn missing_message(what: &str, whose: &str, path: &[String], walk: &Walk) -> String {
     let at = walk.missing_at.min(path.len().saturating_sub(1));
     let parent = &path[..at];
     let missing = &path[at];
@@ -170,7 +178,7 @@ fn missing_message(what: &str, path: &[String], walk: &Walk) -> String {
         show_path(parent)
     };
     let print_parent = format!(
-        "print {parent_shown} itself with `cargo xtask option {}`",
+        "print {parent_shown} itself with `cargo xtask option {}{whose}`",
         shell_word(&parent_shown)
     );
     match (walk.parent_type.as_str(), walk.length) {
@@ -209,7 +217,7 @@ fn missing_message(what: &str, path: &[String], walk: &Walk) -> String {
         String::new()
     } else {
         format!(
-            "; `cargo xtask option {}` prints all {} of them",
+            "; `cargo xtask option {}{whose}` prints all {} of them",
             shell_word(&parent_shown),
             walk.siblings.len()
         )

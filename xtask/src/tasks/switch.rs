@@ -249,7 +249,7 @@ impl Switch {
                 "--host {host} deploys the whole host with all its homes; drop the user name {u}"
             );
         }
-        repo::validate_host_name(host).map_err(|e| anyhow::anyhow!("--host: {e}"))?;
+        repo::validate_host_name(host).map_err(|e| crate::UsageError(format!("--host: {e}")))?;
         let mut repo = ctx.repo()?;
         repo.load_meta(&ctx.nix())?;
         repo.ensure_valid()?;

@@ -163,7 +163,7 @@ impl Update {
         }
         let update = nix.cmd(&args)?;
         if self.dry_run {
-            term::out(&update.to_string());
+            term::out(&crate::nix::prepare(update).1);
             if self.commit {
                 term::out("git add -- flake.lock");
                 term::out(
@@ -172,13 +172,12 @@ impl Update {
             }
             return Ok(());
         }
-        let shown = update.to_string();
+        let (mut update, shown) = crate::nix::prepare(update);
         term::command(&shown);
         // Captured: nix's own "Updated input" lines are replaced by the summary below; a
         // failure shows nix's message with the fix.
         let out = update
-            .quiet()
-            .ignore_status()
+            .stdin(std::process::Stdio::null())
             .output()
             .with_context(|| format!("running {shown}"))?;
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -222,10 +221,20 @@ impl Update {
             let sh = &ctx.sh;
             nix::run_step(cmd!(sh, "git add -- flake.lock"), false)?;
             // The message on stdin: the printed command stays readable.
-            nix::run_step(
-                cmd!(sh, "git commit -q -F - -- flake.lock").stdin(message.as_bytes()),
-                false,
-            )?;
+            let (mut commit, shown) = nix::prepare(cmd!(sh, "git commit -q -F - -- flake.lock"));
+            term::command(&shown);
+            let mut child = commit
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .with_context(|| format!("running {shown}"))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                std::io::Write::write_all(&mut stdin, message.as_bytes())
+                    .with_context(|| format!("giving {shown} the message"))?;
+            }
+            let status = child.wait().with_context(|| format!("running {shown}"))?;
+            if !status.success() {
+                bail!("{shown} failed ({status})");
+            }
             term::info(&format!(
                 "committed flake.lock: update {}",
                 names.join(", ")

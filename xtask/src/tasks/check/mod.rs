@@ -13,6 +13,7 @@ use anyhow::Result;
 use crate::{
     Ctx,
     cli::{Check, CheckFormat},
+    home::shell_quote,
     nix::{self, Nix},
     repo::{self, Finding, Repo, Severity},
     term::{self, Style},
@@ -29,8 +30,14 @@ pub fn batch_expr(root: &std::path::Path, targets: &[Target]) -> String {
     eval::batch_expr(root, targets, &all)
 }
 
-/// The static part of the lint (no nix): the layout scan, literal meta.nix files, the
-/// untracked files and the parse of every `.nix` file.
+/// Said when the files git does not track could not be looked for: a clean lint would
+/// otherwise promise more than it checked.
+fn untracked_note(count: &repo::ParseCount) -> Option<String> {
+    count.untracked_unknown.then(|| {
+        "git could not list the files it tracks (is git on PATH?), so files the flake cannot see (untracked ones) were not looked for; install git and run check again".to_string()
+    })
+}
+
 /// `-v`'s word on the parse: how much the lint cache saved.
 fn parse_note(count: crate::repo::ParseCount) -> String {
     let place = crate::cache::dir("lint").map_or_else(
@@ -43,6 +50,8 @@ fn parse_note(count: crate::repo::ParseCount) -> String {
     )
 }
 
+/// The static part of the lint (no nix): the layout scan, literal meta.nix files, the
+/// untracked files and the parse of every `.nix` file.
 pub fn static_lint(root: &std::path::Path) -> Result<Vec<Finding>> {
     let mut repo = Repo::scan_tree(root)?;
     repo.load_meta_static();
@@ -91,6 +100,7 @@ impl Check {
             }
             let count;
             (findings, count) = repo.nix_file_findings();
+            notes.extend(untracked_note(&count));
             if ctx.verbose {
                 notes.push(parse_note(count));
             }
@@ -127,6 +137,7 @@ impl Check {
             meta?;
             let count;
             (findings, count) = parsed;
+            notes.extend(untracked_note(&count));
             if ctx.verbose {
                 notes.push(parse_note(count));
             }
@@ -150,8 +161,11 @@ impl Check {
                             "flake-check",
                             format!("nix flake check fails: {err}"),
                             format!(
-                                "run nix flake check {} --show-trace and fix what it names",
-                                repo.root.display()
+                                "run {} and fix what it names",
+                                nix::suggest(&format!(
+                                    "flake check {} --show-trace",
+                                    shell_quote(&repo.root.display().to_string())
+                                ))
                             ),
                         )
                     });
@@ -233,8 +247,11 @@ fn evaluate(
                 } else {
                     // attrNames: reproduce the failure without printing whole configurations.
                     format!(
-                        "fix the error nix names; nix eval {} --apply builtins.attrNames --show-trace reproduces it",
-                        nix::installable(&repo.root, "nixosConfigurations")
+                        "fix the error nix names; {} reproduces it",
+                        nix::suggest(&format!(
+                            "eval {} --apply builtins.attrNames --show-trace",
+                            shell_quote(&nix::installable(&repo.root, "nixosConfigurations"))
+                        ))
                     )
                 },
             )
@@ -280,8 +297,14 @@ fn evaluate(
                 "eval-error",
                 format!("{} does not evaluate: {}", label_list(&ts), fail.message),
                 format!(
-                    "fix the error nix names; nix eval {}.drvPath --show-trace reproduces it",
-                    nix::installable(&repo.root, &first.attr())
+                    "fix the error nix names; {} reproduces it",
+                    nix::suggest(&format!(
+                        "eval {} --show-trace",
+                        shell_quote(&format!(
+                            "{}.drvPath",
+                            nix::installable(&repo.root, &first.attr())
+                        ))
+                    ))
                 ),
             )
         });
@@ -330,7 +353,10 @@ fn build(nix: &Nix, repo: &Repo, targets: &[Target], findings: &mut Vec<Finding>
                 t.entry_file(),
                 "build-failed",
                 format!("{} evaluates but does not build: {e:#}", t.label()),
-                format!("nix build {inst} -L shows the full build log"),
+                format!(
+                    "{} shows the full build log",
+                    nix::suggest(&format!("build {} -L", shell_quote(inst)))
+                ),
             ));
         }
     }

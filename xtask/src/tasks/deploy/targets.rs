@@ -47,6 +47,13 @@ pub(super) fn select(all: &[Target], names: &[String], on: &[String]) -> Result<
     if names.is_empty() && on.is_empty() {
         return Ok(all.to_vec());
     }
+    // `--on ""` (an empty CI variable) must not quietly select nothing, nor everything.
+    if names.is_empty() && on.iter().all(|s| s.trim().is_empty()) {
+        return Err(crate::UsageError(
+            "--on names nothing; give a tag (@web), a name or a glob, or leave --on out to deploy every target".into(),
+        )
+        .into());
+    }
     let mut picked = vec![false; all.len()];
     let mut unknown = Vec::new();
     for item in names {

@@ -51,6 +51,12 @@ pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option
             format!(
                 "run doctor and switch as the user whose home you deploy (e.g. `sudo -u {other} -i`), not as root"
             )
+        } else if repo::validate_new_user_name(user, false).is_err() {
+            // A name no home can have (`global`): only the other way out.
+            format!(
+                "log in as a user who has a home ({}) and run doctor there",
+                term::list(&homes)
+            )
         } else {
             format!(
                 "create it with `cargo xtask new-user {user}`, or log in as a user who has one ({}) and run doctor there",
@@ -96,14 +102,24 @@ pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option
         );
         return;
     }
+    let rel = format!("homes/{user}/meta.nix");
     let Some(nix) = nix else {
-        r.skip(
-            "system",
-            "nix cannot run, so homes/{user}/meta.nix cannot be read",
-        );
+        // Read from its text, as the lint reads it (the caller loaded the literal ones).
+        match &u.system {
+            Some(s) => system_verdict(
+                r,
+                &rel,
+                &here,
+                Some(&serde_json::Value::String(s.clone())),
+                repo,
+            ),
+            None => r.skip(
+                "system",
+                &format!("nix cannot run, and {rel} computes its system, which only nix can read"),
+            ),
+        }
         return;
     };
-    let rel = format!("homes/{user}/meta.nix");
     let file = repo.root.join(&rel);
     let expr = format!(
         "let m = import (/. + {}); in if builtins.isAttrs m then {{ system = m.system or null; }} else {{ not_attrs = builtins.typeOf m; }}",
@@ -136,7 +152,18 @@ pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option
         );
         return;
     }
-    match v.get("system") {
+    system_verdict(r, &rel, &here, v.get("system"), repo);
+}
+
+/// What `system` in the home's meta.nix `rel` means on this machine (`here`).
+fn system_verdict(
+    r: &mut Report,
+    rel: &str,
+    here: &str,
+    system: Option<&serde_json::Value>,
+    repo: &Repo,
+) {
+    match system {
         Some(serde_json::Value::String(s)) if repo::rules().is_supported(s) => {
             if *s == here {
                 r.ok("system", format!("{here}, as {rel} says"));
@@ -258,7 +285,7 @@ pub(super) fn check_inputs(r: &mut Report, nix: &Nix<'_>, root: &Path) {
             r.fail(
                 "flake.lock",
                 format!("flake.lock is missing; flake.nix declares {}", declared.join(", ")),
-                "run `cargo xtask update` (or `nix flake lock`) where the network is reachable, and commit flake.lock",
+                "run `cargo xtask update` (or `nix --extra-experimental-features 'nix-command flakes' flake lock`) where the network is reachable, and commit flake.lock",
             );
             return;
         }

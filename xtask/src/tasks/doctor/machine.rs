@@ -85,6 +85,21 @@ pub(super) fn check_flakes(r: &mut Report, nix: &Nix<'_>) -> bool {
         );
         return false;
     }
+    // The store (or the daemon's socket) cannot be opened: the store line below says why
+    // and how to fix it.
+    if out.stderr.contains("daemon-socket")
+        || (out.stderr.contains("ermission denied") && out.stderr.contains("/nix/"))
+    {
+        r.fail(
+            "flakes",
+            format!(
+                "nix could not evaluate a trivial expression: {}",
+                nix::trim_error(&out.stderr)
+            ),
+            "nix cannot open its store: see the store line below for the fix",
+        );
+        return false;
+    }
     let why = nix::failure(&out.shown, "a trivial expression", &out.stderr);
     let detail = format!("{why:#}");
     let (detail, fix) = match detail.split_once("\n  tried: ") {
@@ -184,7 +199,7 @@ pub(super) fn check_settings(
             r.warn(
                 "nix settings",
                 format!("{e:#}"),
-                "run `nix show-config` to see what fails",
+                "run `nix --extra-experimental-features nix-command show-config` to see what fails",
             );
             return;
         }

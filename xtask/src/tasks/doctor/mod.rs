@@ -124,9 +124,15 @@ impl Doctor {
             r.skip("flakes", NO_NIX);
             false
         };
-        if nix_ok {
+        // The store is looked at whenever nix runs: a store that cannot be opened is also
+        // why the flakes check fails, and this line names its fix.
+        if version.is_some() {
             let local = check_store(&mut r, &nix);
-            check_settings(&mut r, &nix, version.as_ref(), local);
+            if nix_ok {
+                check_settings(&mut r, &nix, version.as_ref(), local);
+            } else {
+                r.skip("nix settings", "nix cannot evaluate (see flakes above)");
+            }
         } else {
             r.skip("store", NO_NIX);
             r.skip("nix settings", NO_NIX);
@@ -159,7 +165,13 @@ impl Doctor {
             }
         }
         match (ctx.repo(), &env) {
-            (Ok(repo), Some(env)) => check_repo(&mut r, &repo, env, nix_ok.then_some(&nix)),
+            (Ok(mut repo), Some(env)) => {
+                if !nix_ok {
+                    // Without nix, meta.nix files are read from their text (literals).
+                    repo.load_meta_static();
+                }
+                check_repo(&mut r, &repo, env, nix_ok.then_some(&nix))
+            }
             (Ok(repo), None) => {
                 check_layout(&mut r, &repo);
                 r.skip("home", "$USER is not usable");

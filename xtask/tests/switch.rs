@@ -354,8 +354,9 @@ fn a_wrong_architecture_gets_a_clear_error() {
     f.xtask(&["build-home", "--system", sys])
         .failure(1)
         .stderr_has("drop --system to build for this machine");
+    // One the repo does not support at all is a usage error.
     f.xtask(&["switch", "--system", "sparc-plan9"])
-        .failure(1)
+        .failure(2)
         .stderr_has("is not supported");
 }
 

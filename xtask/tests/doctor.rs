@@ -226,6 +226,46 @@ fn doctor_looks_at_the_store_when_nix_cannot_evaluate() {
 }
 
 #[test]
+fn doctor_names_an_activation_stopped_mid_way() {
+    let f = good();
+    f.xtask(&["switch"]).success();
+    f.home_with_files("alice", &[(".config/x", "y\n")]).commit();
+    f.xtask(&["switch"]).success();
+    // The profile back at generation 1 while $HOME has generation 2: what a switch killed
+    // between setting the profile and activating leaves.
+    let profiles = f.profiles();
+    let link = profiles.join("home-manager");
+    fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink("home-manager-1-link", &link).unwrap();
+    let run = f.xtask(&["doctor"]);
+    let l = line_of(&run, "activation");
+    assert!(l.contains("stopped mid-way"), "{l}");
+    assert!(l.contains("cargo xtask switch` again"), "{l}");
+}
+
+#[test]
+fn doctor_names_a_meta_nix_for_another_system() {
+    let f = good();
+    let other = if cfg!(target_arch = "aarch64") {
+        "x86_64-linux"
+    } else {
+        "aarch64-linux"
+    };
+    f.write(
+        "homes/alice/meta.nix",
+        &format!("{{ system = \"{other}\"; }}\n"),
+    )
+    .commit();
+    let run = f.xtask(&["doctor"]);
+    let l = line_of(&run, "system");
+    assert!(
+        l.contains(&format!("homes/alice/meta.nix says {other}")),
+        "{l}"
+    );
+    assert!(l.contains("set system = "), "{l}");
+}
+
+#[test]
 fn doctor_names_an_invalid_meta_nix() {
     let f = good();
     f.write("homes/alice/meta.nix", "[ ]\n").commit();

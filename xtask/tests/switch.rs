@@ -1061,6 +1061,10 @@ fn a_legacy_per_user_profile_is_migrated_with_its_history() {
     let dry = f.xtask(&["switch", "--dry-run"]);
     dry.success().stdout_has("--add-root");
     assert!(fs::symlink_metadata(per_user.join("home-manager")).is_ok());
+    // doctor sees the pending migration and names the switch that does it.
+    f.xtask(&["doctor"])
+        .stderr_has("is pending migration to")
+        .stderr_has("run `cargo xtask switch`: it moves the generations first");
     f.xtask(&["switch"])
         .success()
         .stderr_has("migrating the Home Manager profile");

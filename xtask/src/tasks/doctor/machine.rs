@@ -234,6 +234,17 @@ pub(super) fn check_settings(
         .unwrap_or_else(|_| format!("uid {}", rustix::process::geteuid().as_raw()));
     // A single-user (local) store is the user's own: every setting applies.
     let trusted = local || rustix::process::geteuid().is_root() || is_trusted(&me, &trusted_users);
+    settings_verdict(r, &me, trusted, &sandbox, &trusted_users);
+}
+
+/// The verdict on the sandbox setting for a user who is (or is not) trusted.
+fn settings_verdict(
+    r: &mut Report,
+    me: &str,
+    trusted: bool,
+    sandbox: &str,
+    trusted_users: &[String],
+) {
     let detail = format!(
         "sandbox = {sandbox}; {me} is {}trusted (trusted-users = {})",
         if trusted { "" } else { "not " },
@@ -290,10 +301,15 @@ pub(super) fn check_store_space(r: &mut Report) {
         }
     };
     let free = st.f_bavail.saturating_mul(st.f_frsize);
+    space_verdict(r, &store, free, st.f_files > 0 && st.f_favail == 0);
+}
+
+/// The verdict on `free` bytes (and whether the inodes ran out) in the store's file system.
+fn space_verdict(r: &mut Report, store: &Path, free: u64, no_inodes: bool) {
     let gib = free as f64 / (1u64 << 30) as f64;
     let detail = format!("{gib:.1} GiB free in {}", store.display());
     let gc = "free space: `cargo xtask gc` (old home generations and unreachable store paths), or `nix-collect-garbage -d`";
-    if free < 256 << 20 || (st.f_files > 0 && st.f_favail == 0) {
+    if free < 256 << 20 || no_inodes {
         r.fail(
             "store space",
             format!("{detail}: too little for a build"),
@@ -310,9 +326,43 @@ pub(super) fn check_store_space(r: &mut Report) {
     }
 }
 
+/// What the platform check looks at: gathered from this machine ([`Platform::here`]), or
+/// given by a test.
+struct Platform<'a> {
+    /// /proc/sys/kernel/osrelease (WSL's names Microsoft, and WSL2 for version 2).
+    release: String,
+    macos: bool,
+    /// systemd runs (/run/systemd/system).
+    systemd: bool,
+    /// A daemon install's socket directory exists.
+    daemon_socket: bool,
+    /// macOS: the nix daemon's launchd service is installed.
+    launchd_daemon: bool,
+    home: Option<&'a Path>,
+    root: &'a Path,
+}
+
+impl<'a> Platform<'a> {
+    fn here(env: Option<&'a UserEnv>, root: &'a Path) -> Platform<'a> {
+        Platform {
+            release: fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+            macos: cfg!(target_os = "macos"),
+            systemd: Path::new("/run/systemd/system").is_dir(),
+            daemon_socket: Path::new("/nix/var/nix/daemon-socket").exists(),
+            launchd_daemon: Path::new("/Library/LaunchDaemons/org.nixos.nix-daemon.plist").exists(),
+            home: env.map(|e| e.home.as_path()),
+            root,
+        }
+    }
+}
+
 /// WSL and macOS specifics.
 pub(super) fn check_platform(r: &mut Report, env: Option<&UserEnv>, root: &Path) {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    platform_verdict(r, &Platform::here(env, root));
+}
+
+fn platform_verdict(r: &mut Report, p: &Platform<'_>) {
+    let (release, root) = (&p.release, p.root);
     if release.to_lowercase().contains("microsoft") {
         let wsl1 = !release.to_lowercase().contains("wsl2");
         if wsl1 {
@@ -321,9 +371,7 @@ pub(super) fn check_platform(r: &mut Report, env: Option<&UserEnv>, root: &Path)
                 format!("WSL 1 ({})", release.trim()),
                 "Nix works poorly on WSL 1: convert the distribution with `wsl --set-version <distro> 2`",
             );
-        } else if !Path::new("/run/systemd/system").is_dir()
-            && Path::new("/nix/var/nix/daemon-socket").exists()
-        {
+        } else if !p.systemd && p.daemon_socket {
             r.warn(
                 "platform",
                 "WSL 2 without systemd, but nix is a daemon install: the daemon does not start by itself",
@@ -340,9 +388,9 @@ pub(super) fn check_platform(r: &mut Report, env: Option<&UserEnv>, root: &Path)
         }
         return;
     }
-    if cfg!(target_os = "macos") {
-        let daemon = Path::new("/Library/LaunchDaemons/org.nixos.nix-daemon.plist").exists();
-        let home_ok = env.is_none_or(|e| e.home.starts_with("/Users"));
+    if p.macos {
+        let daemon = p.launchd_daemon;
+        let home_ok = p.home.is_none_or(|h| h.starts_with("/Users"));
         if !home_ok {
             r.warn(
                 "platform",
@@ -369,6 +417,142 @@ pub(super) fn check_platform(r: &mut Report, env: Option<&UserEnv>, root: &Path)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use super::super::Severity;
+
+    /// The one check a verdict function pushed: (severity, detail, fix).
+    fn only(r: &Report) -> (Severity, String, String) {
+        assert_eq!(r.checks.len(), 1);
+        let c = &r.checks[0];
+        (
+            c.severity,
+            c.detail.clone(),
+            c.fix.clone().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn store_space_fails_under_256_mib_or_without_inodes_and_warns_under_2_gib() {
+        let store = Path::new("/nix/store");
+        for (free, no_inodes, want) in [
+            (100 << 20, false, Severity::Error),
+            (10 << 30, true, Severity::Error),
+            (1 << 30, false, Severity::Warning),
+            (10 << 30, false, Severity::Info),
+        ] {
+            let mut r = Report::default();
+            space_verdict(&mut r, store, free, no_inodes);
+            let (severity, detail, fix) = only(&r);
+            assert_eq!(severity, want, "{free} {no_inodes}: {detail}");
+            assert!(detail.contains("GiB free in /nix/store"), "{detail}");
+            if want != Severity::Info {
+                assert!(fix.contains("cargo xtask gc"), "{fix}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_untrusted_user_with_the_sandbox_on_is_told_how_to_run_the_tests() {
+        let users = ["root".to_string()];
+        let mut r = Report::default();
+        settings_verdict(&mut r, "alice", false, "true", &users);
+        let (severity, detail, fix) = only(&r);
+        assert_eq!(severity, Severity::Warning, "{detail}");
+        assert!(detail.contains("alice is not trusted"), "{detail}");
+        assert!(
+            fix.contains("sandbox = relaxed") && fix.contains("trusted-users"),
+            "{fix}"
+        );
+        for (trusted, sandbox) in [(true, "true"), (false, "false"), (false, "relaxed")] {
+            let mut r = Report::default();
+            settings_verdict(&mut r, "alice", trusted, sandbox, &users);
+            assert_eq!(only(&r).0, Severity::Info, "{trusted} {sandbox}");
+        }
+    }
+
+    fn platform(release: &str) -> Platform<'static> {
+        Platform {
+            release: release.into(),
+            macos: false,
+            systemd: true,
+            daemon_socket: true,
+            launchd_daemon: false,
+            home: Some(Path::new("/home/alice")),
+            root: Path::new("/home/alice/homelab"),
+        }
+    }
+
+    fn verdict(p: &Platform<'_>) -> (Severity, String, String) {
+        let mut r = Report::default();
+        platform_verdict(&mut r, p);
+        only(&r)
+    }
+
+    #[test]
+    fn wsl_1_wsl_2_without_systemd_and_a_repo_on_windows_are_named_with_their_fix() {
+        let (s, d, f) = verdict(&platform("4.4.0-19041-Microsoft"));
+        assert_eq!(s, Severity::Warning, "{d}");
+        assert!(
+            d.contains("WSL 1") && f.contains("wsl --set-version"),
+            "{d} {f}"
+        );
+
+        let wsl2 = "5.15.90.1-microsoft-standard-WSL2";
+        let no_systemd = Platform {
+            systemd: false,
+            ..platform(wsl2)
+        };
+        let (s, d, f) = verdict(&no_systemd);
+        assert_eq!(s, Severity::Warning, "{d}");
+        assert!(
+            d.contains("without systemd") && f.contains("systemd=true"),
+            "{d} {f}"
+        );
+
+        let on_windows = Platform {
+            root: Path::new("/mnt/c/homelab"),
+            ..platform(wsl2)
+        };
+        let (s, d, f) = verdict(&on_windows);
+        assert_eq!(s, Severity::Warning, "{d}");
+        assert!(
+            d.contains("Windows file system") && f.contains("Linux file system"),
+            "{d} {f}"
+        );
+
+        assert_eq!(verdict(&platform(wsl2)).0, Severity::Info);
+        assert_eq!(verdict(&platform("6.1.0-13-amd64")).0, Severity::Info);
+    }
+
+    #[test]
+    fn macos_without_the_daemon_or_with_a_home_outside_users_is_named_with_its_fix() {
+        let mac = Platform {
+            macos: true,
+            launchd_daemon: true,
+            home: Some(Path::new("/Users/alice")),
+            ..platform("")
+        };
+        assert_eq!(verdict(&mac).0, Severity::Info);
+        let (s, d, f) = verdict(&Platform {
+            launchd_daemon: false,
+            ..mac
+        });
+        assert_eq!(s, Severity::Warning, "{d}");
+        assert!(
+            d.contains("launchd") && f.contains("multi-user installer"),
+            "{d} {f}"
+        );
+        let (s, d, f) = verdict(&Platform {
+            macos: true,
+            launchd_daemon: true,
+            home: Some(Path::new("/home/alice")),
+            ..platform("")
+        });
+        assert_eq!(s, Severity::Warning, "{d}");
+        assert!(
+            d.contains("not under /Users") && f.contains("homeDirectory"),
+            "{d} {f}"
+        );
+    }
 
     #[test]
     fn settings_of_both_shapes_are_read() {

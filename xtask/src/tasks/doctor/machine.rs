@@ -416,8 +416,8 @@ fn platform_verdict(r: &mut Report, p: &Platform<'_>) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::super::Severity;
+    use super::*;
 
     /// The one check a verdict function pushed: (severity, detail, fix).
     fn only(r: &Report) -> (Severity, String, String) {

@@ -649,7 +649,12 @@ pub fn run_step(cmd: Cmd<'_>, dry_run: bool) -> Result<()> {
         return Ok(());
     }
     term::command(&shown);
-    let status = cmd.status().with_context(|| format!("running {shown}"))?;
+    // No stdin, as xshell gave its commands: an ssh inside (nixos-rebuild --target-host)
+    // must not eat a caller's piped input; prompts read the terminal itself.
+    let status = cmd
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {shown}"))?;
     if !status.success() {
         bail!("{shown} failed ({status})");
     }
@@ -668,11 +673,7 @@ pub struct NixError {
 impl NixError {
     /// nix's message without the `error:` prefix, the source excerpt and the trace.
     pub fn message(&self) -> String {
-        let trimmed = trim_error(&self.stderr);
-        trimmed
-            .strip_prefix("error: ")
-            .unwrap_or(&trimmed)
-            .to_string()
+        trim_error(&self.stderr)
     }
 }
 
@@ -757,15 +758,24 @@ pub fn cannot_run(err: &str) -> bool {
 pub fn trim_error(stderr: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let mut in_error = false;
+    // Nix 2.13 and later open with a bare `error:` over the trace (`… while evaluating`) and
+    // name the error in a later `error:` line: the trace is skipped, that line is the first.
+    let mut in_trace = false;
     for line in stderr.lines() {
         let t = line.trim();
         if let Some(rest) = t.strip_prefix("error:") {
-            // The message without its first `error:`: it is shown after the xtask's own.
-            out.push(if in_error { t } else { rest.trim_start() });
+            let rest = rest.trim_start();
             in_error = true;
+            if rest.is_empty() && out.is_empty() {
+                in_trace = true;
+                continue;
+            }
+            in_trace = false;
+            // The message without its first `error:`: it is shown after the xtask's own.
+            out.push(if out.is_empty() { rest } else { t });
             continue;
         }
-        if !in_error || t.is_empty() || t.starts_with("(use '--show-trace'") {
+        if in_trace || !in_error || t.is_empty() || t.starts_with("(use '--show-trace'") {
             continue;
         }
         // Source excerpt lines look like `12|   foo = 1;` or `|   ^`.
@@ -839,11 +849,18 @@ pub fn pick_system_in(flag: Option<&str>, supported: &[String]) -> Result<String
         }
     };
     if !supported.contains(&system) {
-        return Err(crate::UsageError(format!(
-            "system '{system}' is not supported; use one of {} (or auto for this machine's; supported-systems in Cargo.toml lists them)",
-            supported.join(", ")
-        ))
-        .into());
+        let list = supported.join(", ");
+        // A --system the repo does not support is a usage error; this machine's own system
+        // (detected) is not the command line's fault, and "auto" is what just failed.
+        if flag.is_some_and(|s| s != "auto") {
+            return Err(crate::UsageError(format!(
+                "system '{system}' is not supported; use one of {list} (or auto for this machine's; supported-systems in Cargo.toml lists them)"
+            ))
+            .into());
+        }
+        bail!(
+            "this machine's system, {system}, is not supported by the repository ({list}); add it to supported-systems in Cargo.toml, or pass --system with one of those"
+        );
     }
     Ok(system)
 }
@@ -946,6 +963,19 @@ mod tests {
     }
 
     #[test]
+    fn trim_error_of_a_nix_2_13_plus_trace_names_the_error_once() {
+        // Nix 2.13+ (2.18 is the recommended one) puts the trace under a bare `error:`
+        // and the message in a second `error:` line.
+        let stderr = "error:\n       \u{2026} while calling the 'derivationStrict' builtin\n\n         at /builtin/derivation.nix:9:12: (source not available)\n\n       \u{2026} while evaluating derivation 'home-manager-generation'\n         whose name attribute is located at /nix/store/x-source/pkgs/stdenv/generic/make-derivation.nix:353:7\n\n       (stack trace truncated; use '--show-trace' to show the full trace)\n\n       error: undefined variable 'pkgz'\n\n       at /nix/store/abc-source/homes/bob/default.nix:3:15:\n\n            2| {\n            3|   home.packages = [ pkgz.hello ];\n             |               ^\n";
+        let t = trim_error(stderr);
+        assert!(!t.contains("error:"), "{t:?}");
+        assert_eq!(
+            t,
+            "undefined variable 'pkgz' at /nix/store/abc-source/homes/bob/default.nix:3:15:"
+        );
+    }
+
+    #[test]
     fn shown_commands_are_shell_lines_that_run_as_printed() {
         let args = [
             "%s|",
@@ -1001,6 +1031,29 @@ mod tests {
         assert!(parse_graphml(bad.as_bytes()).is_err());
         let cut = &text[..text.find("</graph>").unwrap()];
         assert!(parse_graphml(cut.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn an_unsupported_machine_without_system_is_not_a_usage_error() {
+        // No --system given (or `auto`): the machine is the problem, not the command line,
+        // and "auto" is the one thing not to suggest.
+        let supported = ["riscv64-plan9".to_string()];
+        for flag in [None, Some("auto")] {
+            let err = pick_system_in(flag, &supported).unwrap_err();
+            assert!(err.downcast_ref::<crate::UsageError>().is_none(), "{err}");
+            assert!(!err.to_string().contains("or auto"), "{err}");
+        }
+    }
+
+    #[test]
+    fn nix_error_message_strips_error_once() {
+        // What Nix 2.8 prints for `throw "error: disk full"` (a lib's own message).
+        let e = NixError {
+            command: "nix eval".into(),
+            what: "x".into(),
+            stderr: "error: error: disk full\n".into(),
+        };
+        assert_eq!(e.message(), "error: disk full");
     }
 
     #[test]

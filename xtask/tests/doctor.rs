@@ -376,3 +376,22 @@ fn doctor_does_not_wait_for_a_nix_that_hangs() {
     let l = line_of(&run, "nix");
     assert!(l.contains("no answer within 1 s"), "{l}");
 }
+
+#[test]
+fn doctor_without_nix_on_a_literal_meta_nix_that_sets_no_system() {
+    // Read from its text, `{ }` sets no system: with nix doctor says "sets none"; without
+    // nix it is not one that "computes its system".
+    let f = good();
+    f.write("homes/alice/meta.nix", "{ }\n").commit();
+    let with_nix = line_of(&f.xtask(&["doctor"]), "system");
+    assert!(with_nix.contains("sets none"), "{with_nix}");
+    let bin = common::path_with_git_only();
+    let out = f
+        .command(&["doctor"])
+        .env("PATH", bin.path())
+        .output()
+        .unwrap();
+    let l = line_of(&common::run(out), "system");
+    assert!(!l.contains("computes its system"), "{l}");
+    assert!(l.contains("sets none"), "{l}");
+}

@@ -612,3 +612,24 @@ fn leftover_temporary_directories_are_removed_by_the_next_run() {
     assert!(read(&f, "homes/zed/default.nix").contains("zed"));
     assert!(f.root.join("homes/zed@ws/default.nix").exists());
 }
+
+#[test]
+fn dry_run_lines_are_shell_lines_that_run_as_printed() {
+    // A repository path with a character xshell's Display escapes the Rust way (\u{e9}).
+    let f = Fixture::named("répo");
+    let run = f.xtask(&["new-user", "bob", "--dry-run"]);
+    run.success();
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("nix "))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    // The line as a shell reads it: its words, one per line, through printf.
+    let out = Command::new("sh")
+        .args(["-c", &format!("printf '%s\\n' {}", &line["nix ".len()..])])
+        .output()
+        .unwrap();
+    let words = String::from_utf8_lossy(&out.stdout);
+    let want = format!("git+file://{}", f.root.display());
+    assert!(words.contains(&want), "{line}\n->\n{words}");
+}

@@ -553,7 +553,7 @@ fn switch_host_builds_the_nixos_rebuild_command() {
         "--dry-run",
     ]);
     let expected = format!(
-        "nixos-rebuild switch --flake {}#ws --target-host root@ws --build-host b --use-remote-sudo",
+        "nixos-rebuild switch --flake '{}#ws' --target-host root@ws --build-host b --use-remote-sudo",
         f.root.display()
     );
     run.success()

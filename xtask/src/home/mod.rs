@@ -50,11 +50,11 @@ pub fn glob_matches(pattern: &str, text: &str) -> Option<bool> {
 
 /// Single-quotes `s` for a POSIX shell when it needs it.
 pub fn shell_quote(s: &str) -> String {
-    // `#` starts a comment only at the start of a word (`/repo#homes`: a flake reference).
+    // `#` is quoted too (`'/repo#homes'`): a comment at the start of a word in sh, a glob
+    // operator in zsh with extendedglob.
     if !s.is_empty()
-        && !s.starts_with('#')
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,#".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@,".contains(c))
     {
         return s.to_string();
     }
@@ -69,7 +69,6 @@ mod tests {
         assert_eq!(shell_quote("bak"), "bak");
         assert_eq!(shell_quote("mv -n"), "'mv -n'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        assert_eq!(shell_quote("/repo#homes.bob"), "/repo#homes.bob");
-        assert_eq!(shell_quote("#x"), "'#x'");
+        assert_eq!(shell_quote("/repo#homes.bob"), "'/repo#homes.bob'");
     }
 }

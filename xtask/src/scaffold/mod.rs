@@ -119,9 +119,9 @@ impl Scaffold {
             for (rel, content) in &self.files {
                 out.push_str(&format!("--- {rel}\n{content}"));
             }
-            out.push_str(&format!("{}\n", self.stage_cmd(ctx)));
+            out.push_str(&format!("{}\n", nix::prepare(self.stage_cmd(ctx)).1));
             match ctx.nix().eval_expr_cmd(&expr) {
-                Ok(c) => out.push_str(&format!("{c}\n")),
+                Ok(c) => out.push_str(&format!("{}\n", nix::prepare(c).1)),
                 Err(_) => out.push_str("# nix is not on PATH: the evaluation would be skipped\n"),
             }
             // write_all instead of print!: a closed pipe (`| head`) is an error, not a panic.

@@ -16,8 +16,7 @@ impl Test {
             ),
         ];
         for (what, step) in steps {
-            term::command(&step.to_string());
-            step.quiet().run().with_context(|| match what {
+            run(step).with_context(|| match what {
                 "formatting" => "the code is not formatted; run `cargo fmt` and commit the result".to_string(),
                 _ => "clippy found problems (listed above); fix them or explain an allow with a comment".to_string(),
             })?;
@@ -25,11 +24,19 @@ impl Test {
         if self.lint_only {
             return Ok(());
         }
-        let test = cmd!(sh, "cargo test --workspace");
-        term::command(&test.to_string());
-        test.quiet()
-            .run()
-            .context("tests failed (see the output above)")?;
+        run(cmd!(sh, "cargo test --workspace")).context("tests failed (see the output above)")?;
         Ok(())
     }
+}
+
+/// Shows the step as a shell line and runs it, its output on the terminal.
+fn run(step: xshell::Cmd<'_>) -> Result<()> {
+    let (mut step, shown) = crate::nix::prepare(step);
+    term::command(&shown);
+    let status = step
+        .stdin(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {shown}"))?;
+    anyhow::ensure!(status.success(), "{shown} failed ({status})");
+    Ok(())
 }

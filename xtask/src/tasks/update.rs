@@ -227,13 +227,18 @@ impl Update {
                 .stdin(std::process::Stdio::piped())
                 .spawn()
                 .with_context(|| format!("running {shown}"))?;
-            if let Some(mut stdin) = child.stdin.take() {
-                std::io::Write::write_all(&mut stdin, message.as_bytes())
-                    .with_context(|| format!("giving {shown} the message"))?;
-            }
+            // Written and closed before the wait; git's own failure (which may be why the
+            // write failed) is reported first.
+            let wrote = child
+                .stdin
+                .take()
+                .map(|mut stdin| std::io::Write::write_all(&mut stdin, message.as_bytes()));
             let status = child.wait().with_context(|| format!("running {shown}"))?;
             if !status.success() {
                 bail!("{shown} failed ({status})");
+            }
+            if let Some(wrote) = wrote {
+                wrote.with_context(|| format!("giving {shown} the message"))?;
             }
             term::info(&format!(
                 "committed flake.lock: update {}",

@@ -243,10 +243,7 @@ pub(super) fn batch_expr(root: &Path, targets: &[Target], pending: &[usize]) -> 
 /// `homes/bob/default.nix:3:5` as the user knows it.
 fn clean(stderr: &str, source: Option<&str>) -> String {
     let msg = nix::trim_error(stderr);
-    let msg = msg
-        .strip_prefix("error: ")
-        .unwrap_or(&msg)
-        .trim_end_matches(':');
+    let msg = msg.trim_end_matches(':');
     match source {
         Some(src) => msg.replace(&format!("{src}/"), ""),
         None => msg.to_string(),

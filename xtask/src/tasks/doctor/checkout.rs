@@ -39,7 +39,14 @@ pub(super) fn check_layout(r: &mut Report, repo: &Repo) {
 }
 
 /// `$USER` has a home in homes/, and its meta.nix against this machine's system.
-pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option<&Nix<'_>>) {
+/// How the home's meta.nix is read: by nix, or (without it) from its text, with the files
+/// that compute their values (which only nix can read).
+pub(super) enum MetaBy<'n, 'a> {
+    Nix(&'n Nix<'a>),
+    Text(repo::PendingMeta),
+}
+
+pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, how: MetaBy<'_, '_>) {
     check_layout(r, repo);
     let user = &env.user;
     let homes: Vec<&str> = repo.standalone_users().map(|u| u.name.as_str()).collect();
@@ -103,22 +110,28 @@ pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option
         return;
     }
     let rel = format!("homes/{user}/meta.nix");
-    let Some(nix) = nix else {
+    let nix = match how {
+        MetaBy::Nix(nix) => nix,
         // Read from its text, as the lint reads it (the caller loaded the literal ones).
-        match &u.system {
-            Some(s) => system_verdict(
-                r,
-                &rel,
-                &here,
-                Some(&serde_json::Value::String(s.clone())),
-                repo,
-            ),
-            None => r.skip(
-                "system",
-                &format!("nix cannot run, and {rel} computes its system, which only nix can read"),
-            ),
+        MetaBy::Text(pending) => {
+            let problem = repo.findings.iter().find(|f| f.path == rel);
+            if pending.homes.contains(user) {
+                r.skip(
+                    "system",
+                    &format!(
+                        "nix cannot run, and {rel} computes its system, which only nix can read"
+                    ),
+                );
+            } else if let Some(s) = &u.system {
+                let s = serde_json::Value::String(s.clone());
+                system_verdict(r, &rel, &here, Some(&s), repo);
+            } else if let Some(f) = problem {
+                r.fail("system", format!("{rel}: {}", f.message), f.fix.clone());
+            } else {
+                system_verdict(r, &rel, &here, None, repo);
+            }
+            return;
         }
-        return;
     };
     let file = repo.root.join(&rel);
     let expr = format!(
@@ -135,7 +148,6 @@ pub(super) fn check_repo(r: &mut Report, repo: &Repo, env: &UserEnv, nix: Option
     };
     if !out.success() {
         let msg = out.problem();
-        let msg = msg.strip_prefix("error: ").unwrap_or(&msg).to_string();
         r.fail(
             "system",
             format!("{rel} cannot be read: {msg}"),

@@ -15,7 +15,7 @@ mod checkout;
 mod machine;
 mod profile;
 
-use checkout::{check_git, check_inputs, check_layout, check_repo};
+use checkout::{MetaBy, check_git, check_inputs, check_layout, check_repo};
 use machine::{
     check_flakes, check_nix, check_platform, check_settings, check_store, check_store_space,
 };
@@ -166,11 +166,14 @@ impl Doctor {
         }
         match (ctx.repo(), &env) {
             (Ok(mut repo), Some(env)) => {
-                if !nix_ok {
-                    // Without nix, meta.nix files are read from their text (literals).
-                    repo.load_meta_static();
-                }
-                check_repo(&mut r, &repo, env, nix_ok.then_some(&nix))
+                // Without nix, meta.nix files are read from their text (literals); the
+                // ones that compute their values are named.
+                let how = if nix_ok {
+                    MetaBy::Nix(&nix)
+                } else {
+                    MetaBy::Text(repo.load_meta_static())
+                };
+                check_repo(&mut r, &repo, env, how)
             }
             (Ok(repo), None) => {
                 check_layout(&mut r, &repo);

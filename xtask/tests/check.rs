@@ -614,12 +614,9 @@ fn lint_only_runs_without_nix_and_says_what_it_skipped() {
 /// `check --lint-only` with only git on PATH: a pre-commit hook on a machine without nix,
 /// which proves the lint needs neither nix nor the network.
 fn lint_without_nix(f: &Fixture, extra: &[&str]) -> Run {
-    let bin = common::path_with_git_only();
     let mut args = vec!["check", "--lint-only"];
     args.extend_from_slice(extra);
-    let mut cmd = f.command(&args);
-    cmd.env("PATH", bin.path());
-    common::run(cmd.output().unwrap())
+    f.xtask_without_nix(&args)
 }
 
 /// The findings of [`lint_without_nix`] with `--json`.

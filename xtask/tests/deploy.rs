@@ -72,10 +72,7 @@ fn droids_and_deploy_settings_in_list_and_check() {
 
 /// `check --lint-only` with only git on PATH (no nix): the findings, with the run.
 fn lint_without_nix(f: &Fixture) -> (common::Run, Vec<serde_json::Value>) {
-    let bin = common::path_with_git_only();
-    let mut cmd = f.command(&["check", "--lint-only", "--json"]);
-    cmd.env("PATH", bin.path());
-    let run = common::run(cmd.output().unwrap());
+    let run = f.xtask_without_nix(&["check", "--lint-only", "--json"]);
     let findings = run.json().as_array().cloned().unwrap();
     (run, findings)
 }

@@ -81,13 +81,7 @@ fn doctor_passes_on_a_good_machine() {
 #[test]
 fn doctor_without_nix_says_how_to_install_it() {
     let f = good();
-    let bin = common::path_with_git_only();
-    let out = f
-        .command(&["doctor"])
-        .env("PATH", bin.path())
-        .output()
-        .unwrap();
-    let run = common::run(out);
+    let run = f.xtask_without_nix(&["doctor"]);
     run.failure(1);
     let l = line_of(&run, "nix");
     assert!(
@@ -161,23 +155,13 @@ fn doctor_never_suggests_a_home_that_cannot_exist() {
 #[test]
 fn doctor_without_nix_reads_the_system_of_meta_nix_from_its_text() {
     let f = good();
-    let other = if cfg!(target_arch = "aarch64") {
-        "x86_64-linux"
-    } else {
-        "aarch64-linux"
-    };
+    let other = common::other_system();
     f.write(
         "homes/alice/meta.nix",
         &format!("{{ system = \"{other}\"; }}\n"),
     )
     .commit();
-    let bin = common::path_with_git_only();
-    let out = f
-        .command(&["doctor"])
-        .env("PATH", bin.path())
-        .output()
-        .unwrap();
-    let run = common::run(out);
+    let run = f.xtask_without_nix(&["doctor"]);
     let l = line_of(&run, "system");
     assert!(!l.contains('{'), "a placeholder: {l}");
     assert!(
@@ -190,12 +174,7 @@ fn doctor_without_nix_reads_the_system_of_meta_nix_from_its_text() {
         "let s = \"x86_64-linux\"; in { system = s; }\n",
     )
     .commit();
-    let out = f
-        .command(&["doctor"])
-        .env("PATH", bin.path())
-        .output()
-        .unwrap();
-    let l = line_of(&common::run(out), "system");
+    let l = line_of(&f.xtask_without_nix(&["doctor"]), "system");
     assert!(
         l.contains("skipped") && l.contains("computes its system"),
         "{l}"
@@ -246,11 +225,7 @@ fn doctor_names_an_activation_stopped_mid_way() {
 #[test]
 fn doctor_names_a_meta_nix_for_another_system() {
     let f = good();
-    let other = if cfg!(target_arch = "aarch64") {
-        "x86_64-linux"
-    } else {
-        "aarch64-linux"
-    };
+    let other = common::other_system();
     f.write(
         "homes/alice/meta.nix",
         &format!("{{ system = \"{other}\"; }}\n"),
@@ -385,13 +360,7 @@ fn doctor_without_nix_on_a_literal_meta_nix_that_sets_no_system() {
     f.write("homes/alice/meta.nix", "{ }\n").commit();
     let with_nix = line_of(&f.xtask(&["doctor"]), "system");
     assert!(with_nix.contains("sets none"), "{with_nix}");
-    let bin = common::path_with_git_only();
-    let out = f
-        .command(&["doctor"])
-        .env("PATH", bin.path())
-        .output()
-        .unwrap();
-    let l = line_of(&common::run(out), "system");
+    let l = line_of(&f.xtask_without_nix(&["doctor"]), "system");
     assert!(!l.contains("computes its system"), "{l}");
     assert!(l.contains("sets none"), "{l}");
 }

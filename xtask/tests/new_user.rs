@@ -368,13 +368,7 @@ fn an_evaluation_error_names_the_file_and_line_and_the_files_stay() {
 #[test]
 fn without_nix_the_scaffold_succeeds_with_a_warning() {
     let f = Fixture::new();
-    let bin = common::path_with_git_only();
-    let out = f
-        .command(&["new-user", "bob"])
-        .env("PATH", bin.path())
-        .output()
-        .unwrap();
-    common::run(out)
+    f.xtask_without_nix(&["new-user", "bob"])
         .success()
         .stderr_has("warning: nix is not on PATH")
         .stderr_has("cargo xtask check --only bob");

@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use common::{Fixture, nix_str};
+use common::{Fixture, nix_str, other_system};
 
 fn fixture(files: &[(&str, &str)]) -> Fixture {
     Fixture::with_home_files(files)
@@ -331,14 +331,6 @@ fn generations_json_lists_ids_newest_first_with_the_current_marker() {
     let gens = f.xtask(&["generations", "--json"]).success().json();
     assert_eq!(gens[1]["current"], true);
     assert_eq!(gens[0]["current"], false);
-}
-
-fn other_system() -> &'static str {
-    if cfg!(target_arch = "x86_64") {
-        "aarch64-linux"
-    } else {
-        "x86_64-linux"
-    }
 }
 
 #[test]
@@ -816,11 +808,7 @@ fn forced_files_are_backed_up_replaced_or_blocked_as_home_manager_would() {
 #[test]
 fn a_meta_system_other_than_this_machine_is_said() {
     let f = fixture(&[(".x", "x\n")]);
-    let other = if cfg!(target_arch = "aarch64") {
-        "x86_64-linux"
-    } else {
-        "aarch64-linux"
-    };
+    let other = other_system();
     f.write(
         "homes/alice/meta.nix",
         &format!("{{ system = \"{other}\"; }}\n"),

@@ -247,6 +247,12 @@ impl Fixture {
         run(self.command(args).output().unwrap())
     }
 
+    /// The xtask on a machine without nix: only git on PATH.
+    pub fn xtask_without_nix(&self, args: &[&str]) -> Run {
+        let bin = path_with_git_only();
+        run(self.command(args).env("PATH", bin.path()).output().unwrap())
+    }
+
     /// Evaluates `apply` applied to the flake's outputs (`o: …`) with real nix; Ok(JSON)
     /// or Err(nix's stderr). Through `builtins.getFlake "git+file://…"`, not `nix eval
     /// ROOT#attr`: nix tries `legacyPackages.<this system>.<attr>` first, and lib/ exposes
@@ -310,6 +316,15 @@ pub fn which(tool: &str) -> PathBuf {
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{tool} is required for these tests"))
+}
+
+/// A supported system other than this machine's (a meta.nix for another machine).
+pub fn other_system() -> &'static str {
+    if cfg!(target_arch = "x86_64") {
+        "aarch64-linux"
+    } else {
+        "x86_64-linux"
+    }
 }
 
 /// A directory holding only a link to git, to use as PATH: a machine without nix.

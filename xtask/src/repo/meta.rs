@@ -593,25 +593,20 @@ impl Repo {
 
     /// The one expression that reads every meta.nix of the repo (also the benchmark's baseline).
     pub fn meta_expr(&self) -> String {
-        let homes: Vec<&str> = self
-            .users
-            .values()
-            .filter(|u| u.has_meta)
-            .map(|u| u.name.as_str())
-            .collect();
-        let hosts: Vec<&str> = self
-            .hosts
-            .values()
-            .filter(|h| h.has_meta)
-            .map(|h| h.name.as_str())
-            .collect();
-        let droids: Vec<&str> = self
-            .droids
-            .values()
-            .filter(|d| d.has_meta)
-            .map(|d| d.name.as_str())
-            .collect();
-        meta_expr(&self.root, &homes, &hosts, &droids)
+        let targets = self.meta_targets();
+        let of = |kind: MetaKind| -> Vec<&str> {
+            targets
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, name)| name.as_str())
+                .collect()
+        };
+        meta_expr(
+            &self.root,
+            &of(MetaKind::Home),
+            &of(MetaKind::Host),
+            &of(MetaKind::Droid),
+        )
     }
 }
 

@@ -523,36 +523,27 @@ mod tests {
                 Defaults::parse(&format!("[workspace.metadata.xtask]\n{toml}\n")).unwrap_err()
             )
         };
-        let err = bad("default-system = 'riscv'");
-        assert!(
-            err.contains("riscv") && err.contains("aarch64-linux"),
-            "{err}"
-        );
-        let err = bad("name-pattern = '[a-z'");
-        assert!(
-            err.contains("name-pattern") && err.contains("not a valid regular expression"),
-            "{err}"
-        );
-        let err = bad("name-pattern = '.*'");
-        assert!(
-            err.contains("accepts") && err.contains("narrow it"),
-            "{err}"
-        );
-        let err = bad("host-systems = ['x86_64-windows']");
-        assert!(
-            err.contains("x86_64-windows") && err.contains("supported-systems"),
-            "{err}"
-        );
-        let err = bad("max-user-length = 0");
-        assert!(
-            err.contains("max-user-length") && err.contains("positive"),
-            "{err}"
-        );
-        let err = bad("reserved-host = 'Global'");
-        assert!(
-            err.contains("reserved-host") && err.contains("name-pattern"),
-            "{err}"
-        );
+        // Each mistake, and the words its error must have.
+        for (toml, words) in [
+            ("default-system = 'riscv'", &["riscv", "aarch64-linux"][..]),
+            (
+                "name-pattern = '[a-z'",
+                &["name-pattern", "not a valid regular expression"],
+            ),
+            ("name-pattern = '.*'", &["accepts", "narrow it"]),
+            (
+                "host-systems = ['x86_64-windows']",
+                &["x86_64-windows", "supported-systems"],
+            ),
+            ("max-user-length = 0", &["max-user-length", "positive"]),
+            (
+                "reserved-host = 'Global'",
+                &["reserved-host", "name-pattern"],
+            ),
+        ] {
+            let err = bad(toml);
+            assert!(words.iter().all(|w| err.contains(w)), "{toml}: {err}");
+        }
     }
 
     /// The compiled-in fallback is the repository's Cargo.toml, key for key: the rules are

@@ -7,10 +7,11 @@
 //! `check` can report them all in one run, and tasks that need a sound layout call
 //! [`Repo::ensure_valid`].
 //!
-//! Here: the model and the layout scan. By concern, beside it: `rules` (names and the
-//! Cargo.toml defaults), `finding` (problems and where nix's errors point), `meta` (the
-//! meta.nix files), and the static lint's `tree` (the walk), `syntax` (the parse) and
-//! `lint_cache`.
+//! Here: the model and the scan's entry points. By concern, beside it: `layout` (the
+//! directories checked against the rules), `rules` (names and the Cargo.toml defaults),
+//! `finding` (problems and where nix's errors point), `meta` (the meta.nix files), `git`
+//! (what the flake can see), and the static lint's `tree` (the walk), `syntax` (the parse)
+//! and `lint_cache`.
 
 use std::{
     collections::BTreeMap,
@@ -22,6 +23,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 mod finding;
+mod git;
+mod layout;
 mod lint_cache;
 mod meta;
 mod meta_text;
@@ -30,6 +33,9 @@ mod syntax;
 mod tree;
 
 pub use finding::{Finding, Severity, locate_nix_error, nix_error_locations};
+pub use git::untracked_nix_findings;
+use git::{git_ls_files, untracked_file_findings};
+pub use layout::ModelDir;
 pub use meta::{BuildOn, DEPLOY_SHAPE, Deploy, PendingMeta};
 pub use rules::{
     Defaults, Part, RESERVED_USER, home_dir_name, parse_home_dir, pick_system, rules,
@@ -222,203 +228,6 @@ impl Repo {
         Ok(repo)
     }
 
-    /// The directories of `homes`, `systems` or `droids`, sorted, with the files the
-    /// layout looks for in them.
-    fn model_dirs(&self, rel: &str) -> Result<Vec<ModelDir>> {
-        match &self.tree {
-            Some(tree) => tree
-                .model_dirs(rel)
-                .with_context(|| format!("reading {}", self.root.join(rel).display())),
-            None => Ok(list_dirs(&self.root.join(rel))?
-                .into_iter()
-                .map(|name| {
-                    let dir = self.root.join(rel).join(&name);
-                    ModelDir {
-                        default: dir.join("default.nix").is_file(),
-                        meta: dir.join("meta.nix").is_file(),
-                        name,
-                    }
-                })
-                .collect()),
-        }
-    }
-
-    /// A machine's directory (`systems/<host>`, `droids/<phone>`): its name must be a host
-    /// name and it needs a default.nix (`what` it configures, `create` how to make one).
-    /// Returns whether default.nix and meta.nix exist, or None for a bad name.
-    fn machine_dir(&mut self, rel: &str, dir: &ModelDir, what: &str, create: &str) -> bool {
-        if let Err(e) = validate_host_name(&dir.name) {
-            self.findings.push(Finding::error(
-                rel,
-                "bad-name",
-                e,
-                "rename the directory to a valid host name".into(),
-            ));
-            return false;
-        }
-        if !dir.default {
-            self.findings.push(Finding::error(
-                rel,
-                "missing-default-nix",
-                format!("{rel} has no default.nix, so the {what} has no configuration"),
-                format!("create {rel}/default.nix ({create}) or remove the directory"),
-            ));
-        }
-        true
-    }
-
-    fn add_host_dir(&mut self, dir: &ModelDir) {
-        let name = &dir.name;
-        let rel = format!("systems/{name}");
-        if !self.machine_dir(&rel, dir, "host", "cargo xtask new-host scaffolds one") {
-            return;
-        }
-        if !dir.meta {
-            self.findings.push(Finding::warning(
-                &rel,
-                "missing-meta-nix",
-                format!(
-                    "{rel} has no meta.nix, so the default system {} is used",
-                    self.defaults.default_system
-                ),
-                format!(
-                    "create {rel}/meta.nix with {{ system = \"{}\"; }}",
-                    self.defaults.default_system
-                ),
-            ));
-        }
-        let host = Host {
-            name: name.to_string(),
-            has_default: dir.default,
-            has_meta: dir.meta,
-            ..Host::default()
-        };
-        self.hosts.insert(name.to_string(), host);
-    }
-
-    fn add_droid_dir(&mut self, dir: &ModelDir) {
-        let name = &dir.name;
-        let rel = format!("droids/{name}");
-        if self.hosts.contains_key(name) {
-            // homes/<user>@<name> would mean both: one name, one machine.
-            self.findings.push(Finding::error(
-                &rel,
-                "droid-host-clash",
-                format!("systems/{name} and droids/{name} share a name, so homes/<user>@{name} would merge into both"),
-                format!("rename droids/{name} (or the host)"),
-            ));
-            return;
-        }
-        if !self.machine_dir(&rel, dir, "phone", "a Nix-on-Droid module") {
-            return;
-        }
-        let droid = Droid {
-            name: name.to_string(),
-            has_default: dir.default,
-            has_meta: dir.meta,
-            ..Droid::default()
-        };
-        self.droids.insert(name.to_string(), droid);
-    }
-
-    fn add_home_dir(&mut self, dir: &ModelDir) {
-        let rel = format!("homes/{}", dir.name);
-        let (user, part) = match parse_home_dir(&dir.name) {
-            Ok(p) => p,
-            Err(e) => {
-                self.findings.push(Finding::error(
-                    rel,
-                    "bad-name",
-                    e,
-                    "rename the directory to <user>, <user>@global or <user>@<host>".into(),
-                ));
-                return;
-            }
-        };
-        if !dir.default {
-            self.findings.push(Finding::error(
-                &rel,
-                "missing-default-nix",
-                format!("{rel} has no default.nix, so there is nothing to import"),
-                format!("create {rel}/default.nix (a Home Manager module) or remove the directory"),
-            ));
-        }
-        let has_meta = part == Part::Base && dir.meta;
-        let entry = self.users.entry(user).or_insert_with_key(|user| User {
-            name: user.clone(),
-            ..User::default()
-        });
-        match part {
-            Part::Base => {
-                entry.base = true;
-                entry.has_meta = has_meta;
-            }
-            Part::Global => entry.global = true,
-            Part::Host(h) => entry.host_parts.push(h),
-        }
-    }
-
-    /// Rules that need the whole layout: parts without a base, hosts that do not exist.
-    fn cross_check(&mut self) {
-        for user in self.users.values() {
-            if !user.base {
-                let mut parts: Vec<String> = Vec::new();
-                if user.global {
-                    parts.push(home_dir_name(&user.name, &Part::Global));
-                }
-                // A host part alone is a valid integrated-only user: only @global needs the base,
-                // since a standalone home is base + global.
-                if !parts.is_empty() {
-                    self.findings.push(Finding::error(
-                        format!("homes/{}", parts[0]),
-                        "global-without-base",
-                        format!(
-                            "homes/{} is merged into the standalone home, but homes/{} does not exist",
-                            parts[0], user.name
-                        ),
-                        format!("create homes/{}/default.nix (cargo xtask new-user {}) or remove homes/{}", user.name, user.name, parts[0]),
-                    ));
-                }
-            }
-            for host in &user.host_parts {
-                if !self.hosts.contains_key(host) && !self.droids.contains_key(host) {
-                    self.findings.push(Finding::error(
-                        format!("homes/{}@{host}", user.name),
-                        "unknown-host",
-                        format!("host '{host}' has no systems/{host}"),
-                        format!(
-                            "create it with cargo xtask new-host {host}, or rename the directory"
-                        ),
-                    ));
-                }
-            }
-        }
-    }
-
-    /// A phone has one user (`nix-on-droid`): two `homes/<user>@<droid>` parts would be
-    /// two Home Manager configurations for it.
-    fn check_droid_users(&mut self) {
-        let droids: Vec<String> = self.droids.keys().cloned().collect();
-        for d in droids {
-            let users = self.droid_users(&d);
-            if users.len() > 1 {
-                self.findings.push(Finding::error(
-                    format!("droids/{d}"),
-                    "droid-users",
-                    format!(
-                        "{} all have a part for the phone {d}, but Nix-on-Droid has one user",
-                        users
-                            .iter()
-                            .map(|u| format!("homes/{u}@{d}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    format!("keep one homes/<user>@{d} and merge the others into it"),
-                ));
-            }
-        }
-    }
-
     /// The static analysis of every `.nix` file (no nix): the ones git does not track,
     /// syntax errors, and relative paths used as imports or sources that are missing,
     /// untracked or outside the repo. Syntax errors of the meta.nix files the model reads
@@ -538,37 +347,6 @@ impl Repo {
     }
 }
 
-fn list_dirs(dir: &Path) -> Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        if !entry.file_type()?.is_dir() {
-            continue;
-        }
-        match entry.file_name().into_string() {
-            Ok(name) => names.push(name),
-            // Not UTF-8: cannot be a valid name; report it through the naming rule.
-            Err(raw) => names.push(raw.to_string_lossy().into_owned()),
-        }
-    }
-    names.sort();
-    Ok(names)
-}
-
-/// A directory of homes/, systems/ or droids/: its name, and whether default.nix and
-/// meta.nix are files (or links to files) in it, which is all the layout asks of it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct ModelDir {
-    pub name: String,
-    pub default: bool,
-    pub meta: bool,
-}
-
 /// A Nix string literal for a path (quotes and `${` escaped).
 pub fn nix_string(s: &str) -> String {
     let escaped = s
@@ -599,81 +377,6 @@ pub fn leftover_scaffolds(root: &Path) -> Vec<String> {
 
 /// The directories whose `.nix` files the flake reads.
 pub const NIX_DIRS: [&str; 4] = ["homes", "systems", "droids", "lib"];
-
-/// `.nix` files under homes/, systems/, droids/ and lib/ that git does not track: a flake in a git
-/// repository only sees tracked files, so nix reports them as missing ("the classic module
-/// not found"). One `git ls-files` call; outside a git repository (a `path:` flake sees
-/// every file) or without git there is nothing to report.
-pub fn untracked_nix_findings(root: &Path) -> Vec<Finding> {
-    untracked_file_findings(&untracked_nix_files(root).unwrap_or_default())
-}
-
-/// The untracked `.nix` files of homes/, systems/, droids/ and lib/; None outside git.
-fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
-    let mut args = vec!["--others", "--exclude-standard", "--"];
-    args.extend(NIX_DIRS);
-    Some(
-        git_ls_files(root, &args)?
-            .into_iter()
-            .filter(|p| p.ends_with(".nix"))
-            .collect(),
-    )
-}
-
-/// `git ls-files -z ARGS` in `root`, repo-relative paths; None outside a git repository
-/// or without git.
-fn git_ls_files(root: &Path, args: &[&str]) -> Option<Vec<String>> {
-    GitLsFiles::spawn(root, args)?.wait()
-}
-
-/// A running `git ls-files -z ARGS`, so that git reads its index while the caller works.
-struct GitLsFiles(std::process::Child);
-
-impl GitLsFiles {
-    /// None without git.
-    fn spawn(root: &Path, args: &[&str]) -> Option<GitLsFiles> {
-        std::process::Command::new("git")
-            .args(["ls-files", "-z"])
-            .args(args)
-            .current_dir(root)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()
-            .map(GitLsFiles)
-    }
-
-    /// The paths; None outside a git repository.
-    fn wait(self) -> Option<Vec<String>> {
-        let out = self
-            .0
-            .wait_with_output()
-            .ok()
-            .filter(|o| o.status.success())?;
-        Some(
-            String::from_utf8_lossy(&out.stdout)
-                .split('\0')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect(),
-        )
-    }
-}
-
-fn untracked_file_findings(files: &[String]) -> Vec<Finding> {
-    files
-        .iter()
-        .map(|p| {
-            Finding::error(
-                p,
-                "untracked-file",
-                "git does not track this file, so the flake cannot see it (nix reports it as missing)".into(),
-                format!("git add -N {p}"),
-            )
-        })
-        .collect()
-}
 
 #[cfg(test)]
 mod tests {

@@ -26,44 +26,24 @@ fn untracked_nix_files(root: &Path) -> Option<Vec<String>> {
 }
 
 /// `git ls-files -z ARGS` in `root`, repo-relative paths; None outside a git repository
-/// or without git.
+/// or without git. (The lint runs it on a thread of its own, beside its walk.)
 pub(super) fn git_ls_files(root: &Path, args: &[&str]) -> Option<Vec<String>> {
-    GitLsFiles::spawn(root, args)?.wait()
-}
-
-/// A running `git ls-files -z ARGS`, so that git reads its index while the caller works.
-struct GitLsFiles(std::process::Child);
-
-impl GitLsFiles {
-    /// None without git.
-    fn spawn(root: &Path, args: &[&str]) -> Option<GitLsFiles> {
-        std::process::Command::new("git")
-            .args(["ls-files", "-z"])
-            .args(args)
-            .current_dir(root)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .ok()
-            .map(GitLsFiles)
-    }
-
-    /// The paths; None outside a git repository.
-    fn wait(self) -> Option<Vec<String>> {
-        let out = self
-            .0
-            .wait_with_output()
-            .ok()
-            .filter(|o| o.status.success())?;
-        Some(
-            String::from_utf8_lossy(&out.stdout)
-                .split('\0')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect(),
-        )
-    }
+    let out = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .args(args)
+        .current_dir(root)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .split('\0')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+    )
 }
 
 pub(super) fn untracked_file_findings(files: &[String]) -> Vec<Finding> {
